@@ -1,0 +1,201 @@
+"""The hyperparameters the training image accepts: one table, one parser.
+
+SageMaker hands hyperparameters to the script as command-line strings after the
+sagemaker-training toolkit has JSON-decoded them once, so the same value can arrive as
+``0.01``, ``"0.01"`` (with quotes, when a client double-encoded it), ``True`` or ``true``.
+Every value goes through :func:`parse_value`, which also serves the drivers when they turn a
+finished job's hyperparameters back into clean typed values.
+
+This module must stay importable without torch: the drivers import it on a laptop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+AUTO = "auto"
+
+
+class HyperparameterError(ValueError):
+    """A hyperparameter is unknown or its value is malformed; the message says which."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How one hyperparameter is typed, bounded and documented."""
+
+    name: str  # the canonical (hyphenated) name, as passed on the command line
+    kind: str  # "float" | "int" | "bool" | "choice" | "str"
+    default: Any
+    help: str
+    low: float | None = None  # inclusive bounds
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    allow_auto: bool = False  # "auto" accepted besides a number
+
+    def describe_range(self) -> str:
+        if self.choices:
+            return ", ".join(self.choices)
+        parts = []
+        if self.low is not None or self.high is not None:
+            lo = "-inf" if self.low is None else f"{self.low:g}"
+            hi = "inf" if self.high is None else f"{self.high:g}"
+            parts.append(f"[{lo}, {hi}]")
+        if self.allow_auto:
+            parts.append(AUTO)
+        return " or ".join(parts) if parts else "any"
+
+
+SPECS: tuple[Spec, ...] = (
+    Spec("lr", "float", 1e-3, "learning rate (per optimizer step; see docs for batch scaling)",
+         low=1e-7, high=10.0),
+    Spec("batch-size", "int", 32, "images per optimizer step on one device", low=1, high=4096),
+    Spec("epochs", "int", 10, "maximum number of passes over the training split", low=1,
+         high=10000),
+    Spec("optimizer", "choice", "adamw", "optimizer", choices=("sgd", "adamw")),
+    Spec("momentum", "float", 0.9, "SGD momentum (ignored by adamw)", low=0.0, high=0.999),
+    Spec("weight-decay", "float", 1e-4, "decoupled (adamw) or L2 (sgd) weight decay", low=0.0,
+         high=1.0),
+    Spec("trainable-layers", "choice", "0",
+         "0 = frozen backbone (train the new head only), 1-4 = also train the last N ResNet "
+         "stages, all = train every layer", choices=("0", "1", "2", "3", "4", "all")),
+    Spec("image-size", "int", 224, "side of the square crop fed to the network", low=32,
+         high=1024),
+    Spec("weights", "str", "imagenet",
+         "imagenet (torchvision weights from the local torch cache), none (random init), or "
+         "a file name in the 'pretrained' channel"),
+    Spec("seed", "int", 42, "seed for initialisation, data order and augmentation", low=0,
+         high=2**31 - 1),
+    Spec("num-workers", "int", AUTO, "DataLoader worker processes (auto = one per CPU, max 8)",
+         low=0, high=64, allow_auto=True),
+    Spec("early-stopping-patience", "int", 0,
+         "stop after this many epochs without a better valid loss (0 = never)", low=0,
+         high=10000),
+    Spec("log-interval", "int", 20, "training steps between progress lines", low=1,
+         high=1_000_000),
+    Spec("max-corrupt-fraction", "float", 0.05,
+         "share of unreadable images per split that is skipped before the job fails",
+         low=0.0, high=1.0),
+)
+
+SPECS_BY_NAME: dict[str, Spec] = {s.name: s for s in SPECS}
+
+
+def canonical_name(name: str) -> str:
+    """``--batch_size`` and ``batch-size`` both mean ``batch-size``."""
+    return name.lstrip("-").strip().lower().replace("_", "-")
+
+
+def _unquote(raw: str) -> str:
+    text = raw.strip()
+    # A value JSON-encoded more than once keeps a layer of quotes per extra encoding.
+    while len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1].strip()
+    return text
+
+
+def _fail(spec: Spec, raw: Any, expected: str) -> HyperparameterError:
+    return HyperparameterError(
+        f"hyperparameter '{spec.name}' has invalid value {raw!r}: expected {expected} "
+        f"(valid: {spec.describe_range()})"
+    )
+
+
+def _check_bounds(spec: Spec, value: float, raw: Any) -> None:
+    if (spec.low is not None and value < spec.low) or (spec.high is not None and value > spec.high):
+        raise _fail(spec, raw, "a value in range")
+
+
+def parse_value(name: str, raw: Any) -> Any:
+    """Turn one raw hyperparameter (string or already-typed) into its typed value."""
+    key = canonical_name(name)
+    spec = SPECS_BY_NAME.get(key)
+    if spec is None:
+        raise HyperparameterError(
+            f"unknown hyperparameter '{name}'; valid names: {', '.join(SPECS_BY_NAME)}"
+        )
+    text = _unquote(str(raw))
+    if spec.allow_auto and text.lower() == AUTO:
+        return AUTO
+    if spec.kind == "float":
+        try:
+            value = float(text)
+        except ValueError:
+            raise _fail(spec, raw, "a number") from None
+        if not math.isfinite(value):
+            raise _fail(spec, raw, "a finite number")
+        _check_bounds(spec, value, raw)
+        return value
+    if spec.kind == "int":
+        try:
+            as_float = float(text)
+        except ValueError:
+            raise _fail(spec, raw, "an integer") from None
+        if not as_float.is_integer():
+            raise _fail(spec, raw, "an integer")
+        value = int(as_float)
+        _check_bounds(spec, value, raw)
+        return value
+    if spec.kind == "bool":
+        lowered = text.lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        raise _fail(spec, raw, "true or false")
+    if spec.kind == "choice":
+        lowered = text.lower()
+        if lowered.endswith(".0") and lowered[:-2] in spec.choices:  # 2.0 from a numeric range
+            lowered = lowered[:-2]
+        if lowered not in spec.choices:
+            raise _fail(spec, raw, "one of the choices")
+        return lowered
+    if not text:
+        raise _fail(spec, raw, "a non-empty string")
+    return text
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """Typed hyperparameters; field names are the spec names with '-' -> '_'."""
+
+    lr: float
+    batch_size: int
+    epochs: int
+    optimizer: str
+    momentum: float
+    weight_decay: float
+    trainable_layers: str
+    image_size: int
+    weights: str
+    seed: int
+    num_workers: int | str
+    early_stopping_patience: int
+    log_interval: int
+    max_corrupt_fraction: float
+
+    @classmethod
+    def from_mapping(cls, raw: dict[str, Any]) -> Hyperparameters:
+        """Parse a {name: raw value} mapping; absent names take their defaults."""
+        values = {s.name: s.default for s in SPECS}
+        for name, value in raw.items():
+            values[canonical_name(name)] = parse_value(name, value)
+        return cls(**{k.replace("-", "_"): v for k, v in values.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Hyphenated names, as the job received them: goes into the manifest."""
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @property
+    def trainable_stages(self) -> int:
+        """How many of the four ResNet stages train (5 = every layer, stem included)."""
+        return 5 if self.trainable_layers == "all" else int(self.trainable_layers)
+
+
+# Fail at import if the table and the dataclass ever drift apart.
+assert [s.name.replace("-", "_") for s in SPECS] == [
+    f.name for f in dataclasses.fields(Hyperparameters)
+], "SPECS and Hyperparameters fields must match one to one"

@@ -1,0 +1,126 @@
+"""The artifact manifest: the one contract between the training and serving images.
+
+The model directory (SageMaker's model.tar.gz, unpacked) holds ``model.pt`` (a state_dict) and
+``manifest.json`` (this). Serving rebuilds the network and preprocessing from these two files
+alone. The format is documented in docs/artifact.md; bump FORMAT_VERSION on any change that
+an older reader would misread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from model_artifact.preprocess import EvalPreprocessing
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+WEIGHTS_FILE = "model.pt"
+ARCHITECTURES = ("resnet50",)
+
+
+class ArtifactError(ValueError):
+    """The artifact is missing or malformed; the message names the file and the problem."""
+
+
+def _require(data: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if key not in data:
+        raise ArtifactError(f"{where}: missing field '{key}'")
+    value = data[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise ArtifactError(f"{where}: field '{key}' must be {names}, got {value!r:.80}")
+    return value
+
+
+@dataclass(frozen=True)
+class Manifest:
+    architecture: str
+    class_names: tuple[str, ...]
+    preprocessing: EvalPreprocessing
+    weights_file: str = WEIGHTS_FILE
+    weights_sha256: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "architecture": self.architecture,
+            "num_classes": self.num_classes,
+            "class_names": list(self.class_names),
+            "preprocessing": self.preprocessing.to_dict(),
+            "weights_file": self.weights_file,
+            "weights_sha256": self.weights_sha256,
+            "metrics": dict(self.metrics),
+            "hyperparameters": dict(self.hyperparameters),
+            "versions": dict(self.versions),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = MANIFEST_FILE) -> Manifest:
+        """Validate every field a reader relies on; errors name the field."""
+        if not isinstance(data, dict):
+            raise ArtifactError(f"{where}: expected a JSON object")
+        version = _require(data, "format_version", int, where)
+        if version != FORMAT_VERSION:
+            raise ArtifactError(
+                f"{where}: format_version {version} is not supported (this reader: "
+                f"{FORMAT_VERSION})"
+            )
+        arch = _require(data, "architecture", str, where)
+        if arch not in ARCHITECTURES:
+            raise ArtifactError(f"{where}: architecture {arch!r} is not one of {ARCHITECTURES}")
+        names = _require(data, "class_names", list, where)
+        if not names or not all(isinstance(n, str) and n for n in names):
+            raise ArtifactError(f"{where}: class_names must be a non-empty list of strings")
+        if len(set(names)) != len(names):
+            raise ArtifactError(f"{where}: class_names has duplicates")
+        if "num_classes" in data and data["num_classes"] != len(names):
+            raise ArtifactError(
+                f"{where}: num_classes is {data['num_classes']} but class_names has {len(names)}"
+            )
+        pre = _require(data, "preprocessing", dict, where)
+        try:
+            preprocessing = EvalPreprocessing.from_dict(pre)
+        except (TypeError, KeyError, ValueError) as exc:
+            raise ArtifactError(f"{where}: invalid preprocessing: {exc}") from None
+        weights_file = _require(data, "weights_file", str, where)
+        if os.path.basename(weights_file) != weights_file or weights_file in ("", ".", ".."):
+            raise ArtifactError(f"{where}: weights_file must be a plain file name")
+        return cls(
+            architecture=arch,
+            class_names=tuple(names),
+            preprocessing=preprocessing,
+            weights_file=weights_file,
+            weights_sha256=str(data.get("weights_sha256", "")),
+            metrics=dict(data.get("metrics", {})),
+            hyperparameters=dict(data.get("hyperparameters", {})),
+            versions=dict(data.get("versions", {})),
+            format_version=version,
+        )
+
+    def write(self, model_dir: str | os.PathLike[str]) -> Path:
+        path = Path(model_dir) / MANIFEST_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, model_dir: str | os.PathLike[str]) -> Manifest:
+        path = Path(model_dir) / MANIFEST_FILE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ArtifactError(f"{path}: not found (is this a model directory?)") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ArtifactError(f"{path}: not valid JSON: {exc}") from None
+        return cls.from_dict(data, where=str(path))
