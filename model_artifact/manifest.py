@@ -30,7 +30,7 @@ def _require(data: dict[str, Any], key: str, kind: type | tuple[type, ...], wher
     if key not in data:
         raise ArtifactError(f"{where}: missing field '{key}'")
     value = data[key]
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
         raise ArtifactError(f"{where}: field '{key}' must be {names}, got {value!r:.80}")
     return value

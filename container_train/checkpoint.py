@@ -1,0 +1,110 @@
+"""Per-epoch checkpoints for resuming (managed spot training syncs the folder with S3).
+
+A checkpoint holds everything the next epoch depends on: model, optimizer and scheduler
+state, the best weights so far, the history, and the early-stopping counter. Data order and
+augmentation are reseeded from (seed, epoch) at every epoch start, so a job resumed at an epoch
+boundary repeats exactly what an uninterrupted one would have done. Everything is plain data
+and tensors, so it loads with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from container_train.errors import TrainingError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint-latest.pt"
+FORMAT = 1
+# Hyperparameters that may change between a run and its resumption (none that shape the result).
+RESUMABLE_CHANGES = frozenset({"log-interval", "num-workers", "early-stopping-patience"})
+
+
+@dataclass
+class TrainingState:
+    epoch: int = 0  # epochs completed
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_valid_loss: float = float("inf")
+    best_state: dict[str, torch.Tensor] | None = None
+    bad_epochs: int = 0  # epochs since the best one, for early stopping
+
+
+def save(directory: Path, *, state: TrainingState, model: torch.nn.Module,
+         optimizer: torch.optim.Optimizer, scheduler: Any, class_names: list[str],
+         hyperparameters: dict[str, Any]) -> Path:
+    """Write atomically (temp file + rename): a kill mid-write leaves the previous one."""
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / CHECKPOINT_FILE
+    tmp = directory / (CHECKPOINT_FILE + ".tmp")
+    payload = {
+        "format": FORMAT,
+        "epoch": state.epoch,
+        "history": state.history,
+        "best_epoch": state.best_epoch,
+        "best_valid_loss": state.best_valid_loss,
+        "best_state": state.best_state,
+        "bad_epochs": state.bad_epochs,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "class_names": list(class_names),
+        "hyperparameters": hyperparameters,
+    }
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise TrainingError(f"cannot write checkpoint {target}: {exc.strerror or exc}") from None
+    return target
+
+
+def _incompatibility(payload: dict[str, Any], class_names: list[str],
+                     hyperparameters: dict[str, Any]) -> str | None:
+    if payload.get("format") != FORMAT:
+        return f"checkpoint format {payload.get('format')} != {FORMAT}"
+    if payload.get("class_names") != list(class_names):
+        return "the classes differ"
+    old = payload.get("hyperparameters", {})
+    changed = sorted(k for k in set(old) | set(hyperparameters)
+                     if k not in RESUMABLE_CHANGES and old.get(k) != hyperparameters.get(k))
+    return f"hyperparameters changed: {changed}" if changed else None
+
+
+def load_if_compatible(directory: Path | None, *, model: torch.nn.Module,
+                       optimizer: torch.optim.Optimizer, scheduler: Any,
+                       class_names: list[str], hyperparameters: dict[str, Any]
+                       ) -> TrainingState | None:
+    """Restore the latest checkpoint into model/optimizer/scheduler, or None to start fresh."""
+    if directory is None or not (directory / CHECKPOINT_FILE).is_file():
+        return None
+    path = directory / CHECKPOINT_FILE
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        log.warning("ignoring unreadable checkpoint %s (%s); starting fresh", path, exc)
+        return None
+    reason = _incompatibility(payload, class_names, hyperparameters)
+    if reason:
+        log.warning("ignoring checkpoint %s: %s; starting fresh", path, reason)
+        return None
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    log.info("resuming from %s after epoch %d", path, payload["epoch"])
+    return TrainingState(
+        epoch=payload["epoch"],
+        history=payload["history"],
+        best_epoch=payload["best_epoch"],
+        best_valid_loss=payload["best_valid_loss"],
+        best_state=payload["best_state"],
+        bad_epochs=payload["bad_epochs"],
+    )

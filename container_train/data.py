@@ -1,0 +1,140 @@
+"""Image-folder splits -> checked sample lists -> datasets and loaders."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchvision import transforms
+
+from container_train.errors import TrainingError
+from model_artifact.preprocess import EvalPreprocessing, ImageDecodeError, load_image
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+NAMED_BAD_FILES = 5  # how many unreadable files an error message names
+
+
+@dataclass(frozen=True)
+class Split:
+    name: str
+    samples: list[tuple[Path, int]]
+    skipped: list[Path]
+
+
+def _class_dirs(split_dir: Path) -> list[Path]:
+    return sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _image_files(class_dir: Path) -> list[Path]:
+    return sorted(
+        p for p in class_dir.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith(".")
+    )
+
+
+def discover_classes(splits: dict[str, Path]) -> list[str]:
+    """Class names from train/, checked against every other split."""
+    classes = [p.name for p in _class_dirs(splits["train"])]
+    if not classes:
+        raise TrainingError(f"train split {splits['train']} has no class folders")
+    for name, split_dir in splits.items():
+        found = [p.name for p in _class_dirs(split_dir)]
+        if name != "train" and set(found) != set(classes):
+            missing, extra = sorted(set(classes) - set(found)), sorted(set(found) - set(classes))
+            raise TrainingError(
+                f"classes in '{name}' differ from 'train': missing {missing[:10]}, "
+                f"extra {extra[:10]} ({len(missing)} missing, {len(extra)} extra)"
+            )
+        for class_name in found:
+            if not _image_files(split_dir / class_name):
+                raise TrainingError(f"class folder '{class_name}' in '{name}' has no images "
+                                    f"({split_dir / class_name})")
+    return classes
+
+
+def _readable(path: Path, min_side: int) -> bool:
+    try:
+        load_image(path, min_side=min_side)
+        return True
+    except ImageDecodeError:
+        return False
+
+
+def scan_split(name: str, split_dir: Path, classes: list[str], *, min_side: int,
+               max_corrupt_fraction: float, workers: int) -> Split:
+    """Decode every image once; skip unreadable ones, fail when there are too many."""
+    candidates = [(path, index) for index, class_name in enumerate(classes)
+                  for path in _image_files(split_dir / class_name)]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # Pillow releases the GIL
+        ok = list(pool.map(lambda item: _readable(item[0], min_side), candidates))
+    samples = [item for item, good in zip(candidates, ok) if good]
+    skipped = [item[0] for item, good in zip(candidates, ok) if not good]
+    share = len(skipped) / len(candidates) if candidates else 0.0
+    if skipped:
+        log.warning("%s: skipped %d unreadable image(s) of %d (%.1f%%), e.g. %s", name,
+                    len(skipped), len(candidates), 100 * share, [str(p) for p in skipped[:3]])
+    if share > max_corrupt_fraction:
+        raise TrainingError(
+            f"{len(skipped)} of {len(candidates)} images in '{name}' are unreadable "
+            f"({100 * share:.1f}% > max-corrupt-fraction {100 * max_corrupt_fraction:.1f}%): "
+            + ", ".join(str(p) for p in skipped[:NAMED_BAD_FILES])
+        )
+    log.info("%s: %d images in %d classes", name, len(samples), len(classes))
+    return Split(name, samples, skipped)
+
+
+class ImageListDataset(Dataset):
+    def __init__(self, samples: list[tuple[Path, int]], transform: Callable, min_side: int):
+        self.samples = samples
+        self.transform = transform
+        self.min_side = min_side
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[index]
+        return self.transform(load_image(path, min_side=self.min_side)), label
+
+
+def train_transform(pre: EvalPreprocessing) -> Callable:
+    """Random resized crop + horizontal flip, normalised like evaluation."""
+    return transforms.Compose([
+        transforms.RandomResizedCrop(pre.crop_size,
+                                     interpolation=transforms.InterpolationMode(pre.interpolation)),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(pre.mean, pre.std),
+    ])
+
+
+def resolve_num_workers(requested: int | str) -> int:
+    if requested == "auto":
+        return min(os.cpu_count() or 1, 8)
+    return int(requested)
+
+
+def make_loader(split: Split, pre: EvalPreprocessing, *, train: bool, batch_size: int,
+                num_workers: int, seed: int, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """Train loaders shuffle with a DistributedSampler (set_epoch per epoch, even on one
+    process) so data order depends only on (seed, epoch): resuming reproduces it."""
+    dataset = ImageListDataset(split.samples, train_transform(pre) if train else pre.transform(),
+                               min_side=pre.resize)
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train,
+                                 seed=seed, drop_last=False)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=num_workers > 0,
+    )

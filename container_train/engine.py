@@ -1,0 +1,122 @@
+"""One training epoch and one evaluation pass, in the style of torchvision's reference train.py.
+
+``Callback`` is the seam for observers (the Debugger hook, step timers): they see the model,
+the mode switches and every step, and cannot change the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+log = logging.getLogger(__name__)
+
+
+class Callback:
+    """No-op base; override what you need."""
+
+    def on_train_begin(self, model: nn.Module, criterion: nn.Module) -> None: ...
+
+    def on_mode(self, mode: str) -> None:  # "train" | "eval"
+        ...
+
+    def on_step_end(self, mode: str, step: int, loss: float, batch_size: int,
+                    data_seconds: float, compute_seconds: float) -> None: ...
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None: ...
+
+    def on_train_end(self) -> None: ...
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    accuracy: float
+    images: int
+    seconds: float
+    labels: list[int] = field(default_factory=list)
+    predictions: list[int] = field(default_factory=list)
+
+    @property
+    def images_per_sec(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+                    loader: DataLoader, device: torch.device, *, epoch: int, epochs: int,
+                    log_interval: int, callbacks: list[Callback],
+                    set_mode: Callable[[], None] | None = None) -> EpochStats:
+    """``set_mode`` puts the model in train mode (default: all of it; see model.set_train_mode)."""
+    (set_mode or model.train)()
+    for cb in callbacks:
+        cb.on_mode("train")
+    total_loss, correct, seen = 0.0, 0, 0
+    steps = len(loader)
+    start = last = time.perf_counter()
+    for step, (images, labels) in enumerate(loader, 1):
+        data_seconds = time.perf_counter() - last
+        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        labels = labels.to(device, non_blocking=True)
+        outputs = model(images)
+        loss = criterion(outputs, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        batch_loss = loss.item()  # syncs the device, so compute time below is real
+        now = time.perf_counter()
+        total_loss += batch_loss * labels.size(0)
+        correct += (outputs.argmax(1) == labels).sum().item()
+        seen += labels.size(0)
+        for cb in callbacks:
+            cb.on_step_end("train", step, batch_loss, labels.size(0), data_seconds,
+                           now - last - data_seconds)
+        if step % log_interval == 0 or step == steps:
+            elapsed = now - start
+            log.info("[train] epoch %d/%d step %d/%d loss=%.4f acc=%.4f %.1f img/s eta %s",
+                     epoch, epochs, step, steps, total_loss / seen, correct / seen,
+                     seen / elapsed, _format_eta(elapsed / step * (steps - step)))
+        last = time.perf_counter()
+    seconds = time.perf_counter() - start
+    return EpochStats(total_loss / max(seen, 1), correct / max(seen, 1), seen, seconds)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, criterion: nn.Module, loader: DataLoader, device: torch.device,
+             callbacks: list[Callback]) -> EpochStats:
+    model.eval()
+    for cb in callbacks:
+        cb.on_mode("eval")
+    total_loss, seen = 0.0, 0
+    labels_all: list[int] = []
+    preds_all: list[int] = []
+    start = last = time.perf_counter()
+    for step, (images, labels) in enumerate(loader, 1):
+        data_seconds = time.perf_counter() - last
+        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        labels = labels.to(device, non_blocking=True)
+        outputs = model(images)
+        loss = criterion(outputs, labels)
+        batch_loss = loss.item()
+        total_loss += batch_loss * labels.size(0)
+        seen += labels.size(0)
+        labels_all += labels.tolist()
+        preds_all += outputs.argmax(1).tolist()
+        now = time.perf_counter()
+        for cb in callbacks:
+            cb.on_step_end("eval", step, batch_loss, labels.size(0), data_seconds,
+                           now - last - data_seconds)
+        last = time.perf_counter()
+    correct = sum(int(a == b) for a, b in zip(labels_all, preds_all))
+    return EpochStats(total_loss / max(seen, 1), correct / max(seen, 1), seen,
+                      time.perf_counter() - start, labels_all, preds_all)

@@ -1,0 +1,217 @@
+"""The training job: configuration -> data -> model -> loop -> artifact and reports."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from container_train import checkpoint, reports
+from container_train.config import JobConfig, describe, failure_file_path, parse_config
+from container_train.data import (
+    Split,
+    discover_classes,
+    make_loader,
+    resolve_num_workers,
+    scan_split,
+)
+from container_train.engine import Callback, EpochStats, evaluate, train_one_epoch
+from container_train.errors import TrainingError
+from container_train.hyperparameters import HyperparameterError, Hyperparameters
+from container_train.metrics import format_metric_line
+from container_train.model import (
+    apply_freezing,
+    count_parameters,
+    create_model,
+    initial_weights_path,
+    set_train_mode,
+)
+from model_artifact.manifest import ArtifactError, Manifest
+from model_artifact.network import file_sha256
+from model_artifact.preprocess import EvalPreprocessing
+
+log = logging.getLogger("container_train")
+FAILURE_REASON_CHARS = 1024  # what SageMaker shows as FailureReason
+
+
+def _check_writable(directory: Path, what: str) -> None:
+    """Fail before any compute is spent when an output cannot be written."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise TrainingError(f"{what} {directory} is not writable: {exc.strerror or exc}") from None
+
+
+def _make_optimizer(params: list[nn.Parameter], hp: Hyperparameters) -> torch.optim.Optimizer:
+    if hp.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum,
+                               weight_decay=hp.weight_decay)
+    return torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+
+
+def _load_splits(config: JobConfig, pre: EvalPreprocessing, workers: int
+                 ) -> tuple[list[str], dict[str, Split]]:
+    classes = discover_classes(config.splits)
+    splits = {
+        name: scan_split(name, path, classes, min_side=pre.resize,
+                         max_corrupt_fraction=config.hyperparameters.max_corrupt_fraction,
+                         workers=max(workers, 1))
+        for name, path in config.splits.items()
+    }
+    return classes, splits
+
+
+def write_artifact(model_dir: Path, model: nn.Module, manifest: Manifest) -> Manifest:
+    """model.pt (state_dict) + manifest.json with the weights' sha256."""
+    weights = model_dir / manifest.weights_file
+    try:
+        torch.save(model.state_dict(), weights)
+        manifest = Manifest(**{**manifest.__dict__, "weights_sha256": file_sha256(weights)})
+        manifest.write(model_dir)
+    except OSError as exc:
+        raise TrainingError(f"cannot write the model to {model_dir}: {exc.strerror or exc}"
+                            ) from None
+    return manifest
+
+
+def run(config: JobConfig, callbacks: list[Callback] | None = None) -> dict[str, float]:
+    callbacks = callbacks or []
+    hp = config.hyperparameters
+    log.info("configuration: %s", describe(config))
+    _check_writable(config.model_dir, "model dir")
+    _check_writable(config.output_data_dir, "output data dir")
+    if config.checkpoint_dir is not None:
+        _check_writable(config.checkpoint_dir, "checkpoint dir")
+
+    torch.manual_seed(hp.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    workers = resolve_num_workers(hp.num_workers)
+    pre = EvalPreprocessing.for_image_size(hp.image_size)
+    classes, splits = _load_splits(config, pre, workers)
+
+    model = create_model(len(classes), initial_weights_path(hp.weights, config.pretrained_dir))
+    params = apply_freezing(model, hp.trainable_stages)
+    trainable, total = count_parameters(model)
+    log.info("resnet50, %d classes, trainable-layers=%s: %d of %d parameters train",
+             len(classes), hp.trainable_layers, trainable, total)
+    model = model.to(device, memory_format=torch.channels_last)
+    criterion = nn.CrossEntropyLoss()
+    optimizer = _make_optimizer(params, hp)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=hp.epochs)
+    hp_dict = hp.to_dict()
+    state = checkpoint.load_if_compatible(
+        config.checkpoint_dir, model=model, optimizer=optimizer, scheduler=scheduler,
+        class_names=classes, hyperparameters=hp_dict) or checkpoint.TrainingState()
+
+    loaders = {name: make_loader(split, pre, train=name == "train", batch_size=hp.batch_size,
+                                 num_workers=workers, seed=hp.seed)
+               for name, split in splits.items()}
+    for cb in callbacks:
+        cb.on_train_begin(model, criterion)
+
+    stopped_early = False
+    for epoch in range(state.epoch + 1, hp.epochs + 1):
+        torch.manual_seed(hp.seed + epoch)  # augmentation depends on (seed, epoch) only
+        loaders["train"].sampler.set_epoch(epoch)
+        train = train_one_epoch(model, criterion, optimizer, loaders["train"], device,
+                                epoch=epoch, epochs=hp.epochs, log_interval=hp.log_interval,
+                                callbacks=callbacks,
+                                set_mode=lambda: set_train_mode(model, hp.trainable_stages))
+        valid = evaluate(model, criterion, loaders["valid"], device, callbacks)
+        scheduler.step()
+        row = {"train_loss": train.loss, "train_accuracy": train.accuracy,
+               "valid_loss": valid.loss, "valid_accuracy": valid.accuracy,
+               "epoch_time": train.seconds + valid.seconds,
+               "images_per_sec": train.images_per_sec}
+        print(format_metric_line(row, tag=f"epoch={epoch}"), flush=True)
+        state.history.append({"epoch": epoch, **row})
+        if valid.loss < state.best_valid_loss:
+            state.best_epoch, state.best_valid_loss, state.bad_epochs = epoch, valid.loss, 0
+            state.best_state = {k: v.detach().to("cpu", copy=True)
+                                for k, v in model.state_dict().items()}
+        else:
+            state.bad_epochs += 1
+        state.epoch = epoch
+        for cb in callbacks:
+            cb.on_epoch_end(epoch, row)
+        if config.checkpoint_dir is not None:
+            checkpoint.save(config.checkpoint_dir, state=state, model=model, optimizer=optimizer,
+                            scheduler=scheduler, class_names=classes, hyperparameters=hp_dict)
+        if hp.early_stopping_patience and state.bad_epochs >= hp.early_stopping_patience:
+            log.info("early stopping: no better valid loss for %d epochs", state.bad_epochs)
+            stopped_early = True
+            break
+    for cb in callbacks:
+        cb.on_train_end()
+
+    if state.best_state is not None:
+        model.load_state_dict(state.best_state)
+    best = state.history[state.best_epoch - 1] if state.best_epoch else {}
+    final: dict[str, float] = {"best_epoch": state.best_epoch}
+    if best:
+        final.update(valid_loss=best["valid_loss"], valid_accuracy=best["valid_accuracy"])
+    eval_split = "test" if "test" in loaders else "valid"
+    scored: EpochStats = evaluate(model, criterion, loaders[eval_split], device, [])
+    if eval_split == "test":
+        final.update(test_loss=scored.loss, test_accuracy=scored.accuracy)
+    print(format_metric_line(final, tag="final"), flush=True)
+    log.info("best epoch %d of %d%s", state.best_epoch, state.epoch,
+             " (stopped early)" if stopped_early else "")
+
+    manifest = Manifest(
+        architecture="resnet50",
+        class_names=tuple(classes),
+        preprocessing=pre,
+        metrics={k: float(v) for k, v in final.items()},
+        hyperparameters=hp_dict,
+        versions={"python": platform.python_version(), "torch": torch.__version__,
+                  "torchvision": torchvision.__version__},
+    )
+    write_artifact(config.model_dir, model.to("cpu", memory_format=torch.contiguous_format),
+                   manifest)
+    reports.write_reports(config.output_data_dir, class_names=classes, history=state.history,
+                          final=final, eval_split=eval_split, labels=scored.labels,
+                          predictions=scored.predictions)
+    return final
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def report_failure(exc: BaseException) -> None:
+    """A readable reason first (SageMaker shows 1024 characters), the traceback after it."""
+    if isinstance(exc, (TrainingError, HyperparameterError, ArtifactError)):
+        reason = _one_line(str(exc))
+    else:
+        reason = _one_line(f"{type(exc).__name__}: {exc}")
+    details = "".join(traceback.format_exception(exc))
+    log.error("training failed: %s", reason)
+    path = failure_file_path()
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"{reason[:FAILURE_REASON_CHARS]}\n\n{details}")
+        except OSError as write_error:
+            log.error("cannot write failure file %s: %s", path, write_error)
+    print(details, file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        stream=sys.stdout, force=True)
+    try:
+        run(parse_config(sys.argv[1:] if argv is None else argv))
+    except Exception as exc:
+        report_failure(exc)
+        return 1
+    return 0
