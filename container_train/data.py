@@ -75,8 +75,8 @@ def scan_split(name: str, split_dir: Path, classes: list[str], *, min_side: int,
                   for path in _image_files(split_dir / class_name)]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # Pillow releases the GIL
         ok = list(pool.map(lambda item: _readable(item[0], min_side), candidates))
-    samples = [item for item, good in zip(candidates, ok) if good]
-    skipped = [item[0] for item, good in zip(candidates, ok) if not good]
+    samples = [item for item, good in zip(candidates, ok, strict=True) if good]
+    skipped = [item[0] for item, good in zip(candidates, ok, strict=True) if not good]
     share = len(skipped) / len(candidates) if candidates else 0.0
     if skipped:
         log.warning("%s: skipped %d unreadable image(s) of %d (%.1f%%), e.g. %s", name,

@@ -117,6 +117,6 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader: DataLoader, device:
             cb.on_step_end("eval", step, batch_loss, labels.size(0), data_seconds,
                            now - last - data_seconds)
         last = time.perf_counter()
-    correct = sum(int(a == b) for a, b in zip(labels_all, preds_all))
+    correct = sum(int(a == b) for a, b in zip(labels_all, preds_all, strict=True))
     return EpochStats(total_loss / max(seen, 1), correct / max(seen, 1), seen,
                       time.perf_counter() - start, labels_all, preds_all)

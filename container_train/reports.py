@@ -16,7 +16,7 @@ def confusion_matrix(labels: list[int], predictions: list[int], num_classes: int
                      ) -> list[list[int]]:
     """Rows are true classes, columns predicted ones."""
     matrix = [[0] * num_classes for _ in range(num_classes)]
-    for truth, pred in zip(labels, predictions):
+    for truth, pred in zip(labels, predictions, strict=True):
         matrix[truth][pred] += 1
     return matrix
 
@@ -24,7 +24,7 @@ def confusion_matrix(labels: list[int], predictions: list[int], num_classes: int
 def per_class_accuracy(matrix: list[list[int]], class_names: list[str]
                        ) -> dict[str, float | None]:
     return {name: (row[i] / sum(row) if sum(row) else None)
-            for i, (name, row) in enumerate(zip(class_names, matrix))}
+            for i, (name, row) in enumerate(zip(class_names, matrix, strict=True))}
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -34,7 +34,7 @@ def _write_json(path: Path, data: Any) -> None:
 def plot_curves(history: list[dict[str, float]], path: Path) -> None:
     epochs = [int(h["epoch"]) for h in history]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("loss", "accuracy")):
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         ax.plot(epochs, [h[f"train_{metric}"] for h in history], "o-", label="train")
         ax.plot(epochs, [h[f"valid_{metric}"] for h in history], "o-", label="valid")
         ax.set_xlabel("epoch")
