@@ -141,11 +141,11 @@ def run(config: JobConfig, callbacks: list[Callback] | None = None) -> dict[str,
         else:
             state.bad_epochs += 1
         state.epoch = epoch
-        for cb in callbacks:
-            cb.on_epoch_end(epoch, row)
         if config.checkpoint_dir is not None:
             checkpoint.save(config.checkpoint_dir, state=state, model=model, optimizer=optimizer,
                             scheduler=scheduler, class_names=classes, hyperparameters=hp_dict)
+        for cb in callbacks:
+            cb.on_epoch_end(epoch, row)
         if hp.early_stopping_patience and state.bad_epochs >= hp.early_stopping_patience:
             log.info("early stopping: no better valid loss for %d epochs", state.bad_epochs)
             stopped_early = True

@@ -1,0 +1,173 @@
+"""Real (tiny) training runs: metrics, artifact, learning, resume, failures, the toolkit."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from container_train.config import parse_config
+from container_train.engine import Callback
+from container_train.main import main, run
+from container_train.metrics import METRIC_KEYS, parse_log
+from model_artifact.network import load_artifact
+from tests.conftest import REPO, SAMPLE_DATA, TINY_ARGS, training_env
+
+pytestmark = pytest.mark.slow
+CLASSES = sorted(p.name for p in (SAMPLE_DATA / "train").iterdir())
+
+
+def test_metric_regexes_read_every_metric_from_a_real_log(tiny_run):
+    parsed = parse_log(tiny_run.log)
+    assert set(parsed) == set(METRIC_KEYS.values())
+    final = json.loads((tiny_run.output_data_dir / "metrics.json").read_text())["final"]
+    # The last valid:* value SageMaker sees is the one of the kept (best) weights.
+    assert parsed["valid:loss"][-1] == pytest.approx(final["valid_loss"], abs=1e-6)
+    assert parsed["test:accuracy"] == [pytest.approx(final["test_accuracy"], abs=1e-6)]
+    assert "[train] epoch 1/1 step 2/6" in tiny_run.log and "img/s eta" in tiny_run.log
+
+
+def test_artifact_and_reports(tiny_run, tiny_artifact):
+    model, manifest = load_artifact(tiny_artifact)
+    assert list(manifest.class_names) == CLASSES
+    assert model.fc.out_features == len(CLASSES)
+    pre = manifest.preprocessing
+    assert (pre.resize, pre.crop_size) == (73, 64)
+    assert manifest.hyperparameters["image-size"] == 64
+    assert set(manifest.versions) == {"python", "torch", "torchvision"}
+    out = tiny_run.output_data_dir
+    for name in ("metrics.json", "per_class_accuracy.json", "confusion_matrix.json",
+                 "confusion_matrix.png", "curves.png"):
+        assert (out / name).stat().st_size > 0, name
+    matrix = json.loads((out / "confusion_matrix.json").read_text())
+    test_images = sum(1 for _ in (SAMPLE_DATA / "test").rglob("*.jpg"))
+    assert matrix["split"] == "test" and sum(map(sum, matrix["matrix"])) == test_images
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _config(data: Path, root: Path, *extra: str):
+    return parse_config(["--data-dir", str(data), "--model-dir", str(root / "model"),
+                         "--output-data-dir", str(root / "out"),
+                         "--checkpoint-dir", str(root / "ckpt"), *TINY_ARGS,
+                         "--image-size", "32", *extra])
+
+
+def test_loss_falls_on_a_learnable_fixture(color_data, tmp_path):
+    # Random init (no ImageNet weights here) needs BatchNorm in train mode to learn fast.
+    run(_config(color_data, tmp_path, "--epochs", "4", "--trainable-layers", "all",
+                "--image-size", "64"))
+    history = json.loads((tmp_path / "out" / "metrics.json").read_text())["history"]
+    losses = [h["train_loss"] for h in history]
+    assert losses[-1] < 0.25 * losses[0], losses
+    assert history[-1]["train_accuracy"] >= 0.9
+
+
+class CrashAfterEpoch(Callback):
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, metrics):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt("simulated kill after the checkpoint was written")
+
+
+def test_resume_finishes_remaining_epochs_with_identical_weights(color_data, tmp_path, caplog):
+    args = ("--epochs", "3", "--lr", "0.01", "--trainable-layers", "1")
+    run(_config(color_data, tmp_path / "straight", *args))
+
+    interrupted = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        run(_config(color_data, interrupted, *args), callbacks=[CrashAfterEpoch(1)])
+    assert not (interrupted / "model" / "model.pt").exists()
+    epochs_seen = []
+
+    class Recorder(Callback):
+        def on_epoch_end(self, epoch, metrics):
+            epochs_seen.append(epoch)
+
+    with caplog.at_level("INFO"):
+        run(_config(color_data, interrupted, *args), callbacks=[Recorder()])
+    assert epochs_seen == [2, 3]
+    assert "resuming from" in caplog.text and "after epoch 1" in caplog.text
+    a = torch.load(tmp_path / "straight" / "model" / "model.pt", weights_only=True)
+    b = torch.load(interrupted / "model" / "model.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    history = json.loads((interrupted / "out" / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+
+
+def test_changed_hyperparameters_do_not_resume(color_data, tmp_path, caplog):
+    run(_config(color_data, tmp_path, "--epochs", "1"))
+    with caplog.at_level("WARNING"):
+        run(_config(color_data, tmp_path, "--epochs", "1", "--lr", "0.5"))
+    assert "ignoring checkpoint" in caplog.text and "['lr']" in caplog.text
+
+
+@pytest.mark.parametrize(("args", "reason"), [
+    (["--lr", "fast"],
+     "hyperparameter 'lr' has invalid value 'fast': expected a number (valid: [1e-07, 10])"),
+    (["--optimiser", "sgd"], "unknown hyperparameter or argument 'optimiser'; valid "
+                             "hyperparameters: lr, batch-size, epochs, optimizer,"),
+])
+def test_failure_file_starts_with_the_reason(tmp_path, monkeypatch, args, reason):
+    monkeypatch.setenv("SM_OUTPUT_DIR", str(tmp_path / "output"))
+    code = main(["--data-dir", str(SAMPLE_DATA), "--model-dir", str(tmp_path / "m"),
+                 "--output-data-dir", str(tmp_path / "o"), *args])
+    assert code == 1
+    text = (tmp_path / "output" / "failure").read_text()
+    assert text.splitlines()[0].startswith(reason)
+    assert "Traceback" in text  # details follow the reason
+
+
+def _opt_ml(base: Path, hyperparameters: dict, channels: dict[str, Path]) -> dict[str, str]:
+    """A /opt/ml tree as SageMaker lays it out, and the environment to run `train` on it."""
+    config = base / "input" / "config"
+    config.mkdir(parents=True)
+    (config / "hyperparameters.json").write_text(json.dumps(hyperparameters))
+    (config / "resourceconfig.json").write_text(json.dumps(
+        {"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth0"}))
+    (config / "inputdataconfig.json").write_text(json.dumps(
+        {name: {"TrainingInputMode": "File"} for name in channels}))
+    for name, source in channels.items():
+        shutil.copytree(source, base / "input" / "data" / name)
+    (base / "code").mkdir()
+    shutil.copy(REPO / "container_train" / "train.py", base / "code" / "train.py")
+    env = training_env()
+    env.update(SAGEMAKER_BASE_DIR=str(base), SAGEMAKER_PROGRAM="train.py",
+               SM_STUDIO_LOCAL_MODE="true",  # no host-name resolution of algo-1
+               PATH=os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]]))
+    return env
+
+
+def test_toolkit_train_with_three_channels_leaves_a_loadable_artifact(tmp_path):
+    base = tmp_path / "opt_ml"
+    # Values as SageMaker stores them: strings, some JSON-encoded twice by the client.
+    hps = {"weights": '"none"', "image-size": "64", "epochs": "1", "num-workers": "0",
+           "batch_size": '"16"', "sagemaker_program": '"train.py"'}
+    env = _opt_ml(base, hps, {s: SAMPLE_DATA / s for s in ("train", "valid", "test")})
+    proc = subprocess.run(["train"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (base / "output" / "success").exists()
+    model, manifest = load_artifact(base / "model")
+    assert list(manifest.class_names) == CLASSES and model.fc.out_features == len(CLASSES)
+    assert manifest.hyperparameters["batch-size"] == 16
+    assert (base / "checkpoints" / "checkpoint-latest.pt").exists()
+    assert (base / "output" / "data" / "metrics.json").exists()
+
+
+def test_toolkit_keeps_our_failure_reason(tmp_path):
+    base = tmp_path / "opt_ml"
+    train_only = tmp_path / "data"
+    shutil.copytree(SAMPLE_DATA / "train", train_only / "train")
+    env = _opt_ml(base, {"weights": "none"}, {"training": train_only})
+    proc = subprocess.run(["train"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    first = (base / "output" / "failure").read_text().splitlines()[0]
+    assert first.startswith("missing 'valid' split in channel 'training'")

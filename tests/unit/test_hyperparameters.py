@@ -1,0 +1,77 @@
+"""Hyperparameters arrive as the sagemaker-training toolkit passes them: every quoting case."""
+
+import pytest
+
+from container_train.config import split_argv
+from container_train.errors import TrainingError
+from container_train.hyperparameters import (
+    SPECS,
+    HyperparameterError,
+    Hyperparameters,
+    parse_value,
+)
+
+
+@pytest.mark.parametrize(("name", "raw", "expected"), [
+    ("lr", "0.01", 0.01),              # plain string from a generic estimator
+    ("lr", '"0.01"', 0.01),            # JSON string decoded once: quotes survive
+    ("lr", '"\\"0.01\\""'.replace("\\", ""), 0.01),  # double-encoded: ""0.01""
+    ("lr", 0.01, 0.01),                # already typed (SM_HPS)
+    ("lr", "1e-3", 0.001),
+    ("batch-size", "32", 32),
+    ("batch-size", '"32"', 32),
+    ("batch-size", "32.0", 32),        # integer tuner ranges may print a float
+    ("batch_size", "64", 64),          # underscore spelling
+    ("--epochs", "3", 3),
+    ("optimizer", '"SGD"', "sgd"),
+    ("optimizer", "'adamw'", "adamw"),
+    ("trainable-layers", "2", "2"),
+    ("trainable-layers", 2, "2"),
+    ("trainable-layers", "2.0", "2"),
+    ("trainable-layers", '"all"', "all"),
+    ("weights", '"none"', "none"),
+    ("weights", "my-weights.pth", "my-weights.pth"),
+    ("num-workers", "auto", "auto"),
+    ("num-workers", '"4"', 4),
+])
+def test_toolkit_quoting_cases(name, raw, expected):
+    value = parse_value(name, raw)
+    assert value == expected and type(value) is type(expected)
+
+
+@pytest.mark.parametrize(("name", "raw", "fragment"), [
+    ("lr", "fast", "hyperparameter 'lr' has invalid value 'fast': expected a number"),
+    ("lr", "-1", "expected a value in range (valid: [1e-07, 10])"),
+    ("lr", "nan", "expected a finite number"),
+    ("batch-size", "32.5", "expected an integer"),
+    ("optimizer", "adam", "expected one of the choices (valid: sgd, adamw)"),
+    ("trainable-layers", "5", "valid: 0, 1, 2, 3, 4, all"),
+    ("learning-rate", "0.1", "unknown hyperparameter 'learning-rate'; valid names: lr, batch-size"),
+])
+def test_malformed_values_name_the_parameter_and_choices(name, raw, fragment):
+    with pytest.raises(HyperparameterError) as info:
+        parse_value(name, raw)
+    assert fragment in str(info.value)
+
+
+def test_defaults_and_types_come_from_one_table():
+    hp = Hyperparameters.from_mapping({})
+    assert hp.to_dict() == {s.name: s.default for s in SPECS}
+    assert hp.trainable_stages == 0
+    assert Hyperparameters.from_mapping({"trainable-layers": "all"}).trainable_stages == 5
+
+
+def test_toolkit_argv_splits_into_paths_and_hyperparameters():
+    # What the toolkit ran in a real job: sorted names, decoded values.
+    argv = ["--batch_size", "16", "--epochs", "1", "--image-size", "64",
+            "--model-dir=/opt/ml/model", "--weights", "none"]
+    paths, hps = split_argv(argv)
+    assert paths == {"model-dir": "/opt/ml/model"}
+    assert Hyperparameters.from_mapping(hps).batch_size == 16
+
+
+def test_unknown_argument_lists_valid_names():
+    with pytest.raises(TrainingError) as info:
+        split_argv(["--lerning-rate", "0.1"])
+    assert "unknown hyperparameter or argument 'lerning-rate'" in str(info.value)
+    assert "lr, batch-size, epochs" in str(info.value)
