@@ -23,6 +23,10 @@ class HyperparameterError(ValueError):
     """A hyperparameter is unknown or its value is malformed; the message says which."""
 
 
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
 @dataclass(frozen=True)
 class Spec:
     """How one hyperparameter is typed, bounded and documented."""
@@ -41,8 +45,8 @@ class Spec:
             return ", ".join(self.choices)
         parts = []
         if self.low is not None or self.high is not None:
-            lo = "-inf" if self.low is None else f"{self.low:g}"
-            hi = "inf" if self.high is None else f"{self.high:g}"
+            lo = "-inf" if self.low is None else _number(self.low)
+            hi = "inf" if self.high is None else _number(self.high)
             parts.append(f"[{lo}, {hi}]")
         if self.allow_auto:
             parts.append(AUTO)

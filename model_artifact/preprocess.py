@@ -20,8 +20,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_RATIO = 256 / 224  # torchvision's reference: resize to 256, crop 224
 DEFAULT_MAX_PIXELS = 40_000_000  # about 6300 x 6300; larger headers are treated as bombs
 
-# Pillow's own bomb guard raises at 2x this; we check explicitly and keep its check as a backstop.
-Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS
+# load_image checks the header's size against its own limit before decoding, with a message
+# that names the size; Pillow's global guard would fire first with a vaguer one.
+Image.MAX_IMAGE_PIXELS = None
 
 
 class ImageDecodeError(ValueError):

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create (or refresh) the host venv .venv used by unit and integration tests.
+# Idempotent: does nothing when .venv already matches dev/requirements-host.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv=${VENV:-.venv}
+lock=dev/requirements-host.txt
+
+if ! command -v java >/dev/null 2>&1; then
+    # multi-model-server is a Java server; the serving tests start it for real.
+    apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless >/dev/null
+fi
+
+if [ -x "$venv/bin/python" ] && cmp -s "$lock" "$venv/.installed-requirements"; then
+    exit 0
+fi
+python3 -m venv "$venv"
+"$venv/bin/pip" install --quiet --disable-pip-version-check -r "$lock"
+cp "$lock" "$venv/.installed-requirements"
+echo "host venv ready: $venv"
