@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The project's test command (`make test`, also what CI runs). On a fresh Debian machine, as
+# root, it installs and starts everything the tests need, then runs every level:
+#   lint -> unit + integration (host venv) -> contract (drivers venv) -> container (Docker).
+# Each set-up step is idempotent and fast when already done.
+#   SKIP_CONTAINER=1 dev/test.sh   # everything but Docker (quick local loop)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n=== %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
+start=$(date +%s)
+
+step "host venv (.venv)"
+bash dev/setup_host.sh
+step "drivers venv (.venv-drivers)"
+bash dev/setup_drivers_venv.sh
+
+step "lint: ruff + shellcheck"
+.venv/bin/ruff check .
+if ! command -v shellcheck >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq shellcheck >/dev/null
+fi
+git ls-files '*.sh' | xargs shellcheck
+
+step "unit + integration tests"
+.venv/bin/python -m pytest tests/unit tests/integration -q -p no:cacheprovider
+
+step "contract tests (drivers against captured AWS requests)"
+.venv-drivers/bin/python -m pytest tests/contract -q -p no:cacheprovider
+
+if [[ "${SKIP_CONTAINER:-0}" != 1 ]]; then
+    step "docker daemon and images"
+    bash dev/setup_docker.sh
+    step "container tests (real images, run as SageMaker runs them)"
+    .venv/bin/python -m pytest tests/container -q -p no:cacheprovider
+fi
+step "all tests passed in $(( $(date +%s) - start )) s"
