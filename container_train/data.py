@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import transforms
 
 from container_train.errors import TrainingError
@@ -122,14 +122,33 @@ def resolve_num_workers(requested: int | str) -> int:
     return int(requested)
 
 
+class ShardSampler(Sampler[int]):
+    """Every world_size-th sample from rank on, no padding: evaluation counts each image once."""
+
+    def __init__(self, length: int, rank: int, world_size: int):
+        self.indices = list(range(rank, length, world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
 def make_loader(split: Split, pre: EvalPreprocessing, *, train: bool, batch_size: int,
-                num_workers: int, seed: int, rank: int = 0, world_size: int = 1) -> DataLoader:
+                num_workers: int, seed: int, augment: bool = True, rank: int = 0,
+                world_size: int = 1) -> DataLoader:
     """Train loaders shuffle with a DistributedSampler (set_epoch per epoch, even on one
-    process) so data order depends only on (seed, epoch): resuming reproduces it."""
-    dataset = ImageListDataset(split.samples, train_transform(pre) if train else pre.transform(),
-                               min_side=pre.resize)
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train,
-                                 seed=seed, drop_last=False)
+    process) so data order depends only on (seed, epoch): resuming reproduces it, and rank r
+    of W gets positions r, r+W, ... of the same permutation a single process would use."""
+    transform = train_transform(pre) if train and augment else pre.transform()
+    dataset = ImageListDataset(split.samples, transform, min_side=pre.resize)
+    sampler: Sampler[int]
+    if train:
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
+                                     seed=seed, drop_last=False)
+    else:
+        sampler = ShardSampler(len(dataset), rank, world_size)
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -53,10 +53,39 @@ def _format_eta(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+@dataclass(frozen=True)
+class Precision:
+    """Mixed precision on GPUs: bf16 where supported, else fp16 with a gradient scaler."""
+
+    dtype: torch.dtype | None = None  # None = fp32
+    scaler: torch.amp.GradScaler | None = None
+
+    @classmethod
+    def for_device(cls, device: torch.device) -> Precision:
+        if device.type != "cuda":
+            return cls()
+        if torch.cuda.is_bf16_supported():
+            return cls(torch.bfloat16)
+        return cls(torch.float16, torch.amp.GradScaler("cuda"))
+
+    def autocast(self, device: torch.device):
+        return torch.autocast(device.type, dtype=self.dtype, enabled=self.dtype is not None)
+
+    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(optimizer)
+            self.scaler.update()
+
+
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                     loader: DataLoader, device: torch.device, *, epoch: int, epochs: int,
                     log_interval: int, callbacks: list[Callback],
-                    set_mode: Callable[[], None] | None = None) -> EpochStats:
+                    set_mode: Callable[[], None] | None = None,
+                    precision: Precision = Precision()) -> EpochStats:
     """``set_mode`` puts the model in train mode (default: all of it; see model.set_train_mode)."""
     (set_mode or model.train)()
     for cb in callbacks:
@@ -68,11 +97,11 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         data_seconds = time.perf_counter() - last
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         labels = labels.to(device, non_blocking=True)
-        outputs = model(images)
-        loss = criterion(outputs, labels)
+        with precision.autocast(device):
+            outputs = model(images)
+            loss = criterion(outputs, labels)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        precision.step(loss, optimizer)
         batch_loss = loss.item()  # syncs the device, so compute time below is real
         now = time.perf_counter()
         total_loss += batch_loss * labels.size(0)
@@ -93,7 +122,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, criterion: nn.Module, loader: DataLoader, device: torch.device,
-             callbacks: list[Callback]) -> EpochStats:
+             callbacks: list[Callback], precision: Precision = Precision()) -> EpochStats:
     model.eval()
     for cb in callbacks:
         cb.on_mode("eval")
@@ -105,8 +134,9 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader: DataLoader, device:
         data_seconds = time.perf_counter() - last
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         labels = labels.to(device, non_blocking=True)
-        outputs = model(images)
-        loss = criterion(outputs, labels)
+        with precision.autocast(device):
+            outputs = model(images)
+            loss = criterion(outputs.float(), labels)
         batch_loss = loss.item()
         total_loss += batch_loss * labels.size(0)
         seen += labels.size(0)

@@ -71,6 +71,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("weights", "str", "imagenet",
          "imagenet (torchvision weights from the local torch cache), none (random init), or "
          "a file name in the 'pretrained' channel"),
+    Spec("augment", "bool", True,
+         "random resized crop + horizontal flip on training images (false: evaluation "
+         "preprocessing only)"),
     Spec("seed", "int", 42, "seed for initialisation, data order and augmentation", low=0,
          high=2**31 - 1),
     Spec("num-workers", "int", AUTO, "DataLoader worker processes (auto = one per CPU, max 8)",
@@ -83,6 +86,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("max-corrupt-fraction", "float", 0.05,
          "share of unreadable images per split that is skipped before the job fails",
          low=0.0, high=1.0),
+    Spec("profile-steps", "int", 0,
+         "training steps of the first epoch traced by torch.profiler into "
+         "<output-data-dir>/profiler (0 = off)", low=0, high=1000),
 )
 
 SPECS_BY_NAME: dict[str, Spec] = {s.name: s for s in SPECS}
@@ -175,11 +181,13 @@ class Hyperparameters:
     trainable_layers: str
     image_size: int
     weights: str
+    augment: bool
     seed: int
     num_workers: int | str
     early_stopping_patience: int
     log_interval: int
     max_corrupt_fraction: float
+    profile_steps: int
 
     @classmethod
     def from_mapping(cls, raw: dict[str, Any]) -> Hyperparameters:

@@ -12,7 +12,7 @@ import torch
 import torchvision
 from torch import nn
 
-from container_train import checkpoint, reports
+from container_train import checkpoint, distributed, profiling, reports
 from container_train.config import JobConfig, describe, failure_file_path, parse_config
 from container_train.data import (
     Split,
@@ -21,7 +21,7 @@ from container_train.data import (
     resolve_num_workers,
     scan_split,
 )
-from container_train.engine import Callback, EpochStats, evaluate, train_one_epoch
+from container_train.engine import Callback, EpochStats, Precision, evaluate, train_one_epoch
 from container_train.errors import TrainingError
 from container_train.hyperparameters import HyperparameterError, Hyperparameters
 from container_train.metrics import format_metric_line
@@ -83,8 +83,21 @@ def write_artifact(model_dir: Path, model: nn.Module, manifest: Manifest) -> Man
     return manifest
 
 
-def run(config: JobConfig, callbacks: list[Callback] | None = None) -> dict[str, float]:
+def _reduce(stats: EpochStats, ctx: distributed.Context, gather: bool = False) -> EpochStats:
+    """Per-rank totals -> job-wide metrics (identity on one process)."""
+    loss_sum, correct, images = distributed.all_reduce_sums(
+        ctx, stats.loss * stats.images, stats.accuracy * stats.images, stats.images)
+    labels = distributed.gather_lists(ctx, stats.labels) if gather else stats.labels
+    preds = distributed.gather_lists(ctx, stats.predictions) if gather else stats.predictions
+    return EpochStats(loss_sum / max(images, 1), correct / max(images, 1), int(images),
+                      stats.seconds, labels, preds)
+
+
+def run(config: JobConfig, callbacks: list[Callback] | None = None,
+        ctx: distributed.Context | None = None) -> dict[str, float]:
     callbacks = callbacks or []
+    ctx = ctx or distributed.Context(
+        device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     hp = config.hyperparameters
     log.info("configuration: %s", describe(config))
     _check_writable(config.model_dir, "model dir")
@@ -93,56 +106,68 @@ def run(config: JobConfig, callbacks: list[Callback] | None = None) -> dict[str,
         _check_writable(config.checkpoint_dir, "checkpoint dir")
 
     torch.manual_seed(hp.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = ctx.device
+    precision = Precision.for_device(device)
     workers = resolve_num_workers(hp.num_workers)
     pre = EvalPreprocessing.for_image_size(hp.image_size)
     classes, splits = _load_splits(config, pre, workers)
 
-    model = create_model(len(classes), initial_weights_path(hp.weights, config.pretrained_dir))
-    params = apply_freezing(model, hp.trainable_stages)
-    trainable, total = count_parameters(model)
+    net = create_model(len(classes), initial_weights_path(hp.weights, config.pretrained_dir))
+    params = apply_freezing(net, hp.trainable_stages)
+    trainable, total = count_parameters(net)
     log.info("resnet50, %d classes, trainable-layers=%s: %d of %d parameters train",
              len(classes), hp.trainable_layers, trainable, total)
-    model = model.to(device, memory_format=torch.channels_last)
+    net = net.to(device, memory_format=torch.channels_last)
     criterion = nn.CrossEntropyLoss()
     optimizer = _make_optimizer(params, hp)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=hp.epochs)
     hp_dict = hp.to_dict()
     state = checkpoint.load_if_compatible(
-        config.checkpoint_dir, model=model, optimizer=optimizer, scheduler=scheduler,
+        config.checkpoint_dir, model=net, optimizer=optimizer, scheduler=scheduler,
         class_names=classes, hyperparameters=hp_dict) or checkpoint.TrainingState()
+    # `model` trains (DDP-wrapped when distributed); `net` is the plain module everything else uses.
+    model: nn.Module = net
+    if ctx.distributed:
+        model = nn.parallel.DistributedDataParallel(
+            net, device_ids=[ctx.local_rank] if device.type == "cuda" else None)
 
     loaders = {name: make_loader(split, pre, train=name == "train", batch_size=hp.batch_size,
-                                 num_workers=workers, seed=hp.seed)
+                                 num_workers=workers, seed=hp.seed, augment=hp.augment,
+                                 rank=ctx.rank, world_size=ctx.world_size)
                for name, split in splits.items()}
     for cb in callbacks:
-        cb.on_train_begin(model, criterion)
+        cb.on_train_begin(net, criterion)
 
     stopped_early = False
     for epoch in range(state.epoch + 1, hp.epochs + 1):
         torch.manual_seed(hp.seed + epoch)  # augmentation depends on (seed, epoch) only
         loaders["train"].sampler.set_epoch(epoch)
-        train = train_one_epoch(model, criterion, optimizer, loaders["train"], device,
-                                epoch=epoch, epochs=hp.epochs, log_interval=hp.log_interval,
-                                callbacks=callbacks,
-                                set_mode=lambda: set_train_mode(model, hp.trainable_stages))
-        valid = evaluate(model, criterion, loaders["valid"], device, callbacks)
+        if ctx.distributed:
+            shard = list(loaders["train"].sampler)
+            log.info("epoch %d: train shard of %d images starts %s", epoch, len(shard), shard[:6])
+        train = _reduce(train_one_epoch(
+            model, criterion, optimizer, loaders["train"], device, epoch=epoch,
+            epochs=hp.epochs, log_interval=hp.log_interval, callbacks=callbacks,
+            set_mode=lambda: set_train_mode(net, hp.trainable_stages), precision=precision), ctx)
+        valid = _reduce(evaluate(net, criterion, loaders["valid"], device, callbacks,
+                                 precision), ctx)
         scheduler.step()
         row = {"train_loss": train.loss, "train_accuracy": train.accuracy,
                "valid_loss": valid.loss, "valid_accuracy": valid.accuracy,
                "epoch_time": train.seconds + valid.seconds,
                "images_per_sec": train.images_per_sec}
-        print(format_metric_line(row, tag=f"epoch={epoch}"), flush=True)
+        if ctx.is_main:
+            print(format_metric_line(row, tag=f"epoch={epoch}"), flush=True)
         state.history.append({"epoch": epoch, **row})
         if valid.loss < state.best_valid_loss:
             state.best_epoch, state.best_valid_loss, state.bad_epochs = epoch, valid.loss, 0
             state.best_state = {k: v.detach().to("cpu", copy=True)
-                                for k, v in model.state_dict().items()}
+                                for k, v in net.state_dict().items()}
         else:
             state.bad_epochs += 1
         state.epoch = epoch
-        if config.checkpoint_dir is not None:
-            checkpoint.save(config.checkpoint_dir, state=state, model=model, optimizer=optimizer,
+        if config.checkpoint_dir is not None and ctx.is_main:
+            checkpoint.save(config.checkpoint_dir, state=state, model=net, optimizer=optimizer,
                             scheduler=scheduler, class_names=classes, hyperparameters=hp_dict)
         for cb in callbacks:
             cb.on_epoch_end(epoch, row)
@@ -154,15 +179,18 @@ def run(config: JobConfig, callbacks: list[Callback] | None = None) -> dict[str,
         cb.on_train_end()
 
     if state.best_state is not None:
-        model.load_state_dict(state.best_state)
+        net.load_state_dict(state.best_state)
     best = state.history[state.best_epoch - 1] if state.best_epoch else {}
     final: dict[str, float] = {"best_epoch": state.best_epoch}
     if best:
         final.update(valid_loss=best["valid_loss"], valid_accuracy=best["valid_accuracy"])
     eval_split = "test" if "test" in loaders else "valid"
-    scored: EpochStats = evaluate(model, criterion, loaders[eval_split], device, [])
+    scored = _reduce(evaluate(net, criterion, loaders[eval_split], device, [], precision), ctx,
+                     gather=True)
     if eval_split == "test":
         final.update(test_loss=scored.loss, test_accuracy=scored.accuracy)
+    if not ctx.is_main:
+        return final  # rank 0 writes the metric lines, the artifact and the reports
     print(format_metric_line(final, tag="final"), flush=True)
     log.info("best epoch %d of %d%s", state.best_epoch, state.epoch,
              " (stopped early)" if stopped_early else "")
@@ -176,7 +204,7 @@ def run(config: JobConfig, callbacks: list[Callback] | None = None) -> dict[str,
         versions={"python": platform.python_version(), "torch": torch.__version__,
                   "torchvision": torchvision.__version__},
     )
-    write_artifact(config.model_dir, model.to("cpu", memory_format=torch.contiguous_format),
+    write_artifact(config.model_dir, net.to("cpu", memory_format=torch.contiguous_format),
                    manifest)
     reports.write_reports(config.output_data_dir, class_names=classes, history=state.history,
                           final=final, eval_split=eval_split, labels=scored.labels,
@@ -209,9 +237,19 @@ def report_failure(exc: BaseException) -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         stream=sys.stdout, force=True)
+    args = sys.argv[1:] if argv is None else argv
+    ctx = None
     try:
-        run(parse_config(sys.argv[1:] if argv is None else argv))
+        config = parse_config(args)  # bad arguments fail here, once, before any launch
+        if distributed.needs_launcher():
+            return distributed.launch(args)
+        ctx = distributed.init()
+        run(config, profiling.make_callbacks(config, is_main=ctx.is_main, device=ctx.device),
+            ctx=ctx)
     except Exception as exc:
         report_failure(exc)
         return 1
+    finally:
+        if ctx is not None:
+            distributed.shutdown(ctx)
     return 0
