@@ -9,6 +9,7 @@ and tensors, so it loads with ``weights_only=True``.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from dataclasses import dataclass, field
@@ -58,8 +59,15 @@ def save(directory: Path, *, state: TrainingState, model: torch.nn.Module,
         "class_names": list(class_names),
         "hyperparameters": hyperparameters,
     }
+    # Serialise in memory first: torch.save on a file turns ENOSPC into an opaque RuntimeError,
+    # while a plain write raises OSError with the reason.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     try:
-        torch.save(payload, tmp)
+        with open(tmp, "wb") as stream:
+            stream.write(buffer.getbuffer())
+            stream.flush()
+            os.fsync(stream.fileno())
         os.replace(tmp, target)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
