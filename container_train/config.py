@@ -24,7 +24,8 @@ from container_train.hyperparameters import (
     canonical_name,
 )
 
-PATH_ARGS = ("data-dir", "model-dir", "output-data-dir", "checkpoint-dir", "pretrained-dir")
+PATH_ARGS = ("data-dir", "model-dir", "output-data-dir", "checkpoint-dir", "pretrained-dir",
+             "tensorboard-dir", "feature-cache-dir")
 SPLITS = ("train", "valid", "test")
 VALID_ALIASES = ("valid", "validation", "val")
 PRETRAINED_CHANNEL = "pretrained"
@@ -38,6 +39,8 @@ class JobConfig:
     output_data_dir: Path
     checkpoint_dir: Path | None
     pretrained_dir: Path | None
+    tensorboard_dir: Path | None = None  # TensorBoard scalars (see default_tensorboard_dir)
+    feature_cache_dir: Path | None = None  # frozen-backbone features kept across jobs
 
 
 def sagemaker_base_dir() -> Path:
@@ -50,6 +53,21 @@ def failure_file_path() -> Path | None:
         return Path(os.environ["SM_OUTPUT_DIR"]) / "failure"
     output = sagemaker_base_dir() / "output"
     return output / "failure" if output.is_dir() else None
+
+
+def default_tensorboard_dir(output_data_dir: Path) -> Path:
+    """Under SageMaker the folder its TensorBoardOutputConfig uploads (LocalPath of
+    input/config/tensorboardoutputconfig.json, else <base>/output/tensorboard); elsewhere
+    <output-data-dir>/tensorboard."""
+    if "SM_MODEL_DIR" not in os.environ:
+        return output_data_dir / "tensorboard"
+    base = sagemaker_base_dir()
+    try:
+        local = json.loads((base / "input" / "config" / "tensorboardoutputconfig.json")
+                           .read_text()).get("LocalPath")
+    except (OSError, ValueError, AttributeError):
+        local = None
+    return Path(local) if local else base / "output" / "tensorboard"
 
 
 def split_argv(argv: list[str]) -> tuple[dict[str, str], dict[str, str]]:
@@ -161,8 +179,11 @@ def parse_config(argv: list[str]) -> JobConfig:
         # SageMaker syncs this folder with CheckpointConfig.S3Uri (managed spot training).
         checkpoint_dir = sagemaker_base_dir() / "checkpoints"
     pretrained_dir = _path_or_env(paths, "pretrained-dir", "SM_CHANNEL_PRETRAINED")
+    tensorboard_dir = (Path(paths["tensorboard-dir"]) if "tensorboard-dir" in paths
+                       else default_tensorboard_dir(output_data_dir))
+    cache_dir = Path(paths["feature-cache-dir"]) if "feature-cache-dir" in paths else None
     return JobConfig(hyperparameters, splits, model_dir, output_data_dir, checkpoint_dir,
-                     pretrained_dir)
+                     pretrained_dir, tensorboard_dir, cache_dir)
 
 
 def describe(config: JobConfig) -> str:
@@ -173,4 +194,5 @@ def describe(config: JobConfig) -> str:
         "output_data_dir": str(config.output_data_dir),
         "checkpoint_dir": str(config.checkpoint_dir) if config.checkpoint_dir else None,
         "pretrained_dir": str(config.pretrained_dir) if config.pretrained_dir else None,
+        "tensorboard_dir": str(config.tensorboard_dir) if config.tensorboard_dir else None,
     }, indent=None)

@@ -48,6 +48,12 @@ class EpochStats:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
+def _to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    batch = batch.to(device, non_blocking=True)
+    # Image batches go channels-last (faster convolutions); feature batches are 2-D.
+    return batch.contiguous(memory_format=torch.channels_last) if batch.dim() == 4 else batch
+
+
 def _format_eta(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
@@ -95,7 +101,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
     start = last = time.perf_counter()
     for step, (images, labels) in enumerate(loader, 1):
         data_seconds = time.perf_counter() - last
-        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        images = _to_device(images, device)
         labels = labels.to(device, non_blocking=True)
         with precision.autocast(device):
             outputs = model(images)
@@ -132,7 +138,7 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader: DataLoader, device:
     start = last = time.perf_counter()
     for step, (images, labels) in enumerate(loader, 1):
         data_seconds = time.perf_counter() - last
-        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        images = _to_device(images, device)
         labels = labels.to(device, non_blocking=True)
         with precision.autocast(device):
             outputs = model(images)

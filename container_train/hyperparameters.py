@@ -74,6 +74,12 @@ SPECS: tuple[Spec, ...] = (
     Spec("augment", "bool", True,
          "random resized crop + horizontal flip on training images (false: evaluation "
          "preprocessing only)"),
+    Spec("feature-cache", "bool", True,
+         "with trainable-layers=0: compute backbone features once per image and view, then "
+         "train only the head (see docs/training.md)"),
+    Spec("cache-views", "int", 2,
+         "views per training image for the feature cache: centre, mirrored centre, then "
+         "random resized crops", low=1, high=16),
     Spec("seed", "int", 42, "seed for initialisation, data order and augmentation", low=0,
          high=2**31 - 1),
     Spec("num-workers", "int", AUTO, "DataLoader worker processes (auto = one per CPU, max 8)",
@@ -182,6 +188,8 @@ class Hyperparameters:
     image_size: int
     weights: str
     augment: bool
+    feature_cache: bool
+    cache_views: int
     seed: int
     num_workers: int | str
     early_stopping_patience: int

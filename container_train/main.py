@@ -23,6 +23,7 @@ from container_train.data import (
 )
 from container_train.engine import Callback, EpochStats, Precision, evaluate, train_one_epoch
 from container_train.errors import TrainingError
+from container_train.feature_cache import make_feature_loaders
 from container_train.hyperparameters import HyperparameterError, Hyperparameters
 from container_train.metrics import format_metric_line
 from container_train.model import (
@@ -125,16 +126,27 @@ def run(config: JobConfig, callbacks: list[Callback] | None = None,
     state = checkpoint.load_if_compatible(
         config.checkpoint_dir, model=net, optimizer=optimizer, scheduler=scheduler,
         class_names=classes, hyperparameters=hp_dict) or checkpoint.TrainingState()
-    # `model` trains (DDP-wrapped when distributed); `net` is the plain module everything else uses.
-    model: nn.Module = net
+    if hp.trainable_stages == 0 and hp.feature_cache:
+        # Fast path: backbone features once, then only the head runs each epoch.
+        loaders = make_feature_loaders(
+            net, splits, pre, views=hp.cache_views if hp.augment else 1, seed=hp.seed,
+            batch_size=hp.batch_size,
+            num_workers=workers, device=device, cache_dir=config.feature_cache_dir,
+            rank=ctx.rank, world_size=ctx.world_size)
+        step_module: nn.Module = net.fc
+    else:
+        loaders = {name: make_loader(split, pre, train=name == "train",
+                                     batch_size=hp.batch_size, num_workers=workers,
+                                     seed=hp.seed, augment=hp.augment, rank=ctx.rank,
+                                     world_size=ctx.world_size)
+                   for name, split in splits.items()}
+        step_module = net
+    # `model` trains (DDP-wrapped when distributed); `net` is the whole network, which
+    # checkpoints and the artifact hold.
+    model: nn.Module = step_module
     if ctx.distributed:
         model = nn.parallel.DistributedDataParallel(
-            net, device_ids=[ctx.local_rank] if device.type == "cuda" else None)
-
-    loaders = {name: make_loader(split, pre, train=name == "train", batch_size=hp.batch_size,
-                                 num_workers=workers, seed=hp.seed, augment=hp.augment,
-                                 rank=ctx.rank, world_size=ctx.world_size)
-               for name, split in splits.items()}
+            step_module, device_ids=[ctx.local_rank] if device.type == "cuda" else None)
     for cb in callbacks:
         cb.on_train_begin(net, criterion)
 
@@ -142,6 +154,8 @@ def run(config: JobConfig, callbacks: list[Callback] | None = None,
     for epoch in range(state.epoch + 1, hp.epochs + 1):
         torch.manual_seed(hp.seed + epoch)  # augmentation depends on (seed, epoch) only
         loaders["train"].sampler.set_epoch(epoch)
+        if hasattr(loaders["train"].dataset, "set_epoch"):  # feature views per epoch
+            loaders["train"].dataset.set_epoch(epoch)
         if ctx.distributed:
             shard = list(loaders["train"].sampler)
             log.info("epoch %d: train shard of %d images starts %s", epoch, len(shard), shard[:6])
@@ -149,7 +163,7 @@ def run(config: JobConfig, callbacks: list[Callback] | None = None,
             model, criterion, optimizer, loaders["train"], device, epoch=epoch,
             epochs=hp.epochs, log_interval=hp.log_interval, callbacks=callbacks,
             set_mode=lambda: set_train_mode(net, hp.trainable_stages), precision=precision), ctx)
-        valid = _reduce(evaluate(net, criterion, loaders["valid"], device, callbacks,
+        valid = _reduce(evaluate(step_module, criterion, loaders["valid"], device, callbacks,
                                  precision), ctx)
         scheduler.step()
         row = {"train_loss": train.loss, "train_accuracy": train.accuracy,
@@ -185,7 +199,8 @@ def run(config: JobConfig, callbacks: list[Callback] | None = None,
     if best:
         final.update(valid_loss=best["valid_loss"], valid_accuracy=best["valid_accuracy"])
     eval_split = "test" if "test" in loaders else "valid"
-    scored = _reduce(evaluate(net, criterion, loaders[eval_split], device, [], precision), ctx,
+    scored = _reduce(evaluate(step_module, criterion, loaders[eval_split], device, [],
+                              precision), ctx,
                      gather=True)
     if eval_split == "test":
         final.update(test_loss=scored.loss, test_accuracy=scored.accuracy)
