@@ -1,0 +1,202 @@
+"""The ``serve`` command: check the artifact, then run multi-model-server through the toolkit.
+
+SageMaker runs ``docker run IMAGE serve`` with the artifact in /opt/ml/model; for development
+``python -m container_serve --model-dir DIR --port N`` does the same outside Docker. MMS's
+config, pid file, sockets and logs live in a private runtime directory ($SERVE_RUNTIME_DIR or a new
+temporary one), so several servers can run on one machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+from container_serve.settings import (
+    MODEL_DIR_ENV,
+    PORT_ENV,
+    RUNTIME_DIR_ENV,
+    Settings,
+    SettingsError,
+)
+
+HANDLER_SERVICE = "container_serve.handler_service"
+SOURCE_ROOT = str(Path(__file__).resolve().parent.parent)  # holds container_serve, model_artifact
+INSTANCE_ENV = "SERVE_INSTANCE_ID"
+MMS_NAMESPACE = "com.amazonaws.ml.mms.ModelServer"
+MMS_REQUEST_SLACK = 1 << 20  # MMS's own limit sits above ours: the handler answers 413 as JSON
+
+
+def log(message: str) -> None:
+    print(f"serve: {message}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="serve", description=__doc__.splitlines()[0])
+    parser.add_argument("command", nargs="?", default="serve", choices=("serve", "check"))
+    parser.add_argument("--model-dir", help="artifact directory (default: /opt/ml/model)")
+    parser.add_argument("--port", type=int, help=f"listen port (default: ${PORT_ENV} or 8080)")
+    return parser.parse_args(argv)
+
+
+def check(model_dir: str) -> int:
+    """Load the artifact as a worker would and run one forward pass; 0 if it can serve."""
+    from container_serve import inference
+    from model_artifact.manifest import ArtifactError
+
+    try:
+        served = inference.model_fn(model_dir)
+    except (ArtifactError, SettingsError) as exc:
+        log(f"cannot serve {model_dir}: {exc}")
+        return 1
+    except Exception as exc:  # torch errors while building or running the network
+        log(f"cannot serve {model_dir}: {type(exc).__name__}: {exc}")
+        return 1
+    manifest = served.manifest
+    log(f"artifact OK: {manifest.architecture}, {manifest.num_classes} classes, {model_dir}")
+    return 0
+
+
+def _check_in_child(model_dir: str) -> int:
+    # A child process, so that the long-lived entry process never holds torch and the weights.
+    command = [sys.executable, "-m", "container_serve", "check", "--model-dir", model_dir]
+    return subprocess.run(command, check=False).returncode
+
+
+def _prepare_environment(settings: Settings, model_dir: str, runtime_dir: str) -> None:
+    """Exported values reach MMS (java) and its Python workers."""
+    os.environ.update(settings.worker_env())
+    os.environ[MODEL_DIR_ENV] = model_dir
+    os.environ[RUNTIME_DIR_ENV] = runtime_dir
+    os.environ[INSTANCE_ENV] = uuid.uuid4().hex
+    os.environ["MMS_MAX_REQUEST_SIZE"] = str(settings.max_request_bytes + MMS_REQUEST_SLACK)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (SOURCE_ROOT, os.environ.get("PYTHONPATH")) if p
+    )
+    if not shutil.which("multi-model-server"):  # a venv run without activation
+        os.environ["PATH"] = os.pathsep.join((os.path.dirname(sys.executable), os.environ["PATH"]))
+    os.makedirs(os.path.join(runtime_dir, "logs"), exist_ok=True)
+    # MMS's pid file (TMPDIR) and worker sockets (TEMP): one set per server, not per machine.
+    os.environ["TMPDIR"] = os.environ["TEMP"] = runtime_dir
+    os.environ["LOG_LOCATION"] = os.environ["METRICS_LOCATION"] = f"{runtime_dir}/logs"
+
+
+class _Supervisor:
+    """Replaces two toolkit hooks: find *our* MMS, and stop it; then ends its leftovers.
+
+    MMS (java) and its Python workers inherit our instance id in their environment: the
+    toolkit's own lookup takes the only MMS on the machine and gives up if there are two
+    (tests, or other containers seen from the host), and java leaves its workers behind when
+    it stops or fails to bind the port (outside a container nothing else would end them).
+    """
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.marker = os.environ[INSTANCE_ENV]
+
+    def _ours(self) -> list[Any]:
+        import psutil
+
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            try:
+                if proc.pid != os.getpid() and proc.environ().get(INSTANCE_ENV) == self.marker:
+                    found.append(proc)
+            except psutil.Error:
+                continue
+        return found
+
+    def find_mms(self) -> Any:
+        for proc in self._ours():
+            if MMS_NAMESPACE in (proc.info["cmdline"] or []):
+                return proc
+        raise LookupError("multi-model-server has not started")
+
+    def add_stop_handlers(self, mms_process: Any) -> None:
+        def stop(signo: int, frame: Any) -> None:
+            import psutil
+
+            self.stopping = True
+            try:
+                mms_process.terminate()  # java stops its listeners and backend threads
+            except psutil.Error:
+                pass
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    def end_leftovers(self) -> None:
+        import psutil
+
+        leftovers = self._ours()
+        for proc in leftovers:
+            try:
+                proc.terminate()
+            except psutil.Error:
+                pass
+        _, alive = psutil.wait_procs(leftovers, timeout=10)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+
+
+def serve(model_dir: str | None, port: int | None) -> int:
+    env = dict(os.environ)
+    if port is not None:
+        env[PORT_ENV] = str(port)
+    try:
+        settings = Settings.from_env(env)
+    except SettingsError as exc:
+        log(str(exc))
+        return 2
+    warnings.filterwarnings("ignore", "pkg_resources is deprecated")  # the toolkit's import
+    from sagemaker_inference import environment, model_server
+
+    model_dir = os.path.abspath(model_dir or environment.model_dir)
+    runtime_dir = os.environ.get(RUNTIME_DIR_ENV) or tempfile.mkdtemp(prefix="serve-")
+    _prepare_environment(settings, model_dir, runtime_dir)
+    # Validate once, before MMS opens the port: a broken artifact must stop the container
+    # with its reason, not leave workers that fail (and /ping that answers 200) forever.
+    if _check_in_child(model_dir) != 0:
+        return 1
+    # MMS 1.1.11 parses any file named manifest.json (any case, one level deep) in the model
+    # directory as its own legacy manifest and dies with a NullPointerException. So MMS gets an
+    # empty directory, and the workers load the artifact from $SERVE_MODEL_DIR.
+    mms_model_dir = os.path.join(runtime_dir, "mms-model")
+    os.makedirs(mms_model_dir, exist_ok=True)
+    environment.model_dir = mms_model_dir  # the toolkit passes it as --models model=DIR
+    model_server.MMS_CONFIG_FILE = os.path.join(runtime_dir, "mms.properties")  # not /etc
+    supervisor = _Supervisor()
+    model_server._retrieve_mms_server_process = supervisor.find_mms
+    model_server._add_sigterm_handler = supervisor.add_stop_handlers
+    log(
+        f"starting MMS on port {settings.port}: {settings.workers} worker(s) x "
+        f"{settings.threads_per_worker} thread(s), timeout {settings.timeout_seconds} s, "
+        f"model {model_dir}, runtime dir {runtime_dir}"
+    )
+    model_server.start_model_server(handler_service=HANDLER_SERVICE)
+    supervisor.end_leftovers()
+    if supervisor.stopping:
+        log("stopped")
+        return 0
+    log("multi-model-server exited on its own")
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.command == "check":
+        from sagemaker_inference import environment
+
+        return check(args.model_dir or environment.model_dir)
+    return serve(args.model_dir, args.port)

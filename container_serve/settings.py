@@ -1,0 +1,121 @@
+"""Every environment knob the serving image reads, parsed and checked in one place.
+
+``serve`` parses them once at start (a bad value stops the container with the variable's
+name) and exports the resolved values, so each MMS worker computes exactly the same settings.
+The knobs are documented in docs/serving-api.md.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from model_artifact.preprocess import DEFAULT_MAX_PIXELS
+
+# Names SageMaker (or the inference toolkit) defines.
+PORT_ENV = "SAGEMAKER_BIND_TO_PORT"
+WORKERS_ENV = "SAGEMAKER_MODEL_SERVER_WORKERS"
+TIMEOUT_SECONDS_ENV = "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS"
+MAX_PAYLOAD_MB_ENV = "SAGEMAKER_MAX_PAYLOAD_IN_MB"
+# Ours.
+THREADS_ENV = "SERVE_THREADS_PER_WORKER"
+MAX_REQUEST_BYTES_ENV = "SERVE_MAX_REQUEST_BYTES"
+MAX_IMAGES_ENV = "SERVE_MAX_IMAGES"
+MAX_PIXELS_ENV = "SERVE_MAX_PIXELS"
+TOP_K_ENV = "SERVE_TOP_K"
+TOP_K_MAX_ENV = "SERVE_TOP_K_MAX"
+RUNTIME_DIR_ENV = "SERVE_RUNTIME_DIR"
+MODEL_DIR_ENV = "SERVE_MODEL_DIR"  # set by serve for the workers: the artifact to load
+
+# MMS's own request limit when nobody raises it; matches SageMaker's ~6 MB real-time limit.
+MMS_DEFAULT_MAX_REQUEST_BYTES = 6_553_500
+MMS_MAX_PORT = 32766  # MMS 1.1.11 rejects higher ports ("Invalid port number")
+
+
+class SettingsError(ValueError):
+    """An environment variable has a value we cannot use; the message names it."""
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: affinity mask, capped by a cgroup v2 quota (containers)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = cpus or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return cpus
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    port: int = 8080
+    workers: int = 1
+    threads_per_worker: int = 1
+    timeout_seconds: int = 60
+    max_request_bytes: int = MMS_DEFAULT_MAX_REQUEST_BYTES
+    max_images: int = 16
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    top_k: int = 5
+    top_k_max: int = 100
+    runtime_dir: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        cpus = available_cpus()
+        workers = _int(env, WORKERS_ENV, cpus)
+        # One worker per CPU by default; threads share what is left so that
+        # workers x threads never oversubscribes the CPUs (oversubscription costs 2-3x).
+        threads = _int(env, THREADS_ENV, max(1, cpus // workers))
+        max_payload_mb = _int(env, MAX_PAYLOAD_MB_ENV, 0, minimum=0)
+        default_bytes = max_payload_mb * 1024 * 1024 or MMS_DEFAULT_MAX_REQUEST_BYTES
+        top_k_max = _int(env, TOP_K_MAX_ENV, 100)
+        settings = cls(
+            port=_int(env, PORT_ENV, 8080),
+            workers=workers,
+            threads_per_worker=threads,
+            timeout_seconds=_int(env, TIMEOUT_SECONDS_ENV, 60),
+            max_request_bytes=_int(env, MAX_REQUEST_BYTES_ENV, default_bytes),
+            max_images=_int(env, MAX_IMAGES_ENV, 16),
+            max_pixels=_int(env, MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS),
+            top_k=min(_int(env, TOP_K_ENV, 5), top_k_max),
+            top_k_max=top_k_max,
+            runtime_dir=env.get(RUNTIME_DIR_ENV) or None,
+        )
+        if settings.port > MMS_MAX_PORT:
+            raise SettingsError(f"{PORT_ENV}={settings.port}: MMS takes ports up to {MMS_MAX_PORT}")
+        return settings
+
+    def worker_env(self) -> dict[str, str]:
+        """The resolved values, exported for MMS and its workers (they re-read them)."""
+        return {
+            PORT_ENV: str(self.port),
+            WORKERS_ENV: str(self.workers),
+            THREADS_ENV: str(self.threads_per_worker),
+            TIMEOUT_SECONDS_ENV: str(self.timeout_seconds),
+            MAX_REQUEST_BYTES_ENV: str(self.max_request_bytes),
+            MAX_IMAGES_ENV: str(self.max_images),
+            MAX_PIXELS_ENV: str(self.max_pixels),
+            TOP_K_ENV: str(self.top_k),
+            TOP_K_MAX_ENV: str(self.top_k_max),
+            # OpenMP/MKL pools outside torch.set_num_threads follow the same budget.
+            "OMP_NUM_THREADS": str(self.threads_per_worker),
+        }

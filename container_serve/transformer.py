@@ -1,0 +1,79 @@
+"""The toolkit's Transformer, with our functions bound and errors answered as one-line JSON.
+
+Out of the box the toolkit answers 500 plus a Python traceback for unsupported types, bad
+JSON or non-UTF-8 bodies, reads headers case-sensitively and uses request 0's headers for
+every request of a batch. ``transform`` here fixes those; model loading stays the toolkit's
+(``validate_and_initialize`` -> ``model_fn``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from http import HTTPStatus
+from typing import Any
+
+from sagemaker_inference.transformer import Transformer
+
+from container_serve import inference
+from container_serve.errors import ServeError, error_body, one_line
+from container_serve.settings import MODEL_DIR_ENV
+from model_artifact.manifest import ArtifactError
+
+logger = logging.getLogger(__name__)
+
+
+def _headers(context: Any, idx: int) -> dict[str, str]:
+    """Request headers of request ``idx``, names lower-cased (HTTP names are case-free)."""
+    props = context.request_processor[idx].get_request_properties() or {}
+    return {str(k).lower(): v for k, v in props.items() if isinstance(v, str)}
+
+
+class ServeTransformer(Transformer):
+    def validate_and_initialize(self, model_dir: str | None = None, context: Any = None) -> None:
+        # MMS is given an empty directory (see serve.py); the artifact's path comes from serve.
+        model_dir = os.environ.get(MODEL_DIR_ENV) or model_dir
+        super().validate_and_initialize(model_dir=model_dir, context=context)
+
+    def _validate_user_module_and_set_functions(self) -> None:
+        # Always ours: a stray module named by SAGEMAKER_PROGRAM must not replace them.
+        self._model_fn = inference.model_fn
+        self._input_fn = inference.input_fn
+        self._predict_fn = inference.predict_fn
+        self._output_fn = inference.output_fn
+        self._transform_fn = None
+        self._pre_model_fn = self._model_warmup_fn = None
+
+    def transform(self, data: list[dict[str, Any]], context: Any) -> list[str]:
+        responses = []
+        for idx, request in enumerate(data):
+            status, body = HTTPStatus.OK, ""
+            try:
+                body = self._handle_one(request, context, idx)
+            except ServeError as exc:
+                status, message = HTTPStatus(exc.status_code), exc.message
+                logger.info("refused with %d: %s", status, message)
+            except ArtifactError as exc:  # model_fn failed in initialize: say why, every time
+                status, message = HTTPStatus.INTERNAL_SERVER_ERROR, f"model not loaded: {exc}"
+                logger.error(one_line(message))
+            except Exception:  # a bug of ours: the client gets one line, the log the traceback
+                logger.exception("inference failed")
+                status, message = HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; see the logs"
+            if status != HTTPStatus.OK:
+                body = error_body(status, message)
+                context.set_response_status(code=int(status), phrase=status.phrase, idx=idx)
+            context.set_response_content_type(idx, inference.JSON)
+            responses.append(body)
+        return responses
+
+    def _handle_one(self, request: dict[str, Any], context: Any, idx: int) -> str:
+        model_dir = context.system_properties.get("model_dir")
+        self.validate_and_initialize(model_dir=model_dir, context=context)
+        served = self._model
+        headers = _headers(context, idx)
+        accept = headers.get("accept")
+        inference.check_accept(accept)  # refuse before spending a forward pass
+        top_k = inference.parse_top_k(headers.get(inference.CUSTOM_ATTRIBUTES), served.settings)
+        images = self._input_fn(request.get("body"), headers.get("content-type"), served.settings)
+        prediction = self._predict_fn(images, served)
+        return self._output_fn(prediction, accept, top_k)

@@ -1,0 +1,439 @@
+"""The real multi-model-server, started by ``python -m container_serve`` on a free loopback port
+with an artifact written by the real training code, answering real HTTP requests."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from PIL import Image
+
+from container_serve.serve import MMS_REQUEST_SLACK
+from model_artifact.manifest import MANIFEST_FILE
+from model_artifact.network import load_artifact
+from model_artifact.preprocess import load_image
+from tests.conftest import SAMPLE_DATA, training_env
+
+pytestmark = pytest.mark.slow
+
+MAX_BYTES, MAX_IMAGES, MAX_PIXELS = 400_000, 4, 4_000_000
+CUSTOM = "X-Amzn-SageMaker-Custom-Attributes"
+PHOTOS = sorted((SAMPLE_DATA / "test").glob("*/*.jpg"))
+
+
+def free_port() -> int:
+    """A free port below 32767 (MMS refuses higher ones; the kernel's ephemeral range is above)."""
+    for port in random.sample(range(20000, 32700), 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free port")
+
+
+def encode(image: Image.Image, fmt: str, **save: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **save)
+    return buffer.getvalue()
+
+
+@dataclass
+class Reply:
+    status: int
+    content_type: str
+    body: bytes
+
+    def json(self) -> dict:
+        return json.loads(self.body)
+
+
+@dataclass
+class Server:
+    port: int
+    proc: subprocess.Popen
+    runtime_dir: Path
+    log: Path
+    workers_at_start: set[int] = field(default_factory=set)
+
+    def request(self, method: str, path: str, body: bytes | None = None, **headers: str) -> Reply:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        try:
+            conn.request(method, path, body=body, headers={k.replace("_", "-"): v
+                                                           for k, v in headers.items()})
+            resp = conn.getresponse()
+            return Reply(resp.status, resp.getheader("Content-Type", ""), resp.read())
+        finally:
+            conn.close()
+
+    def invoke(self, body: bytes, content_type: str | None = "image/jpeg", **headers: str) -> Reply:
+        if content_type is not None:
+            headers["Content_Type"] = content_type
+        return self.request("POST", "/invocations", body, **headers)
+
+    def processes(self) -> list[psutil.Process]:
+        """MMS and its workers: their command lines name our private runtime directory."""
+        mine = []
+        for proc in psutil.process_iter(["cmdline"]):
+            if any(str(self.runtime_dir) in part for part in proc.info["cmdline"] or []):
+                mine.append(proc)
+        return mine
+
+    def worker_pids(self) -> set[int]:
+        return {p.pid for p in self.processes()
+                if any("model_service_worker" in part for part in p.info["cmdline"])}
+
+
+def run_serve(model_dir: Path, tmp: Path, **env: str) -> tuple[list[str], dict[str, str], Path]:
+    port = free_port()
+    runtime = tmp / "runtime"
+    runtime.mkdir(parents=True, exist_ok=True)
+    full_env = {**training_env(), "SERVE_RUNTIME_DIR": str(runtime),
+                "SAGEMAKER_MODEL_SERVER_WORKERS": "1", **env}
+    cmd = [sys.executable, "-m", "container_serve", "--model-dir", str(model_dir),
+           "--port", str(port)]
+    return cmd, full_env, runtime
+
+
+def start_server(model_dir: Path, tmp: Path, good: bytes, **env: str) -> Server:
+    cmd, full_env, runtime = run_serve(model_dir, tmp, **env)
+    log = tmp / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, env=full_env, cwd=tmp, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    server = Server(int(cmd[-1]), proc, runtime, log)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # /ping says 200 before the model loads: use a request
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if server.invoke(good).status == 200:
+                return server
+        except OSError:
+            pass
+        time.sleep(1)
+    stop_server(server)
+    raise AssertionError(f"server not ready in 300 s:\n{log.read_text()[-3000:]}")
+
+
+def stop_server(server: Server) -> int:
+    """SIGTERM as SageMaker does; whatever is left after a minute is killed."""
+    if server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            server.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+    for proc in server.processes():
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    try:
+        os.killpg(server.proc.pid, signal.SIGKILL)  # the whole session, if anything is left
+    except (ProcessLookupError, PermissionError):
+        pass
+    return server.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def photo() -> bytes:
+    return PHOTOS[0].read_bytes()
+
+
+@pytest.fixture(scope="module")
+def server(serve_artifact: Path, tmp_path_factory: pytest.TempPathFactory,
+           photo: bytes) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("serve")
+    server = start_server(serve_artifact, tmp, photo, SERVE_MAX_REQUEST_BYTES=str(MAX_BYTES),
+                          SERVE_MAX_IMAGES=str(MAX_IMAGES), SERVE_MAX_PIXELS=str(MAX_PIXELS))
+    server.workers_at_start = server.worker_pids()
+    assert server.workers_at_start, "no MMS worker found"
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def reference(serve_artifact: Path):
+    """Probabilities the way the training code evaluates: its dataset class (model_artifact's
+    load_image + the manifest's transform), channels_last model in eval mode."""
+    from container_train.data import ImageListDataset
+
+    model, manifest = load_artifact(serve_artifact)
+    model = model.to(memory_format=torch.channels_last)
+    pre = manifest.preprocessing
+
+    def probabilities(source: Path | bytes) -> list[float]:
+        if isinstance(source, Path):
+            tensor = ImageListDataset([(source, 0)], pre.transform(), min_side=pre.resize)[0][0]
+        else:  # the same pipeline on bytes (variants made in memory)
+            tensor = pre.transform()(load_image(source, min_side=pre.min_side))
+        with torch.inference_mode():
+            batch = tensor.unsqueeze(0).contiguous(memory_format=torch.channels_last)
+            return torch.softmax(model(batch), dim=1)[0].tolist()
+
+    probabilities.class_names = manifest.class_names
+    return probabilities
+
+
+def full_distribution(reply: Reply, n_classes: int) -> list[list[float]]:
+    """Served top-k (k = all classes) back to index order, one list per image."""
+    assert reply.status == 200, reply.body[:500]
+    rows = []
+    for prediction in reply.json()["predictions"]:
+        top = prediction["top_k"]
+        assert len(top) == n_classes
+        probs = [0.0] * n_classes
+        for entry in top:
+            probs[entry["index"]] = entry["probability"]
+        rows.append(probs)
+    return rows
+
+
+def check_top_k(reply: Reply, class_names: tuple[str, ...], k: int, images: int = 1) -> None:
+    assert reply.status == 200, reply.body[:500]
+    assert reply.content_type.startswith("application/json")
+    predictions = reply.json()["predictions"]
+    assert len(predictions) == images
+    for prediction in predictions:
+        top = prediction["top_k"]
+        assert len(top) == k
+        probs = [t["probability"] for t in top]
+        assert probs == sorted(probs, reverse=True) and all(0 <= p <= 1 for p in probs)
+        assert all(class_names[t["index"]] == t["label"] for t in top)
+
+
+def test_mms_configuration(server: Server) -> None:
+    """The knobs reach MMS (private config file) and the worker (its environment)."""
+    props = (server.runtime_dir / "mms.properties").read_text()
+    assert "default_service_handler=container_serve.handler_service" in props
+    assert f"inference_address=http://0.0.0.0:{server.port}" in props
+    assert "default_response_timeout_seconds=60" in props
+    assert "default_workers_per_model=1" in props
+    assert f"Maximum Request Size: {MAX_BYTES + MMS_REQUEST_SLACK}" in server.log.read_text()
+    worker_env = psutil.Process(min(server.workers_at_start)).environ()
+    assert worker_env["SERVE_THREADS_PER_WORKER"] == worker_env["OMP_NUM_THREADS"]
+    assert int(worker_env["SERVE_THREADS_PER_WORKER"]) <= max(1, len(os.sched_getaffinity(0)))
+
+
+def test_ping(server: Server) -> None:
+    reply = server.request("GET", "/ping")
+    assert reply.status == 200 and b"Healthy" in reply.body
+
+
+@pytest.mark.parametrize(("fmt", "content_type"),
+                         [("JPEG", "image/jpeg"), ("PNG", "image/png"), ("WEBP", "image/webp")])
+def test_formats(server: Server, reference, fmt: str, content_type: str) -> None:
+    body = encode(Image.open(PHOTOS[1]), fmt)
+    check_top_k(server.invoke(body, content_type), reference.class_names, 5)
+
+
+def variants() -> dict[str, bytes]:
+    image = Image.open(PHOTOS[2]).convert("RGB")
+    rgba = image.convert("RGBA")
+    rgba.putalpha(100)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    return {
+        "cmyk": encode(image.convert("CMYK"), "JPEG"),
+        "gray": encode(image.convert("L"), "PNG"),
+        "palette": encode(image.convert("P", palette=Image.Palette.ADAPTIVE), "PNG"),
+        "rgba": encode(rgba, "PNG"),
+        "exif_rotated": encode(image, "JPEG", exif=exif),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(variants()))
+def test_modes_sniffed_and_equal_to_reference(server: Server, reference, name: str) -> None:
+    body = variants()[name]
+    reply = server.invoke(body, "application/octet-stream", **{CUSTOM: "top_k=5"})
+    served = full_distribution(reply, 5)[0]
+    expected = reference(body)
+    assert max(abs(a - b) for a, b in zip(served, expected, strict=True)) < 1e-5
+
+
+def test_json_batch_equals_single_requests(server: Server, reference) -> None:
+    bodies = [p.read_bytes() for p in PHOTOS[:3]]
+    payload = json.dumps({"images": [base64.b64encode(b).decode() for b in bodies]}).encode()
+    batch = full_distribution(
+        server.invoke(payload, "application/json", **{CUSTOM: "top_k=5"}), 5
+    )
+    assert len(batch) == 3
+    for body, row in zip(bodies, batch, strict=True):
+        single = full_distribution(server.invoke(body, **{CUSTOM: "top_k=5"}), 5)[0]
+        assert max(abs(a - b) for a, b in zip(single, row, strict=True)) < 1e-5
+    one = json.dumps({"image": base64.b64encode(bodies[0]).decode()})
+    check_top_k(server.invoke(one.encode(), "application/json; charset=utf-8"),
+                reference.class_names, 5)
+
+
+@pytest.mark.parametrize(("attributes", "k"), [("top_k=3", 3), ("a=b; top_k=1", 1),
+                                               ("top_k=1000", 5), ("", 5)])
+def test_top_k(server: Server, reference, photo: bytes, attributes: str, k: int) -> None:
+    check_top_k(server.invoke(photo, **{CUSTOM: attributes}), reference.class_names, k)
+
+
+def bad_requests() -> dict[str, tuple[bytes, dict[str, str], int, str]]:
+    photo = PHOTOS[0].read_bytes()
+    b64 = base64.b64encode(photo).decode()
+    bomb = encode(Image.new("L", (4000, 2000)), "PNG")  # 8 Mpx in a few KB
+    return {
+        "csv": (b"1,2", {"Content_Type": "text/csv"}, 415, "text/csv"),
+        "form": (b"a=b", {"Content_Type": "application/x-www-form-urlencoded"}, 415, "form"),
+        "accept_csv": (photo, {"Content_Type": "image/jpeg", "Accept": "text/csv"}, 406,
+                       "text/csv"),
+        "empty": (b"", {"Content_Type": "image/jpeg"}, 400, "empty"),
+        "garbage": (b"hello" * 100, {"Content_Type": "application/octet-stream"}, 400,
+                    "not a JPEG"),
+        "truncated": (photo[: len(photo) // 3], {"Content_Type": "image/jpeg"}, 400,
+                      "corrupt"),
+        "bad_json": (b'{"images": [', {"Content_Type": "application/json"}, 400, "JSON"),
+        "not_utf8": (b'{"image": "\xff"}', {"Content_Type": "application/json"}, 400, "UTF-8"),
+        "bad_base64": (b'{"image": "%%%"}', {"Content_Type": "application/json"}, 400,
+                       "base64"),
+        "bad_top_k": (photo, {"Content_Type": "image/jpeg", CUSTOM: "top_k=many"}, 400,
+                      "top_k"),
+        "too_many_bytes": (photo * (MAX_BYTES // len(photo) + 1), {"Content_Type": "image/jpeg"},
+                           413, f"limit is {MAX_BYTES}"),
+        "too_many_images": (json.dumps({"images": [b64] * (MAX_IMAGES + 1)}).encode(),
+                            {"Content_Type": "application/json"}, 413, "images"),
+        "too_many_pixels": (bomb, {"Content_Type": "image/png"}, 413, "pixels"),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(bad_requests()))
+def test_error_then_good_request(server: Server, photo: bytes, name: str) -> None:
+    body, headers, status, fragment = bad_requests()[name]
+    reply = server.request("POST", "/invocations", body, **headers)
+    assert reply.status == status, reply.body[:500]
+    assert reply.content_type.startswith("application/json")
+    text = reply.body.decode()
+    assert "Traceback" not in text and "\n" not in text.strip()
+    doc = reply.json()
+    assert doc["code"] == status and fragment in doc["message"], doc
+    assert server.invoke(photo).status == 200
+    assert server.worker_pids() == server.workers_at_start  # same worker, never restarted
+
+
+def test_above_mms_limit_is_mms_own_413(server: Server, photo: bytes) -> None:
+    body = b"\xff\xd8\xff" + b"\0" * (MAX_BYTES + MMS_REQUEST_SLACK + 10)
+    try:
+        reply = server.invoke(body)
+        assert reply.status == 413  # MMS itself: empty body (docs/serving-api.md)
+    except (ConnectionError, http.client.HTTPException):
+        pass  # Netty may close the connection while the client is still sending
+    assert server.invoke(photo).status == 200
+    assert server.worker_pids() == server.workers_at_start
+
+
+def test_parity_with_training_evaluation(server: Server, reference) -> None:
+    for path in PHOTOS[:: max(1, len(PHOTOS) // 4)][:4]:
+        served = full_distribution(server.invoke(path.read_bytes(), **{CUSTOM: "top_k=5"}), 5)[0]
+        expected = reference(path)
+        assert max(abs(a - b) for a, b in zip(served, expected, strict=True)) < 1e-5, path
+
+
+def test_sigterm_stops_server_and_workers(server: Server) -> None:
+    """Runs last in this module: stops the shared server."""
+    assert server.processes()
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=60) == 0
+    deadline = time.monotonic() + 15
+    while server.processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not server.processes(), [p.info["cmdline"] for p in server.processes()]
+    assert "serve: stopped" in server.log.read_text()
+
+
+# --- artifacts that must stop `serve` before MMS opens a port ---------------------------------
+
+
+def broken_artifact(source: Path, dest: Path, kind: str) -> Path:
+    dest.mkdir()
+    manifest = json.loads((source / MANIFEST_FILE).read_text())
+    weights = source / manifest["weights_file"]
+    (dest / weights.name).symlink_to(weights)
+    if kind == "missing_manifest":
+        return dest
+    if kind == "invalid_json":
+        (dest / MANIFEST_FILE).write_text("{not json")
+        return dest
+    if kind == "invalid_field":
+        manifest["class_names"] = []
+    elif kind == "sha_mismatch":
+        manifest["weights_sha256"] = "0" * 64
+    elif kind == "shape_mismatch":  # one class more than the weights have
+        manifest["class_names"] = [*manifest["class_names"], "extra"]
+        manifest["num_classes"] = len(manifest["class_names"])
+    elif kind == "missing_weights":
+        (dest / weights.name).unlink()
+    (dest / MANIFEST_FILE).write_text(json.dumps(manifest))
+    return dest
+
+
+@pytest.mark.parametrize(("kind", "fragments"), [
+    ("missing_manifest", ["manifest.json", "not found"]),
+    ("invalid_json", ["manifest.json", "not valid JSON"]),
+    ("invalid_field", ["manifest.json", "class_names"]),
+    ("missing_weights", ["model.pt", "missing"]),
+    ("sha_mismatch", ["model.pt", "sha256 does not match"]),
+    ("shape_mismatch", ["model.pt", "do not match the manifest", "6 classes"]),
+])
+def test_broken_artifact_exits_before_the_port_opens(serve_artifact: Path, tmp_path: Path,
+                                                     kind: str, fragments: list[str]) -> None:
+    model_dir = broken_artifact(serve_artifact, tmp_path / "model", kind)
+    cmd, env, runtime = run_serve(model_dir, tmp_path)
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=180, start_new_session=True)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output
+    for fragment in fragments:
+        assert fragment in output, output
+    assert "Traceback" not in output
+    assert "Model server started" not in output and not (runtime / "mms.properties").exists()
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", int(cmd[-1]))) != 0  # nothing listens
+    shutil.rmtree(runtime, ignore_errors=True)
+
+
+def test_container_mode_reads_sagemaker_base_dir(tmp_path: Path) -> None:
+    """`serve` with no --model-dir (as SageMaker runs it) reads $SAGEMAKER_BASE_DIR/model."""
+    (tmp_path / "model").mkdir()
+    env = {**training_env(), "SAGEMAKER_BASE_DIR": str(tmp_path),
+           "SERVE_RUNTIME_DIR": str(tmp_path / "runtime")}
+    proc = subprocess.run([sys.executable, "-m", "container_serve", "serve"], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 1
+    assert f"{tmp_path}/model/manifest.json: not found" in proc.stderr
+
+
+def test_port_in_use_exits_non_zero_without_orphans(serve_artifact: Path, tmp_path: Path) -> None:
+    """MMS starts its workers, then fails to bind: serve exits 1 and ends those workers."""
+    cmd, env, runtime = run_serve(serve_artifact, tmp_path)
+    with socket.socket() as blocker:
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        blocker.bind(("0.0.0.0", int(cmd[-1])))
+        blocker.listen()
+        proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300, start_new_session=True)
+    assert proc.returncode == 1
+    assert "Address already in use" in proc.stdout + proc.stderr
+    leftovers = Server(int(cmd[-1]), None, runtime, tmp_path / "unused").processes()
+    assert not leftovers, [p.info["cmdline"] for p in leftovers]

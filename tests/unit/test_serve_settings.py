@@ -1,0 +1,89 @@
+"""container_serve.settings and the serve CLI: environment knobs, defaults, refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from container_serve import serve, settings
+from container_serve.settings import Settings, SettingsError
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(settings, "available_cpus", lambda: 4)
+    s = Settings.from_env({})
+    assert (s.port, s.workers, s.threads_per_worker, s.timeout_seconds) == (8080, 4, 1, 60)
+    assert s.max_request_bytes == settings.MMS_DEFAULT_MAX_REQUEST_BYTES == 6_553_500
+    assert (s.max_images, s.top_k, s.top_k_max) == (16, 5, 100)
+
+
+@pytest.mark.parametrize(("workers", "threads"), [("1", 4), ("2", 2), ("3", 1), ("8", 1)])
+def test_threads_fit_the_cpus(monkeypatch: pytest.MonkeyPatch, workers: str, threads: int) -> None:
+    monkeypatch.setattr(settings, "available_cpus", lambda: 4)
+    s = Settings.from_env({settings.WORKERS_ENV: workers})
+    assert s.threads_per_worker == threads
+    assert s.workers * s.threads_per_worker <= max(4, s.workers)
+
+
+def test_overrides() -> None:
+    s = Settings.from_env({
+        "SAGEMAKER_BIND_TO_PORT": "9001",
+        "SAGEMAKER_MODEL_SERVER_WORKERS": "2",
+        "SERVE_THREADS_PER_WORKER": "3",
+        "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS": "15",
+        "SAGEMAKER_MAX_PAYLOAD_IN_MB": "10",
+        "SERVE_MAX_IMAGES": "4",
+        "SERVE_MAX_PIXELS": "1000",
+        "SERVE_TOP_K": "50",
+        "SERVE_TOP_K_MAX": "10",
+    })
+    assert (s.port, s.workers, s.threads_per_worker, s.timeout_seconds) == (9001, 2, 3, 15)
+    assert s.max_request_bytes == 10 * 1024 * 1024
+    assert (s.max_images, s.max_pixels) == (4, 1000)
+    assert (s.top_k, s.top_k_max) == (10, 10)  # the default never exceeds the cap
+    assert Settings.from_env({"SERVE_MAX_REQUEST_BYTES": "123"}).max_request_bytes == 123
+
+
+def test_worker_env_round_trips() -> None:
+    s = Settings.from_env({"SAGEMAKER_MODEL_SERVER_WORKERS": "2", "SERVE_TOP_K": "3"})
+    env = s.worker_env()
+    assert Settings.from_env(env) == s
+    assert env["OMP_NUM_THREADS"] == str(s.threads_per_worker)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("SAGEMAKER_MODEL_SERVER_WORKERS", "two"), ("SAGEMAKER_BIND_TO_PORT", "40000"),
+     ("SERVE_MAX_IMAGES", "0"), ("SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS", "-1"),
+     ("SERVE_TOP_K", "1.5")],
+)
+def test_bad_values_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_available_cpus_is_positive() -> None:
+    assert settings.available_cpus() >= 1
+
+
+def test_cli_arguments() -> None:
+    args = serve.parse_args(["serve", "--model-dir", "/m", "--port", "9000"])
+    assert (args.command, args.model_dir, args.port) == ("serve", "/m", 9000)
+    assert serve.parse_args([]).command == "serve"  # `docker run IMAGE` with no argument
+    assert serve.parse_args(["check"]).command == "check"
+
+
+def test_serve_refuses_bad_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SAGEMAKER_MODEL_SERVER_WORKERS", "many")
+    assert serve.main(["--model-dir", "/nonexistent"]) == 2
+    assert "SAGEMAKER_MODEL_SERVER_WORKERS='many'" in capsys.readouterr().err
+
+
+def test_check_names_the_missing_manifest(
+    tmp_path: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert serve.main(["check", "--model-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "manifest.json: not found" in err
+    assert "Traceback" not in err
