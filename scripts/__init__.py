@@ -1,0 +1,1 @@
+"""Drivers run from a laptop or CI against an AWS account (see docs/drivers.md)."""

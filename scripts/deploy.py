@@ -1,0 +1,287 @@
+#!/usr/bin/env python3
+"""Deploy a trained model on the serving image: model, endpoint config, endpoint; or tear down.
+
+    python scripts/deploy.py --training-job resnet-train-261127-2015
+    python scripts/deploy.py --model-data s3://BUCKET/.../model.tar.gz --serverless 4096:5
+    python scripts/deploy.py --from-best best_training_job.json --autoscale 1:4
+    python scripts/deploy.py --delete resnet-serve-261127-2040
+
+Waits until the endpoint is InService (or reports why it failed), then prints its name and a
+ready-to-run ``aws sagemaker-runtime invoke-endpoint`` command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as `python scripts/deploy.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from scripts import driver
+from scripts.settings import (
+    SettingsError,
+    add_common_arguments,
+    check_s3_uri,
+    resolve,
+    s3_uri_type,
+)
+from scripts.train import load_best
+
+VARIANT = "AllTraffic"
+SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
+SERVERLESS_MEMORY = (1024, 2048, 3072, 4096, 5120, 6144)
+CAPTURE_JSON_TYPES = ["application/json"]
+
+
+def _pair(text: str, what: str) -> tuple[int, int]:
+    try:
+        a, b = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} takes A:B (two integers), got {text!r}") from None
+    return a, b
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="deploy.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(p, image="serve")
+    m = p.add_argument_group("model (one of)")
+    src = m.add_mutually_exclusive_group()
+    src.add_argument("--model-data", type=s3_uri_type, metavar="S3_URI",
+                     help="the model.tar.gz a training job wrote")
+    src.add_argument("--training-job", metavar="NAME", help="use this training job's artifact")
+    src.add_argument("--from-best", type=Path, metavar="FILE",
+                     help="the best job file tune.py wrote")
+    src.add_argument("--delete", metavar="ENDPOINT",
+                     help="delete the endpoint, its config, its models and its autoscaling")
+    m.add_argument("--env", action="append", metavar="NAME=VALUE",
+                   help="environment of the serving container (e.g. SAGEMAKER_MODEL_SERVER_"
+                        "WORKERS=2); repeatable")
+    e = p.add_argument_group("endpoint")
+    e.add_argument("--name", help="endpoint, config and model name (default resnet-serve-TIME)")
+    e.add_argument("--instance-count", type=int, default=1)
+    e.add_argument("--serverless", metavar="MEMORY_MB:MAX_CONCURRENCY",
+                   type=lambda t: _pair(t, "--serverless"),
+                   help="a serverless endpoint instead of instances, e.g. 4096:5")
+    e.add_argument("--data-capture", type=s3_uri_type, metavar="S3_URI",
+                   help="capture requests and responses to this S3 prefix")
+    e.add_argument("--capture-percent", type=int, default=100)
+    e.add_argument("--autoscale", metavar="MIN:MAX", type=lambda t: _pair(t, "--autoscale"),
+                   help="target-tracking autoscaling of the instance count")
+    e.add_argument("--target-invocations", type=float, default=100.0,
+                   help="invocations per instance per minute to track (default 100)")
+    e.add_argument("--no-wait", dest="wait", action="store_false",
+                   help="return once the endpoint is being created")
+    e.add_argument("--timeout", type=int, default=1800, help="seconds to wait for InService")
+    return p
+
+
+def default_name() -> str:
+    return "resnet-serve-" + datetime.now(timezone.utc).strftime("%y%m%d-%H%M%S")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if not (args.delete or args.model_data or args.training_job or args.from_best):
+        raise SettingsError("missing model: set --model-data S3_URI, --training-job NAME or "
+                            "--from-best FILE (or --delete ENDPOINT)")
+    if args.serverless:
+        memory, concurrency = args.serverless
+        if memory not in SERVERLESS_MEMORY:
+            raise SettingsError(f"--serverless memory must be one of {SERVERLESS_MEMORY} MB")
+        if not 1 <= concurrency <= 200:
+            raise SettingsError("--serverless max concurrency must be 1-200")
+        if args.autoscale:
+            raise SettingsError("--autoscale applies to instance endpoints, not --serverless")
+    if args.autoscale:
+        low, high = args.autoscale
+        if not 1 <= low <= high:
+            raise SettingsError("--autoscale MIN:MAX needs 1 <= MIN <= MAX")
+    if not 0 < args.capture_percent <= 100:
+        raise SettingsError("--capture-percent must be 1-100")
+    if args.instance_count < 1:
+        raise SettingsError("--instance-count must be at least 1")
+
+
+def model_data_url(ctx: driver.Context, args: argparse.Namespace) -> str:
+    if args.model_data:
+        return args.model_data
+    if args.from_best:
+        best = load_best(args.from_best)
+        return check_s3_uri(best.get("model_data") or "", f"model_data in {args.from_best}")
+    from sagemaker.core.resources import TrainingJob
+
+    job = TrainingJob.get(training_job_name=args.training_job, session=ctx.boto_session,
+                          region=ctx.region)
+    if job.training_job_status != "Completed" and not ctx.dry_run:
+        raise driver.DriverError(f"training job {args.training_job} is {job.training_job_status}"
+                                 f" ({job.failure_reason}); only a completed job has a model")
+    return job.model_artifacts.s3_model_artifacts
+
+
+def endpoint_config_request(args: argparse.Namespace, name: str, s: Any) -> dict[str, Any]:
+    """The CreateEndpointConfig request: one variant (instances or serverless), data capture."""
+    if args.serverless:
+        memory, concurrency = args.serverless
+        variant: dict[str, Any] = {
+            "VariantName": VARIANT, "ModelName": name,
+            "ServerlessConfig": {"MemorySizeInMB": memory, "MaxConcurrency": concurrency}}
+    else:
+        variant = {"VariantName": VARIANT, "ModelName": name,
+                   "InitialInstanceCount": args.instance_count,
+                   "InstanceType": s.serve_instance_type, "InitialVariantWeight": 1.0}
+    request: dict[str, Any] = {"EndpointConfigName": name, "ProductionVariants": [variant]}
+    if args.data_capture:
+        request["DataCaptureConfig"] = {
+            "EnableCapture": True,
+            "InitialSamplingPercentage": args.capture_percent,
+            "DestinationS3Uri": args.data_capture,
+            "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
+            "CaptureContentTypeHeader": {"JsonContentTypes": CAPTURE_JSON_TYPES},
+        }
+    return request
+
+
+def create_all(ctx: driver.Context, args: argparse.Namespace, name: str, data_url: str) -> Any:
+    from sagemaker.core import shapes
+    from sagemaker.core.resources import Endpoint, Model
+
+    s = ctx.settings
+    common = {"session": ctx.boto_session, "region": ctx.region}
+    Model.create(
+        model_name=name,
+        primary_container=shapes.ContainerDefinition(
+            image=s.serve_image, model_data_url=data_url,
+            environment=driver.parse_key_values(args.env, "--env")),
+        execution_role_arn=s.role,
+        **common,
+    )
+    # CreateEndpointConfig goes through boto3: SDK v3 3.27 serializes the serverless
+    # memory_size_in_mb as "MemorySizeInMb" (the API wants "MemorySizeInMB"), which boto3
+    # rejects, so EndpointConfig.create cannot make a serverless endpoint.
+    ctx.client("sagemaker").create_endpoint_config(**endpoint_config_request(args, name, s))
+    return Endpoint.create(endpoint_name=name, endpoint_config_name=name, **common)
+
+
+def wait_in_service(ctx: driver.Context, endpoint: Any, timeout: int) -> None:
+    from sagemaker.core.utils.exceptions import FailedStatusError, TimeoutExceededError
+
+    try:
+        endpoint.wait_for_status("InService", poll=15, timeout=timeout)
+    except FailedStatusError:
+        described = ctx.client("sagemaker").describe_endpoint(EndpointName=endpoint.endpoint_name)
+        raise driver.DriverError(
+            f"endpoint {endpoint.endpoint_name} is {described.get('EndpointStatus')}: "
+            f"{described.get('FailureReason', 'no reason given')} (see the CloudWatch log group "
+            f"/aws/sagemaker/Endpoints/{endpoint.endpoint_name}); tear down with "
+            f"python scripts/deploy.py --delete {endpoint.endpoint_name}") from None
+    except TimeoutExceededError:
+        raise driver.DriverError(f"endpoint {endpoint.endpoint_name} not InService after "
+                                 f"{timeout}s; it keeps being created") from None
+
+
+def resource_id(endpoint: str) -> str:
+    return f"endpoint/{endpoint}/variant/{VARIANT}"
+
+
+def autoscale(ctx: driver.Context, endpoint: str, low: int, high: int, target: float) -> None:
+    """Target tracking on invocations per instance (Application Auto Scaling; not in the SDK)."""
+    aas = ctx.client("application-autoscaling")
+    aas.register_scalable_target(ServiceNamespace="sagemaker", ResourceId=resource_id(endpoint),
+                                 ScalableDimension=SCALABLE_DIMENSION,
+                                 MinCapacity=low, MaxCapacity=high)
+    aas.put_scaling_policy(
+        PolicyName=f"{endpoint}-invocations",
+        ServiceNamespace="sagemaker",
+        ResourceId=resource_id(endpoint),
+        ScalableDimension=SCALABLE_DIMENSION,
+        PolicyType="TargetTrackingScaling",
+        TargetTrackingScalingPolicyConfiguration={
+            "TargetValue": target,
+            "PredefinedMetricSpecification": {
+                "PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"},
+            "ScaleInCooldown": 300,
+            "ScaleOutCooldown": 60,
+        },
+    )
+
+
+def delete_all(ctx: driver.Context, name: str) -> None:
+    """Autoscaling target, endpoint, endpoint config, models; each reported as it goes."""
+    from botocore.exceptions import ClientError
+
+    sm = ctx.client("sagemaker")
+    endpoint = sm.describe_endpoint(EndpointName=name)
+    config_name = endpoint.get("EndpointConfigName") or name  # (a dry run knows no config)
+    config = sm.describe_endpoint_config(EndpointConfigName=config_name)
+    models = sorted({v["ModelName"] for v in config.get("ProductionVariants", [])})
+    aas = ctx.client("application-autoscaling")
+    targets = aas.describe_scalable_targets(ServiceNamespace="sagemaker",
+                                            ResourceIds=[resource_id(name)])
+    for target in targets.get("ScalableTargets", []):
+        aas.deregister_scalable_target(ServiceNamespace="sagemaker",
+                                       ResourceId=target["ResourceId"],
+                                       ScalableDimension=target["ScalableDimension"])
+        ctx.log(f"deregistered autoscaling of {target['ResourceId']}")
+    sm.delete_endpoint(EndpointName=name)
+    ctx.log(f"deleted endpoint {name}")
+    sm.delete_endpoint_config(EndpointConfigName=config_name)
+    ctx.log(f"deleted endpoint config {config_name}")
+    for model in models:
+        try:
+            sm.delete_model(ModelName=model)
+            ctx.log(f"deleted model {model}")
+        except ClientError as exc:  # shared with another endpoint, or already gone
+            ctx.log(f"model {model} kept: {exc.response['Error'].get('Message')}")
+
+
+def invoke_command(region: str, endpoint: str) -> str:
+    return " ".join([
+        "aws sagemaker-runtime invoke-endpoint",
+        f"--region {shlex.quote(region)}",
+        f"--endpoint-name {shlex.quote(endpoint)}",
+        "--content-type image/jpeg",
+        "--custom-attributes top_k=5",
+        "--body fileb://photo.jpg",
+        "/dev/stdout",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        check_args(args)
+        required = ["region"] if args.delete else ["region", "role", "serve_image"]
+        settings = resolve(args, required, image="serve")
+        ctx = driver.open_context(settings, args.dry_run)
+        if args.delete:
+            delete_all(ctx, args.delete)
+            driver.finish(ctx)
+            return 0
+        name = args.name or default_name()
+        endpoint = create_all(ctx, args, name, model_data_url(ctx, args))
+        ctx.log(f"creating endpoint {name}")
+        if args.wait and not ctx.dry_run:
+            wait_in_service(ctx, endpoint, args.timeout)
+        if args.autoscale:
+            autoscale(ctx, name, *args.autoscale, args.target_invocations)
+            ctx.log(f"autoscaling {args.autoscale[0]}-{args.autoscale[1]} instances at "
+                    f"{args.target_invocations:g} invocations/instance/minute")
+        if ctx.dry_run:
+            driver.finish(ctx)
+            return 0
+        print(f"endpoint: {name}")
+        print(f"try it:   {invoke_command(ctx.region, name)}")
+        print(f"or:       python scripts/predict.py --endpoint {name} photo.jpg")
+        return 0
+
+    return driver.run(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,438 @@
+#!/usr/bin/env python3
+"""Start a SageMaker hyperparameter tuning job on the training image; follow it; keep the best.
+
+    python scripts/tune.py --data s3://BUCKET/photos --max-jobs 12 --max-parallel-jobs 3 --wait
+    python scripts/tune.py --attach resnet-hpo-261127-1944 --wait   # follow / collect a job
+
+Ranges (``--range NAME=SPEC``, repeatable) override the defaults below: ``LOW:HIGH`` is a
+continuous range for float hyperparameters and an integer range for int ones (add ``:log`` or
+``:linear``), ``A,B,C`` a categorical one, ``off`` drops a default range. Every bound and choice
+is checked against the training image's own table (``container_train.hyperparameters``), and
+the objective and metric regexes come from ``container_train.metrics``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as `python scripts/tune.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from container_train.hyperparameters import (
+    SPECS_BY_NAME,
+    HyperparameterError,
+    canonical_name,
+    parse_value,
+)
+from container_train.metrics import (
+    DEFAULT_OBJECTIVE,
+    METRIC_DEFINITIONS,
+    OBJECTIVES,
+)
+from scripts import driver
+from scripts.settings import (
+    SettingsError,
+    add_common_arguments,
+    check_s3_uri,
+    resolve,
+)
+
+CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
+BEST_FILE_FORMAT = "resnet-byoc/best-training-job@1"
+DEFAULT_BEST_FILE = "best_training_job.json"
+SCALINGS = {"log": "Logarithmic", "linear": "Linear", "auto": "Auto",
+            "reverselog": "ReverseLogarithmic"}
+
+# name -> spec, in the --range syntax (so the defaults go through the same checks)
+DEFAULT_RANGES: dict[str, str] = {
+    "lr": "1e-5:1e-2:log",
+    "batch-size": "16,32,64",
+    "epochs": "3:12",
+    "trainable-layers": "0,2,4,all",
+    "weight-decay": "1e-6:1e-2:log",
+}
+TERMINAL = {"Completed", "Failed", "Stopped"}
+VALIDATE_ROLE_ENV = "SAGEMAKER_VALIDATE_ROLE"
+
+
+@dataclass(frozen=True)
+class Range:
+    """One tuning range: kind is 'Continuous', 'Integer' or 'Categorical'."""
+
+    name: str
+    kind: str
+    low: float | int | None = None
+    high: float | int | None = None
+    values: tuple[str, ...] = ()
+    scaling: str = "Auto"
+
+    def to_sdk(self) -> Any:
+        from sagemaker.core.parameter import (
+            CategoricalParameter,
+            ContinuousParameter,
+            IntegerParameter,
+        )
+
+        if self.kind == "Continuous":
+            return ContinuousParameter(self.low, self.high, scaling_type=self.scaling)
+        if self.kind == "Integer":
+            return IntegerParameter(self.low, self.high, scaling_type=self.scaling)
+        return CategoricalParameter(list(self.values))
+
+
+def parse_range(name: str, spec: str) -> Range | None:
+    """``lr=1e-5:1e-2:log`` style spec -> Range (None for 'off'); checked against SPECS."""
+    key = canonical_name(name)
+    hp = SPECS_BY_NAME.get(key)
+    if hp is None:
+        raise HyperparameterError(f"unknown hyperparameter '{name}' in --range; valid names: "
+                                  f"{', '.join(SPECS_BY_NAME)}")
+    text = spec.strip()
+    if text.lower() == "off":
+        return None
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) not in (2, 3):
+            raise HyperparameterError(
+                f"--range {key}: use LOW:HIGH[:log|linear|auto], got {spec!r}")
+        scaling = SCALINGS.get(parts[2].strip().lower() if len(parts) == 3 else "auto")
+        if scaling is None:
+            raise HyperparameterError(f"--range {key}: scaling must be one of "
+                                      f"{', '.join(SCALINGS)}, got {parts[2]!r}")
+        if hp.kind not in ("float", "int"):
+            raise HyperparameterError(f"--range {key}: a {hp.kind} hyperparameter takes a list "
+                                      f"of choices A,B,C, not a LOW:HIGH range")
+        low, high = parse_value(key, parts[0]), parse_value(key, parts[1])
+        if not low < high:
+            raise HyperparameterError(f"--range {key}: LOW must be below HIGH, got {spec!r}")
+        if scaling in ("Logarithmic", "ReverseLogarithmic") and low <= 0:
+            raise HyperparameterError(f"--range {key}: logarithmic scaling needs LOW > 0")
+        kind = "Continuous" if hp.kind == "float" else "Integer"
+        return Range(key, kind, low=low, high=high, scaling=scaling)
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values:
+        raise HyperparameterError(f"--range {key}: no values in {spec!r}")
+    typed = [parse_value(key, v) for v in values]  # each choice checked
+    return Range(key, "Categorical", values=tuple(str(v) for v in typed))
+
+
+def build_ranges(overrides: dict[str, str], static: dict[str, Any]) -> dict[str, Range]:
+    specs = dict(DEFAULT_RANGES)
+    for name, spec in overrides.items():
+        specs[canonical_name(name)] = spec
+    for name in static:  # a fixed value replaces a default range
+        if name in specs and name not in {canonical_name(n) for n in overrides}:
+            del specs[name]
+    ranges = {}
+    for name, spec in specs.items():
+        r = parse_range(name, spec)
+        if r is not None:
+            if name in static:
+                raise HyperparameterError(f"'{name}' is both tuned (--range) and fixed (--set)")
+            ranges[name] = r
+    if not ranges:
+        raise HyperparameterError("nothing to tune: every range is off")
+    return ranges
+
+
+def parse_static(pairs: dict[str, str]) -> dict[str, Any]:
+    return {canonical_name(k): parse_value(k, v) for k, v in pairs.items()}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tune.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(p, image="train")
+    data = p.add_argument_group("data (S3)")
+    data.add_argument("--data", metavar="S3_URI",
+                      help="one channel 'training' holding train/ valid/ test/ folders")
+    data.add_argument("--channel", action="append", metavar="NAME=S3_URI",
+                      help="a named channel (train, valid, test); repeatable, instead of --data")
+    t = p.add_argument_group("tuning")
+    t.add_argument("--range", action="append", metavar="NAME=SPEC",
+                   help="override a range: LOW:HIGH[:log|linear], A,B,C, or off "
+                        f"(defaults: {', '.join(f'{k}={v}' for k, v in DEFAULT_RANGES.items())})")
+    t.add_argument("--set", action="append", metavar="NAME=VALUE", dest="static",
+                   help="a fixed hyperparameter for every trial (e.g. image-size=224)")
+    t.add_argument("--objective", choices=sorted(OBJECTIVES), default=DEFAULT_OBJECTIVE,
+                   help=f"metric to optimise (default {DEFAULT_OBJECTIVE})")
+    t.add_argument("--strategy", default="Bayesian", choices=["Bayesian", "Random"],
+                   help="search strategy (default Bayesian)")
+    t.add_argument("--early-stopping", default="Auto", choices=["Auto", "Off"])
+    t.add_argument("--max-jobs", type=int, default=10)
+    t.add_argument("--max-parallel-jobs", type=int, default=2)
+    t.add_argument("--job-name", help="tuning job name (max 32 chars; default resnet-hpo-TIME)")
+    c = p.add_argument_group("compute")
+    c.add_argument("--instance-count", type=int, default=1)
+    c.add_argument("--validate-role", action="store_true",
+                   help="let the SDK check the role with IAM first (needs "
+                        "iam:SimulatePrincipalPolicy)")
+    c.add_argument("--volume-size", type=int, default=50, help="GB per instance")
+    c.add_argument("--spot", action=argparse.BooleanOptionalAction, default=True,
+                   help="managed spot training with checkpoints (default on)")
+    c.add_argument("--checkpoint-s3", metavar="S3_URI",
+                   help="checkpoint location (default s3://BUCKET/PREFIX/checkpoints/JOB)")
+    c.add_argument("--max-run", type=int, default=2 * 3600, help="seconds per trial")
+    c.add_argument("--max-wait", type=int, default=4 * 3600,
+                   help="seconds per trial including spot waits (>= --max-run)")
+    r = p.add_argument_group("following and results")
+    r.add_argument("--attach", metavar="TUNING_JOB", help="follow an existing job, create none")
+    r.add_argument("--wait", action="store_true", help="show a live table of the trials")
+    r.add_argument("--poll", type=float, default=30.0, help="seconds between polls")
+    r.add_argument("--best-out", type=Path, default=Path(DEFAULT_BEST_FILE),
+                   help=f"where to write the best job (default {DEFAULT_BEST_FILE})")
+    return p
+
+
+def data_channels(args: argparse.Namespace) -> str | dict[str, str]:
+    channels = driver.parse_key_values(args.channel, "--channel")
+    if args.data and channels:
+        raise SettingsError("give either --data or --channel, not both")
+    if args.data:
+        return check_s3_uri(args.data, "--data")
+    if not channels:
+        raise SettingsError("missing data: set --data S3_URI (one channel holding train/ "
+                            "valid/ test/) or --channel train=S3_URI --channel valid=S3_URI")
+    for name, uri in channels.items():
+        check_s3_uri(uri, f"--channel {name}")
+    return channels
+
+
+def default_job_name() -> str:
+    return "resnet-hpo-" + datetime.now(timezone.utc).strftime("%y%m%d-%H%M%S")
+
+
+def start_tuning_job(ctx: driver.Context, args: argparse.Namespace,
+                     ranges: dict[str, Range], static: dict[str, Any],
+                     inputs: str | dict[str, str]) -> str:
+    """Build the tuning job with the SDK (ModelTrainer + HyperparameterTuner) and start it."""
+    from sagemaker.core.shapes import CheckpointConfig, StoppingCondition
+    from sagemaker.train.tuner import HyperparameterTuner
+
+    s = ctx.settings
+    name = args.job_name or default_job_name()
+    if len(name) > 32:
+        raise SettingsError(f"--job-name {name!r} is longer than 32 characters")
+    stopping = StoppingCondition(max_runtime_in_seconds=args.max_run)
+    checkpoint = None
+    if args.spot:
+        if args.max_wait < args.max_run:
+            raise SettingsError("--max-wait must be at least --max-run with --spot")
+        stopping.max_wait_time_in_seconds = args.max_wait
+        uri = args.checkpoint_s3 or s.s3("checkpoints", name)
+        checkpoint = CheckpointConfig(s3_uri=check_s3_uri(uri, "--checkpoint-s3"),
+                                      local_path=CHECKPOINT_LOCAL_PATH)
+    # ModelTrainer checks the role with IAM (iam:SimulatePrincipalPolicy, iam:GetRole) unless
+    # SAGEMAKER_VALIDATE_ROLE=false; many CI identities may pass a role but not simulate it.
+    previous = os.environ.get(VALIDATE_ROLE_ENV)
+    os.environ[VALIDATE_ROLE_ENV] = "true" if args.validate_role else "false"
+    try:
+        trainer = _model_trainer(ctx, args, static, stopping, checkpoint, name)
+    finally:
+        if previous is None:
+            os.environ.pop(VALIDATE_ROLE_ENV, None)
+        else:
+            os.environ[VALIDATE_ROLE_ENV] = previous
+    tuner = HyperparameterTuner(
+        model_trainer=trainer,
+        objective_metric_name=args.objective,
+        objective_type=OBJECTIVES[args.objective],
+        hyperparameter_ranges={n: r.to_sdk() for n, r in ranges.items()},
+        metric_definitions=[dict(d) for d in METRIC_DEFINITIONS],
+        strategy=args.strategy,
+        max_jobs=args.max_jobs,
+        max_parallel_jobs=args.max_parallel_jobs,
+        early_stopping_type=args.early_stopping,
+    )
+    tuner.tune(inputs=inputs, job_name=name, wait=False)
+    return name
+
+
+def _model_trainer(ctx: driver.Context, args: argparse.Namespace, static: dict[str, Any],
+                   stopping: Any, checkpoint: Any, name: str) -> Any:
+    from sagemaker.core.shapes import OutputDataConfig
+    from sagemaker.core.training.configs import Compute
+    from sagemaker.train.model_trainer import ModelTrainer
+
+    s = ctx.settings
+    return ModelTrainer(
+        training_image=s.train_image,
+        role=s.role,
+        sagemaker_session=ctx.sagemaker_session(),
+        compute=Compute(instance_type=s.train_instance_type, instance_count=args.instance_count,
+                        volume_size_in_gb=args.volume_size,
+                        enable_managed_spot_training=args.spot),
+        stopping_condition=stopping,
+        checkpoint_config=checkpoint,
+        output_data_config=OutputDataConfig(s3_output_path=s.s3("tuning", name, "output")),
+        hyperparameters={k: str(v) for k, v in static.items()},
+        base_job_name="resnet-hpo",
+    )
+
+
+# -- following and results --------------------------------------------------------------------
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def clean_hyperparameters(raw: dict[str, str]) -> dict[str, Any]:
+    """A job's hyperparameters as typed values; SageMaker's own keys dropped."""
+    clean: dict[str, Any] = {}
+    for name, value in sorted(raw.items()):
+        if name.startswith(("sagemaker_", "_")):
+            continue
+        try:
+            clean[canonical_name(name)] = parse_value(name, value)
+        except HyperparameterError:
+            clean[name] = value.strip('"')  # not ours: keep it as SageMaker reported it
+    return clean
+
+
+def trials_table(summaries: list[dict[str, Any]], tuned: list[str]) -> str:
+    header = ["trial", "status", *tuned, "objective"]
+    rows = []
+    for t in summaries:
+        hps = clean_hyperparameters(t.get("TunedHyperParameters", {}))
+        objective = t.get("FinalHyperParameterTuningJobObjectiveMetric", {}).get("Value")
+        status = t.get("TrainingJobStatus", "?")
+        if t.get("ObjectiveStatus") == "Failed" and status == "Completed":
+            status = "Completed*"  # completed without reporting the objective
+        rows.append([t.get("TrainingJobName", "?"), status,
+                     *(_fmt(hps.get(n, "")) for n in tuned),
+                     "" if objective is None else _fmt(objective)])
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False))
+             for row in [header, *rows]]
+    return "\n".join(lines)
+
+
+def list_trials(sm: Any, name: str) -> list[dict[str, Any]]:
+    trials: list[dict[str, Any]] = []
+    kwargs: dict[str, Any] = {"HyperParameterTuningJobName": name, "MaxResults": 100,
+                              "SortBy": "CreationTime", "SortOrder": "Ascending"}
+    while True:
+        page = sm.list_training_jobs_for_hyper_parameter_tuning_job(**kwargs)
+        trials.extend(page.get("TrainingJobSummaries", []))
+        if not page.get("NextToken"):
+            return trials
+        kwargs["NextToken"] = page["NextToken"]
+
+
+def follow(ctx: driver.Context, name: str, poll: float, out: Any = None) -> dict[str, Any]:
+    """Poll the tuning job until it ends, redrawing the trials table when it changes."""
+    out = out or sys.stderr
+    sm = ctx.client("sagemaker")
+    last = ""
+    redraw = hasattr(out, "isatty") and out.isatty()
+    while True:
+        job = sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
+        ranges = job["HyperParameterTuningJobConfig"].get("ParameterRanges", {})
+        tuned = [r["Name"] for kind in ("ContinuousParameterRanges", "IntegerParameterRanges",
+                                        "CategoricalParameterRanges")
+                 for r in ranges.get(kind, [])]
+        counters = job.get("TrainingJobStatusCounters", {})
+        text = (f"{name}: {job['HyperParameterTuningJobStatus']}  "
+                + " ".join(f"{k}={v}" for k, v in counters.items()) + "\n"
+                + trials_table(list_trials(sm, name), tuned))
+        if text != last:
+            if redraw:
+                out.write("\x1b[H\x1b[2J")
+            out.write(text + "\n\n")
+            out.flush()
+            last = text
+        if job["HyperParameterTuningJobStatus"] in TERMINAL:
+            return job
+        time.sleep(poll)
+
+
+def best_job(ctx: driver.Context, name: str) -> dict[str, Any]:
+    """The best trial of a tuning job, with clean typed hyperparameters and final metrics."""
+    sm = ctx.client("sagemaker")
+    job = sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
+    best = job.get("BestTrainingJob")
+    if not best:
+        reason = job.get("FailureReason") or "no trial has reported the objective yet"
+        raise driver.DriverError(f"tuning job {name} ({job['HyperParameterTuningJobStatus']}) "
+                                 f"has no best training job: {reason}")
+    training = sm.describe_training_job(TrainingJobName=best["TrainingJobName"])
+    objective = job["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"]
+    return {
+        "format": BEST_FILE_FORMAT,
+        "region": ctx.region,
+        "tuning_job_name": name,
+        "tuning_job_status": job["HyperParameterTuningJobStatus"],
+        "training_job_name": best["TrainingJobName"],
+        "training_job_status": training.get("TrainingJobStatus"),
+        "objective": {
+            "metric": objective["MetricName"],
+            "type": objective["Type"],
+            "value": best.get("FinalHyperParameterTuningJobObjectiveMetric", {}).get("Value"),
+        },
+        "hyperparameters": clean_hyperparameters(training.get("HyperParameters", {})),
+        "tuned_hyperparameters": sorted(
+            canonical_name(k) for k in best.get("TunedHyperParameters", {})),
+        "final_metrics": {m["MetricName"]: m["Value"]
+                          for m in training.get("FinalMetricDataList", [])},
+        "model_data": training.get("ModelArtifacts", {}).get("S3ModelArtifacts"),
+        "training_image": training.get("AlgorithmSpecification", {}).get("TrainingImage"),
+    }
+
+
+def print_best(best: dict[str, Any], out: Any = None) -> None:
+    o = best["objective"]
+    lines = [f"best training job: {best['training_job_name']} "
+             f"({o['metric']} {o['type'].lower()}d: {_fmt(o['value'])})",
+             "hyperparameters:"]
+    lines += [f"  {k} = {v!r}" + ("   (tuned)" if k in best["tuned_hyperparameters"] else "")
+              for k, v in best["hyperparameters"].items()]
+    lines.append("final metrics:")
+    lines += [f"  {k} = {_fmt(v)}" for k, v in sorted(best["final_metrics"].items())]
+    lines.append(f"model data: {best['model_data']}")
+    print("\n".join(lines), file=out or sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        required = ["region"] if args.attach else ["region", "role", "bucket", "train_image"]
+        settings = resolve(args, required, image="train")
+        if args.attach:
+            name = args.attach
+        else:
+            static = parse_static(driver.parse_key_values(args.static, "--set"))
+            ranges = build_ranges(driver.parse_key_values(args.range, "--range"), static)
+            inputs = data_channels(args)
+        ctx = driver.open_context(settings, args.dry_run)
+        if not args.attach:
+            name = start_tuning_job(ctx, args, ranges, static, inputs)
+            ctx.log(f"started tuning job {name} ({args.max_jobs} trials, "
+                    f"{args.max_parallel_jobs} at a time, objective {args.objective})")
+        if ctx.dry_run:
+            driver.finish(ctx)
+            return 0
+        if not args.wait:
+            ctx.log(f"follow it with: python scripts/tune.py --attach {name} --wait")
+            return 0
+        job = follow(ctx, name, args.poll)
+        best = best_job(ctx, name)
+        print_best(best, out=sys.stdout)
+        driver.write_json(args.best_out, best)
+        ctx.log(f"wrote {args.best_out} (use it with train.py/deploy.py --from-best)")
+        return 0 if job["HyperParameterTuningJobStatus"] == "Completed" else driver.EXIT_FAILED
+
+    return driver.run(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

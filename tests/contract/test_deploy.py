@@ -1,0 +1,175 @@
+"""deploy.py: model, endpoint config variants, endpoint, autoscaling, waiting, teardown."""
+
+from __future__ import annotations
+
+import pytest
+
+from scripts import deploy
+from tests.contract.conftest import AWS_SETTINGS, BUCKET, REGION, ROLE, SERVE_IMAGE
+
+MODEL_DATA = f"s3://{BUCKET}/resnet-byoc/training/train-1/output/model.tar.gz"
+
+
+def dry(run_driver, *extra: str):
+    return run_driver(deploy, [*AWS_SETTINGS, "--dry-run", "--name", "ep-1", *extra])
+
+
+def test_model_uses_the_serving_image_and_the_artifact(run_driver):
+    model = dry(run_driver, "--model-data", MODEL_DATA,
+                "--env", "SAGEMAKER_MODEL_SERVER_WORKERS=2").only("CreateModel")
+    assert model["ModelName"] == "ep-1"
+    assert model["ExecutionRoleArn"] == ROLE
+    assert model["PrimaryContainer"] == {
+        "Image": SERVE_IMAGE, "ModelDataUrl": MODEL_DATA,
+        "Environment": {"SAGEMAKER_MODEL_SERVER_WORKERS": "2"}}
+
+
+def test_instance_variant_and_endpoint(run_driver):
+    result = dry(run_driver, "--model-data", MODEL_DATA, "--instance-type", "ml.c6i.xlarge",
+                 "--instance-count", "2")
+    config = result.only("CreateEndpointConfig")
+    assert config == {"EndpointConfigName": "ep-1", "ProductionVariants": [{
+        "VariantName": "AllTraffic", "ModelName": "ep-1", "InitialInstanceCount": 2,
+        "InstanceType": "ml.c6i.xlarge", "InitialVariantWeight": 1.0}]}
+    assert result.only("CreateEndpoint") == {"EndpointName": "ep-1",
+                                             "EndpointConfigName": "ep-1"}
+    creates = [r["operation"] for r in result.requests() if r["operation"].startswith("Create")]
+    assert creates == ["CreateModel", "CreateEndpointConfig", "CreateEndpoint"]
+
+
+def test_serverless_variant_and_data_capture(run_driver):
+    config = dry(run_driver, "--model-data", MODEL_DATA, "--serverless", "4096:5",
+                 "--data-capture", f"s3://{BUCKET}/capture", "--capture-percent", "20") \
+        .only("CreateEndpointConfig")
+    [variant] = config["ProductionVariants"]
+    assert variant == {"VariantName": "AllTraffic", "ModelName": "ep-1",
+                       "ServerlessConfig": {"MemorySizeInMB": 4096, "MaxConcurrency": 5}}
+    assert config["DataCaptureConfig"] == {
+        "EnableCapture": True, "InitialSamplingPercentage": 20,
+        "DestinationS3Uri": f"s3://{BUCKET}/capture",
+        "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
+        "CaptureContentTypeHeader": {"JsonContentTypes": ["application/json"]}}
+
+
+def test_training_job_name_gives_the_model_data(run_driver):
+    job = {"TrainingJobName": "train-1", "TrainingJobArn": "arn:x",
+           "TrainingJobStatus": "Completed", "SecondaryStatus": "Completed",
+           "CreationTime": "2026-11-27T20:00:00Z",
+           "ModelArtifacts": {"S3ModelArtifacts": MODEL_DATA},
+           "AlgorithmSpecification": {"TrainingInputMode": "File"},
+           "ResourceConfig": {"InstanceCount": 1, "VolumeSizeInGB": 1},
+           "StoppingCondition": {"MaxRuntimeInSeconds": 1}}
+    result = run_driver(deploy, [*AWS_SETTINGS, "--dry-run", "--name", "ep-1",
+                                 "--training-job", "train-1"], {"DescribeTrainingJob": job})
+    assert result.call("DescribeTrainingJob") == {"TrainingJobName": "train-1"}
+    assert result.only("CreateModel")["PrimaryContainer"]["ModelDataUrl"] == MODEL_DATA
+
+
+def test_autoscaling_target_tracking(run_driver):
+    result = dry(run_driver, "--model-data", MODEL_DATA, "--autoscale", "1:4",
+                 "--target-invocations", "250")
+    target = result.only("RegisterScalableTarget")
+    assert target == {"ServiceNamespace": "sagemaker",
+                      "ResourceId": "endpoint/ep-1/variant/AllTraffic",
+                      "ScalableDimension": "sagemaker:variant:DesiredInstanceCount",
+                      "MinCapacity": 1, "MaxCapacity": 4}
+    policy = result.only("PutScalingPolicy")
+    assert policy["PolicyType"] == "TargetTrackingScaling"
+    tracking = policy["TargetTrackingScalingPolicyConfiguration"]
+    assert tracking["TargetValue"] == 250.0
+    assert tracking["PredefinedMetricSpecification"] == {
+        "PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"}
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--serverless", "4000:5"], "memory"),
+    (["--serverless", "4096:5", "--autoscale", "1:2"], "serverless"),
+    (["--autoscale", "3:2"], "MIN"),
+    ([], "missing model"),
+])
+def test_bad_endpoint_settings_fail_before_any_call(run_driver, extra, message):
+    model = ["--model-data", MODEL_DATA] if extra else []
+    result = run_driver(deploy, [*AWS_SETTINGS, "--dry-run", *model, *extra])
+    assert result.rc == 2 and message in result.err and result.recorder.calls == []
+
+
+def endpoint(status: str, reason: str | None = None) -> dict:
+    answer = {"EndpointName": "ep-1", "EndpointArn": "arn:x", "EndpointConfigName": "ep-1",
+              "EndpointStatus": status, "CreationTime": "2026-11-27T20:00:00Z",
+              "LastModifiedTime": "2026-11-27T20:00:00Z"}
+    if reason:
+        answer["FailureReason"] = reason
+    return answer
+
+
+def live_responses(final: dict) -> dict:
+    states = iter([endpoint("Creating"), final])
+    last = {}
+
+    def describe_endpoint(params: dict) -> dict:
+        last["value"] = next(states, last.get("value", final))
+        return last["value"]
+
+    return {
+        "CreateModel": {"ModelArn": "arn:x"},
+        "DescribeModel": {"ModelName": "ep-1", "ModelArn": "arn:x",
+                          "CreationTime": "2026-11-27T20:00:00Z"},
+        "CreateEndpointConfig": {"EndpointConfigArn": "arn:x"},
+        "CreateEndpoint": {"EndpointArn": "arn:x"},
+        "DescribeEndpoint": describe_endpoint,
+        "RegisterScalableTarget": {},
+        "PutScalingPolicy": {"PolicyARN": "arn:x", "Alarms": []},
+    }
+
+
+def test_waits_for_in_service_then_prints_invoke_command(run_driver, monkeypatch):
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    result = run_driver(deploy, [*AWS_SETTINGS, "--name", "ep-1", "--model-data", MODEL_DATA,
+                                 "--autoscale", "1:2"], live_responses(endpoint("InService")))
+    assert result.rc == 0, result.err
+    assert result.operations().count("DescribeEndpoint") >= 2
+    # autoscaling is registered only once the endpoint is InService
+    ops = result.operations()
+    assert ops.index("RegisterScalableTarget") > max(
+        i for i, op in enumerate(ops) if op == "DescribeEndpoint")
+    assert "endpoint: ep-1" in result.out
+    assert (f"aws sagemaker-runtime invoke-endpoint --region {REGION} --endpoint-name ep-1 "
+            "--content-type image/jpeg") in result.out
+
+
+def test_failed_endpoint_reports_the_reason(run_driver, monkeypatch):
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    reason = "The primary container for production variant AllTraffic did not pass the ping"
+    result = run_driver(deploy, [*AWS_SETTINGS, "--name", "ep-1", "--model-data", MODEL_DATA],
+                        live_responses(endpoint("Failed", reason)))
+    assert result.rc == 1
+    assert reason in result.err and "--delete ep-1" in result.err
+
+
+def test_delete_tears_down_scaling_endpoint_config_and_models(run_driver):
+    responses = {
+        "DescribeEndpoint": endpoint("InService"),
+        "DescribeEndpointConfig": {
+            "EndpointConfigName": "ep-1", "EndpointConfigArn": "arn:x",
+            "CreationTime": "2026-11-27T20:00:00Z",
+            "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": "ep-1"}]},
+        "DescribeScalableTargets": {"ScalableTargets": [{
+            "ServiceNamespace": "sagemaker", "ResourceId": "endpoint/ep-1/variant/AllTraffic",
+            "ScalableDimension": "sagemaker:variant:DesiredInstanceCount", "MinCapacity": 1,
+            "MaxCapacity": 2, "RoleARN": "arn:x", "CreationTime": "2026-11-27T20:00:00Z"}]},
+        "DeregisterScalableTarget": {}, "DeleteEndpoint": {}, "DeleteEndpointConfig": {},
+        "DeleteModel": {},
+    }
+    result = run_driver(deploy, ["--region", REGION, "--delete", "ep-1"], responses)
+    assert result.rc == 0, result.err
+    mutations = [(c.operation, c.params) for c in result.recorder.calls
+                 if not c.operation.startswith("Describe")]
+    assert mutations == [
+        ("DeregisterScalableTarget", {"ServiceNamespace": "sagemaker",
+                                      "ResourceId": "endpoint/ep-1/variant/AllTraffic",
+                                      "ScalableDimension":
+                                          "sagemaker:variant:DesiredInstanceCount"}),
+        ("DeleteEndpoint", {"EndpointName": "ep-1"}),
+        ("DeleteEndpointConfig", {"EndpointConfigName": "ep-1"}),
+        ("DeleteModel", {"ModelName": "ep-1"}),
+    ]

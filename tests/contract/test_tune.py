@@ -1,0 +1,258 @@
+"""tune.py: the CreateHyperParameterTuningJob request, and what it makes of the results."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from container_train.hyperparameters import SPECS_BY_NAME
+from container_train.metrics import DEFAULT_OBJECTIVE, METRIC_DEFINITIONS, OBJECTIVES
+from scripts import deploy, train, tune
+from tests.contract.conftest import AWS_SETTINGS, BUCKET, REGION, ROLE, TRAIN_IMAGE
+
+DATA = f"s3://{BUCKET}/datasets/photos5"
+
+
+def ranges_by_name(request: dict) -> dict[str, tuple[str, dict]]:
+    ranges = request["HyperParameterTuningJobConfig"]["ParameterRanges"]
+    return {r["Name"]: (kind, r) for kind, items in ranges.items() for r in items}
+
+
+def test_tuning_request_ranges_objective_strategy(run_driver):
+    result = run_driver(tune, [*AWS_SETTINGS, "--data", DATA, "--dry-run",
+                               "--job-name", "hpo-1", "--max-jobs", "12",
+                               "--max-parallel-jobs", "3"])
+    req = result.only("CreateHyperParameterTuningJob")
+    config = req["HyperParameterTuningJobConfig"]
+    assert req["HyperParameterTuningJobName"] == "hpo-1"
+    assert config["Strategy"] == "Bayesian"
+    assert config["TrainingJobEarlyStoppingType"] == "Auto"
+    assert config["ResourceLimits"] == {"MaxNumberOfTrainingJobs": 12,
+                                        "MaxParallelTrainingJobs": 3}
+    assert config["HyperParameterTuningJobObjective"] == {
+        "MetricName": DEFAULT_OBJECTIVE, "Type": OBJECTIVES[DEFAULT_OBJECTIVE]}
+
+    ranges = ranges_by_name(req)
+    kind, lr = ranges["lr"]
+    assert kind == "ContinuousParameterRanges" and lr["ScalingType"] == "Logarithmic"
+    assert float(lr["MinValue"]) == 1e-5 and float(lr["MaxValue"]) == 1e-2
+    kind, batch = ranges["batch-size"]
+    assert kind == "CategoricalParameterRanges" and batch["Values"] == ["16", "32", "64"]
+    kind, epochs = ranges["epochs"]
+    assert kind == "IntegerParameterRanges"
+    assert (epochs["MinValue"], epochs["MaxValue"]) == ("3", "12")
+    assert ranges["trainable-layers"][0] == "CategoricalParameterRanges"
+    assert set(ranges["trainable-layers"][1]["Values"]) <= set(
+        SPECS_BY_NAME["trainable-layers"].choices)
+    kind, wd = ranges["weight-decay"]
+    assert kind == "ContinuousParameterRanges" and wd["ScalingType"] == "Logarithmic"
+    # every tuned name is a hyperparameter the training image accepts
+    assert set(ranges) <= set(SPECS_BY_NAME)
+
+
+def test_training_definition_image_metrics_channels_spot(run_driver):
+    result = run_driver(tune, [*AWS_SETTINGS, "--data", DATA, "--dry-run",
+                               "--job-name", "hpo-2", "--max-run", "3600", "--max-wait",
+                               "7200"])
+    definition = result.only("CreateHyperParameterTuningJob")["TrainingJobDefinition"]
+    algo = definition["AlgorithmSpecification"]
+    assert algo["TrainingImage"] == TRAIN_IMAGE  # from image_uris.json
+    assert algo["TrainingInputMode"] == "File"
+    assert algo["MetricDefinitions"] == METRIC_DEFINITIONS  # imported, never retyped
+    assert definition["RoleArn"] == ROLE
+    assert definition["InputDataConfig"] == [{
+        "ChannelName": "training",
+        "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": DATA,
+                                        "S3DataDistributionType": "FullyReplicated"}}}]
+    assert definition["EnableManagedSpotTraining"] is True
+    assert definition["CheckpointConfig"] == {
+        "S3Uri": f"s3://{BUCKET}/resnet-byoc/checkpoints/hpo-2",
+        "LocalPath": "/opt/ml/checkpoints"}
+    assert definition["StoppingCondition"] == {"MaxRuntimeInSeconds": 3600,
+                                               "MaxWaitTimeInSeconds": 7200}
+    assert definition["OutputDataConfig"]["S3OutputPath"].startswith(f"s3://{BUCKET}/")
+    assert definition["ResourceConfig"]["InstanceCount"] == 1
+
+
+def test_only_the_tuning_job_is_created_and_no_iam_call(run_driver):
+    result = run_driver(tune, [*AWS_SETTINGS, "--data", DATA, "--dry-run"])
+    services = {(r["service"], r["operation"]) for r in result.requests()}
+    assert services == {("sagemaker", "CreateHyperParameterTuningJob"),
+                        ("sagemaker", "DescribeHyperParameterTuningJob")}
+
+
+def test_three_channels_objective_overrides_and_no_spot(run_driver):
+    channels = {c: f"s3://{BUCKET}/photos/{c}" for c in ("train", "valid", "test")}
+    argv = [*AWS_SETTINGS, "--dry-run", "--objective", "valid:loss", "--no-spot",
+            "--range", "lr=1e-4:1e-1:linear", "--range", "batch-size=8,128",
+            "--range", "epochs=off", "--range", "weight-decay=off",
+            "--set", "epochs=5", "--set", "image-size=160",
+            *[a for c, uri in channels.items() for a in ("--channel", f"{c}={uri}")]]
+    req = run_driver(tune, argv).only("CreateHyperParameterTuningJob")
+    config, definition = req["HyperParameterTuningJobConfig"], req["TrainingJobDefinition"]
+    assert config["HyperParameterTuningJobObjective"] == {"MetricName": "valid:loss",
+                                                          "Type": "Minimize"}
+    ranges = ranges_by_name(req)
+    assert set(ranges) == {"lr", "batch-size", "trainable-layers"}
+    assert ranges["lr"][1]["ScalingType"] == "Linear"
+    assert ranges["batch-size"][1]["Values"] == ["8", "128"]
+    assert definition["StaticHyperParameters"] == {"epochs": "5", "image-size": "160"}
+    assert {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
+            for c in definition["InputDataConfig"]} == channels
+    assert "EnableManagedSpotTraining" not in definition or \
+        definition["EnableManagedSpotTraining"] is False
+    assert "CheckpointConfig" not in definition
+    assert "MaxWaitTimeInSeconds" not in definition["StoppingCondition"]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("lr=0:1:log", "lr"),                  # below the image's own lower bound
+    ("lr=1e-3:1e-4", "LOW must be below HIGH"),
+    ("trainable-layers=0,7", "trainable-layers"),
+    ("batch-size=0,16", "batch-size"),
+    ("optimizer=1:2", "list of choices"),
+    ("nonsense=1:2", "unknown hyperparameter"),
+])
+def test_ranges_are_checked_against_the_image_table(run_driver, spec, message):
+    result = run_driver(tune, [*AWS_SETTINGS, "--data", DATA, "--dry-run", "--range", spec])
+    assert result.rc == 2
+    assert message in result.err
+    assert result.recorder.calls == [] and result.out == ""
+
+
+def test_data_is_required_and_must_be_s3(run_driver):
+    result = run_driver(tune, [*AWS_SETTINGS, "--dry-run"])
+    assert result.rc == 2 and "--data" in result.err and result.recorder.calls == []
+    result = run_driver(tune, [*AWS_SETTINGS, "--dry-run", "--data", "/local/photos"])
+    assert result.rc == 2 and "s3://" in result.err and result.recorder.calls == []
+
+
+# -- results: the live table, the best job and the file train.py / deploy.py read -------------
+
+BEST = "hpo-3-002-abcdef12"
+
+
+def tuning_description(status: str) -> dict:
+    return {
+        "HyperParameterTuningJobName": "hpo-3",
+        "HyperParameterTuningJobArn":
+            f"arn:aws:sagemaker:{REGION}:1:hyper-parameter-tuning-job/hpo-3",
+        "HyperParameterTuningJobStatus": status,
+        "CreationTime": "2026-11-27T20:00:00Z",
+        "HyperParameterTuningJobConfig": {
+            "Strategy": "Bayesian",
+            "HyperParameterTuningJobObjective": {"Type": "Maximize",
+                                                 "MetricName": "valid:accuracy"},
+            "ResourceLimits": {"MaxNumberOfTrainingJobs": 2, "MaxParallelTrainingJobs": 2},
+            "ParameterRanges": {
+                "ContinuousParameterRanges": [{"Name": "lr", "MinValue": "1e-05",
+                                               "MaxValue": "0.01",
+                                               "ScalingType": "Logarithmic"}],
+                "CategoricalParameterRanges": [{"Name": "batch-size",
+                                                "Values": ["16", "32"]}],
+            },
+        },
+        "TrainingJobStatusCounters": {"Completed": 2, "InProgress": 0},
+        "ObjectiveStatusCounters": {"Succeeded": 2},
+        "BestTrainingJob": {
+            "TrainingJobName": BEST, "TrainingJobArn": "arn:x",
+            "CreationTime": "2026-11-27T20:00:00Z", "TrainingJobStatus": "Completed",
+            "TunedHyperParameters": {"lr": "0.00031", "batch-size": "\"32\""},
+            "FinalHyperParameterTuningJobObjectiveMetric": {"MetricName": "valid:accuracy",
+                                                            "Value": 0.875},
+        },
+    }
+
+
+TRIALS = {"TrainingJobSummaries": [
+    {"TrainingJobName": "hpo-3-001-12345678", "TrainingJobArn": "arn:x",
+     "CreationTime": "2026-11-27T20:00:00Z", "TrainingJobStatus": "Completed",
+     "TunedHyperParameters": {"lr": "0.005", "batch-size": "\"16\""},
+     "FinalHyperParameterTuningJobObjectiveMetric": {"MetricName": "valid:accuracy",
+                                                     "Value": 0.5}},
+    {"TrainingJobName": BEST, "TrainingJobArn": "arn:x",
+     "CreationTime": "2026-11-27T20:01:00Z", "TrainingJobStatus": "Completed",
+     "TunedHyperParameters": {"lr": "0.00031", "batch-size": "\"32\""},
+     "FinalHyperParameterTuningJobObjectiveMetric": {"MetricName": "valid:accuracy",
+                                                     "Value": 0.875}},
+]}
+
+BEST_TRAINING_JOB = {
+    "TrainingJobName": BEST, "TrainingJobArn": "arn:x", "TrainingJobStatus": "Completed",
+    "SecondaryStatus": "Completed", "CreationTime": "2026-11-27T20:01:00Z",
+    "ModelArtifacts": {"S3ModelArtifacts": f"s3://{BUCKET}/out/{BEST}/output/model.tar.gz"},
+    "AlgorithmSpecification": {"TrainingImage": TRAIN_IMAGE, "TrainingInputMode": "File"},
+    "ResourceConfig": {"InstanceType": "ml.g4dn.xlarge", "InstanceCount": 1,
+                       "VolumeSizeInGB": 50},
+    "StoppingCondition": {"MaxRuntimeInSeconds": 3600},
+    "HyperParameters": {"lr": "0.00031", "batch-size": "\"32\"", "image-size": "224",
+                        "trainable-layers": "\"all\"",
+                        "_tuning_objective_metric": "\"valid:accuracy\"",
+                        "sagemaker_estimator_class_name": "\"x\""},
+    "FinalMetricDataList": [
+        {"MetricName": "valid:accuracy", "Value": 0.875, "Timestamp": "2026-11-27T20:09:00Z"},
+        {"MetricName": "valid:loss", "Value": 0.41, "Timestamp": "2026-11-27T20:09:00Z"}],
+}
+
+
+def results_responses(status: str = "Completed") -> dict:
+    return {
+        "DescribeHyperParameterTuningJob": tuning_description(status),
+        "ListTrainingJobsForHyperParameterTuningJob": TRIALS,
+        "DescribeTrainingJob": BEST_TRAINING_JOB,
+    }
+
+
+def test_wait_shows_trials_and_writes_typed_best_job(run_driver, tmp_path: Path):
+    out = tmp_path / "best.json"
+    result = run_driver(tune, ["--region", REGION, "--attach", "hpo-3", "--wait",
+                               "--poll", "0", "--best-out", str(out)], results_responses())
+    assert result.rc == 0, result.err
+    # the live table: one row per trial with its tuned values and objective
+    assert "hpo-3-001-12345678" in result.err and "0.875" in result.err
+    assert "batch-size" in result.err.splitlines()[1]
+    best = json.loads(out.read_text())
+    assert best["training_job_name"] == BEST
+    assert best["objective"] == {"metric": "valid:accuracy", "type": "Maximize",
+                                 "value": 0.875}
+    assert best["hyperparameters"] == {"lr": 0.00031, "batch-size": 32, "image-size": 224,
+                                       "trainable-layers": "all"}
+    assert isinstance(best["hyperparameters"]["batch-size"], int)
+    assert best["tuned_hyperparameters"] == ["batch-size", "lr"]
+    assert best["final_metrics"] == {"valid:accuracy": 0.875, "valid:loss": 0.41}
+    assert best["model_data"].endswith("/output/model.tar.gz")
+    assert "best training job: " + BEST in result.out
+    # nothing was created
+    assert not [op for op in result.operations() if op.startswith("Create")]
+
+    # train.py --from-best starts from those values (--set still wins)
+    train_req = run_driver(train, [*AWS_SETTINGS, "--data", DATA, "--dry-run",
+                                   "--from-best", str(out), "--set", "epochs=4"]) \
+        .only("CreateTrainingJob")
+    assert train_req["HyperParameters"] == {"batch-size": "32", "epochs": "4",
+                                            "image-size": "224", "lr": "0.00031",
+                                            "trainable-layers": "all"}
+    # deploy.py --from-best serves that job's artifact
+    model = run_driver(deploy, [*AWS_SETTINGS, "--dry-run", "--from-best", str(out)]) \
+        .only("CreateModel")
+    assert model["PrimaryContainer"]["ModelDataUrl"] == best["model_data"]
+
+
+def test_failed_tuning_job_without_best_is_reported(run_driver, tmp_path: Path):
+    responses = results_responses("Failed")
+    del responses["DescribeHyperParameterTuningJob"]["BestTrainingJob"]
+    responses["DescribeHyperParameterTuningJob"]["FailureReason"] = "All training jobs failed"
+    result = run_driver(tune, ["--region", REGION, "--attach", "hpo-3", "--wait",
+                               "--poll", "0", "--best-out", str(tmp_path / "b.json")],
+                        responses)
+    assert result.rc == 1
+    assert "All training jobs failed" in result.err
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_objective_value_is_finite_in_canned_results():
+    assert math.isfinite(tuning_description("Completed")["BestTrainingJob"][
+        "FinalHyperParameterTuningJobObjectiveMetric"]["Value"])
