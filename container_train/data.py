@@ -60,7 +60,7 @@ def discover_classes(splits: dict[str, Path]) -> list[str]:
     return classes
 
 
-def _readable(path: Path, min_side: int) -> bool:
+def _readable(path: Path, min_side: int | None) -> bool:
     try:
         load_image(path, min_side=min_side)
         return True
@@ -68,7 +68,7 @@ def _readable(path: Path, min_side: int) -> bool:
         return False
 
 
-def scan_split(name: str, split_dir: Path, classes: list[str], *, min_side: int,
+def scan_split(name: str, split_dir: Path, classes: list[str], *, min_side: int | None,
                max_corrupt_fraction: float, workers: int) -> Split:
     """Decode every image once; skip unreadable ones, fail when there are too many."""
     candidates = [(path, index) for index, class_name in enumerate(classes)
@@ -92,7 +92,8 @@ def scan_split(name: str, split_dir: Path, classes: list[str], *, min_side: int,
 
 
 class ImageListDataset(Dataset):
-    def __init__(self, samples: list[tuple[Path, int]], transform: Callable, min_side: int):
+    def __init__(self, samples: list[tuple[Path, int]], transform: Callable,
+                 min_side: int | None):
         self.samples = samples
         self.transform = transform
         self.min_side = min_side
@@ -142,7 +143,7 @@ def make_loader(split: Split, pre: EvalPreprocessing, *, train: bool, batch_size
     process) so data order depends only on (seed, epoch): resuming reproduces it, and rank r
     of W gets positions r, r+W, ... of the same permutation a single process would use."""
     transform = train_transform(pre) if train and augment else pre.transform()
-    dataset = ImageListDataset(split.samples, transform, min_side=pre.resize)
+    dataset = ImageListDataset(split.samples, transform, min_side=pre.min_side)
     sampler: Sampler[int]
     if train:
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,

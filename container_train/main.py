@@ -63,7 +63,7 @@ def _load_splits(config: JobConfig, pre: EvalPreprocessing, workers: int
                  ) -> tuple[list[str], dict[str, Split]]:
     classes = discover_classes(config.splits)
     splits = {
-        name: scan_split(name, path, classes, min_side=pre.resize,
+        name: scan_split(name, path, classes, min_side=pre.min_side,
                          max_corrupt_fraction=config.hyperparameters.max_corrupt_fraction,
                          workers=max(workers, 1))
         for name, path in config.splits.items()
@@ -148,7 +148,7 @@ def run(config: JobConfig, callbacks: list[Callback] | None = None,
         model = nn.parallel.DistributedDataParallel(
             step_module, device_ids=[ctx.local_rank] if device.type == "cuda" else None)
     for cb in callbacks:
-        cb.on_train_begin(net, criterion)
+        cb.on_train_begin(step_module, criterion)  # the module whose forward runs each step
 
     stopped_early = False
     for epoch in range(state.epoch + 1, hp.epochs + 1):
