@@ -1,0 +1,122 @@
+"""build_and_push.sh at the AWS CLI / Docker boundary: stand-in `aws` and `docker` on PATH
+record every call; the ECR password is a sentinel that must reach `docker login` on stdin only.
+(The real push to a local registry is a container test.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SENTINEL = "SENTINEL-ECR-PASSWORD-7f3a9c"
+ACCOUNT, REGION = "123456789012", "eu-west-1"
+REGISTRY = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com"
+
+FAKE_DOCKER = """#!/usr/bin/env bash
+printf '%s\\n' "docker $*" >> "$CALLS"
+if [[ "$1" == login ]]; then printf '%s' "$(cat)" > "$CALLS.stdin"; echo "Login Succeeded"; fi
+exit 0
+"""
+FAKE_AWS = f"""#!/usr/bin/env bash
+printf '%s\\n' "aws $*" >> "$CALLS"
+case "$1 $2" in
+  "sts get-caller-identity") echo {ACCOUNT} ;;
+  "configure get") exit 1 ;;
+  "ecr describe-repositories") [[ "$*" == *sagemaker-resnet50-serve* ]] || exit 254 ;;
+  "ecr create-repository") echo '{{"repository": {{}}}}' ;;
+  "ecr get-login-password") echo {SENTINEL} ;;
+esac
+"""
+
+
+def _run(tmp_path: Path, *args: str, tools=("docker", "aws"), env=None):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, body in (("docker", FAKE_DOCKER), ("aws", FAKE_AWS)):
+        if name in tools:
+            (bin_dir / name).write_text(body)
+            (bin_dir / name).chmod(0o755)
+    calls = tmp_path / "calls"
+    # Only the basic tools the script needs: no real docker or aws can be found.
+    basic = tmp_path / "basic"
+    basic.mkdir(exist_ok=True)
+    for tool in ("bash", "cat", "dirname", "git", "head", "sed"):
+        if not (basic / tool).exists():
+            (basic / tool).symlink_to(shutil.which(tool))
+    run_env = {"PATH": f"{bin_dir}:{basic}", "CALLS": str(calls), "HOME": str(tmp_path),
+               "IMAGE_URIS_FILE": str(tmp_path / "image_uris.json"), **(env or {})}
+    proc = subprocess.run(["bash", str(REPO / "build_and_push.sh"), *args], env=run_env,
+                          capture_output=True, text=True, timeout=60)
+    lines = calls.read_text().splitlines() if calls.exists() else []
+    return proc, lines
+
+
+def test_ecr_push_calls_and_password_handling(tmp_path):
+    proc, calls = _run(tmp_path, env={"AWS_REGION": REGION})
+    assert proc.returncode == 0, proc.stderr
+    aws = [c for c in calls if c.startswith("aws ")]
+    assert aws[0] == "aws sts get-caller-identity --query Account --output text"
+    assert (f"aws ecr create-repository --region {REGION} --repository-name "
+            "sagemaker-resnet50-train --image-scanning-configuration scanOnPush=true") in aws
+    assert not any("create-repository" in c and "serve" in c for c in aws)  # already exists
+    assert f"aws ecr get-login-password --region {REGION}" in aws
+    assert f"docker login --username AWS --password-stdin {REGISTRY}" in calls
+    assert (tmp_path / "calls.stdin").read_text().strip() == SENTINEL
+    assert SENTINEL not in proc.stdout + proc.stderr
+    assert not any(SENTINEL in c for c in calls)  # never an argument
+
+    builds = [c for c in calls if c.startswith("docker build")]
+    assert len(builds) == 3 and all("--platform linux/amd64" in c for c in builds)
+    pushes = [c.split()[-1] for c in calls if c.startswith("docker push")]
+    tag = re.compile(rf"{re.escape(REGISTRY)}/sagemaker-resnet50-(train|serve):"
+                     r"(0\.1\.0|git-[0-9a-f]{12}(-dirty)?|latest)$")
+    assert len(pushes) == 6 and all(tag.match(p) for p in pushes)
+
+    uris = json.loads((tmp_path / "image_uris.json").read_text())
+    assert re.fullmatch(rf"{re.escape(REGISTRY)}/sagemaker-resnet50-train:git-[0-9a-f]{{12}}"
+                        r"(-dirty)?", uris["train"])
+    assert uris["serve"] == uris["train"].replace("-train:", "-serve:")
+    assert f"train image: {uris['train']}" in proc.stdout
+
+
+def test_region_missing_fails_before_any_push(tmp_path):
+    proc, calls = _run(tmp_path)
+    assert proc.returncode == 1
+    assert "no AWS region: set AWS_REGION" in proc.stderr
+    assert not any(c.startswith("docker push") for c in calls)
+
+
+@pytest.mark.parametrize(("missing", "message"), [
+    ("docker", "error: docker not found: install Docker"),
+    ("aws", "error: AWS CLI not found: install AWS CLI v2"),
+])
+def test_missing_tools_fail_clearly_before_building(tmp_path, missing, message):
+    tools = {"docker", "aws"} - {missing}
+    proc, calls = _run(tmp_path, tools=tools, env={"AWS_REGION": REGION})
+    assert proc.returncode == 1 and message in proc.stderr
+    assert not any(c.startswith("docker build") for c in calls)
+
+
+def test_no_push_and_other_registry_make_no_aws_calls(tmp_path):
+    proc, calls = _run(tmp_path, "--no-push")
+    assert proc.returncode == 0, proc.stderr
+    assert not any(c.startswith(("aws ", "docker push", "docker login")) for c in calls)
+    assert not (tmp_path / "image_uris.json").exists()
+
+    proc, calls = _run(tmp_path, "--registry", "127.0.0.1:5000", tools=("docker",))
+    assert proc.returncode == 0, proc.stderr
+    uris = json.loads((tmp_path / "image_uris.json").read_text())
+    assert uris["serve"].startswith("127.0.0.1:5000/sagemaker-resnet50-serve:git-")
+
+
+def test_script_is_strict_and_shellcheck_clean():
+    text = (REPO / "build_and_push.sh").read_text()
+    assert "set -euo pipefail" in text and "set -x" not in text
+    if os.system("command -v shellcheck >/dev/null") == 0:
+        assert subprocess.run(["shellcheck", str(REPO / "build_and_push.sh")]).returncode == 0
