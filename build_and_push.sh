@@ -5,6 +5,7 @@
 #                                         push), log in, push, write image_uris.json
 #   ./build_and_push.sh --no-push         build only (local tags, no AWS calls)
 #   ./build_and_push.sh --registry HOST   push to HOST[:PORT] instead of ECR (no AWS calls)
+#   ./build_and_push.sh --skip-build      push the images already built (e.g. by a CI step)
 #
 # Tags: <version> (pyproject.toml), git-<sha> (immutable; -dirty when the tree has uncommitted
 # changes) and latest. image_uris.json gets the git-<sha> URIs; the drivers in scripts/ read it.
@@ -22,13 +23,15 @@ set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 push=1
+build=1
 registry=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --no-push) push=0; shift ;;
+        --skip-build) build=0; shift ;;
         --registry) [[ $# -ge 2 ]] || { echo "error: --registry needs HOST[:PORT]" >&2; exit 2; }
                     registry="$2"; shift 2 ;;
-        -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "error: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -66,10 +69,12 @@ build() {  # build TAG DOCKERFILE [build args...]
         --build-arg "LOCK_SUFFIX=${LOCK_SUFFIX:-}" --build-arg "TORCH_INDEX_URL=${TORCH_INDEX_URL:-}" \
         "$@" "${extra_build[@]}" "$repo"
 }
-build "$base_image" Dockerfile.base --build-arg "BASE_IMAGE=$os_image"
-build "$train_repo:latest" Dockerfile.train --build-arg "BASE_IMAGE=$base_image" \
-    --build-arg "BAKE_IMAGENET_WEIGHTS=${BAKE_IMAGENET_WEIGHTS:-1}"
-build "$serve_repo:latest" Dockerfile.serve --build-arg "BASE_IMAGE=$base_image"
+if [[ $build -eq 1 ]]; then
+    build "$base_image" Dockerfile.base --build-arg "BASE_IMAGE=$os_image"
+    build "$train_repo:latest" Dockerfile.train --build-arg "BASE_IMAGE=$base_image" \
+        --build-arg "BAKE_IMAGENET_WEIGHTS=${BAKE_IMAGENET_WEIGHTS:-1}"
+    build "$serve_repo:latest" Dockerfile.serve --build-arg "BASE_IMAGE=$base_image"
+fi
 for repo_name in "$train_repo" "$serve_repo"; do
     for tag in "${tags[@]}"; do docker tag "$repo_name:latest" "$repo_name:$tag"; done
 done
