@@ -21,6 +21,7 @@
 #   BAKE_IMAGENET_WEIGHTS=auto   1/0; auto = 1 if download.pytorch.org answers, else 0
 #   TORCH_INDEX_URL=, LOCK_SUFFIX=   the CPU-only variant: see docker/README text / Dockerfile.base
 #   DOCKER_BUILD_ARGS=            extra `docker build` arguments (e.g. --pull, --no-cache)
+# The build itself is `build_and_push.sh --no-push`: one build path for users, demo and CI.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,7 +31,6 @@ TRAIN_IMAGE="${TRAIN_IMAGE:-sagemaker-resnet50-train:latest}"
 SERVE_IMAGE="${SERVE_IMAGE:-sagemaker-resnet50-serve:latest}"
 BAKE="${BAKE_IMAGENET_WEIGHTS:-auto}"
 DOCKERD_LOG="${DOCKERD_LOG:-/var/log/dockerd-setup.log}"
-read -r -a EXTRA_BUILD <<<"${DOCKER_BUILD_ARGS:-}"
 
 say() { echo "setup_docker: $*" >&2; }
 elapsed() { echo "$(( $(date +%s) - $1 ))s"; }
@@ -42,6 +42,8 @@ command -v dockerd >/dev/null || missing+=(docker.io)
 command -v docker-compose >/dev/null || missing+=(docker-compose)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 command -v curl >/dev/null || missing+=(curl)
+# A real registry on 127.0.0.1 for build_and_push.sh's push/pull test.
+command -v docker-registry >/dev/null || missing+=(docker-registry)
 if [[ ${#missing[@]} -gt 0 ]]; then
     [[ "$(id -u)" -eq 0 ]] || { say "need root to install ${missing[*]}"; exit 1; }
     say "installing ${missing[*]}"
@@ -89,25 +91,21 @@ if [[ "$BAKE" == auto ]]; then
         say "download.pytorch.org unreachable: building $TRAIN_IMAGE without ImageNet weights"
     fi
 fi
-COMMON=(--build-arg "LOCK_SUFFIX=${LOCK_SUFFIX:-}" --build-arg "TORCH_INDEX_URL=${TORCH_INDEX_URL:-}")
-
-build() {  # build TAG DOCKERFILE [args...]
-    local tag="$1" file="$2"; shift 2
-    local t0 log
-    t0=$(date +%s)
-    log="$(mktemp /tmp/docker-build.XXXXXX.log)"
-    say "building $tag from $file"
-    if ! docker build -f "$REPO/docker/$file" -t "$tag" "${COMMON[@]}" "$@" \
-            "${EXTRA_BUILD[@]}" "$REPO" >"$log" 2>&1; then
-        tail -40 "$log" >&2
-        say "FAILED: $tag (full log: $log)"
-        exit 1
-    fi
-    rm -f "$log"
-    say "built $tag in $(elapsed "$t0") ($(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%.2f GB", $1/1e9}'))"
-}
-build "$BASE_IMAGE" Dockerfile.base --build-arg "BASE_IMAGE=$OS_IMAGE"
-build "$TRAIN_IMAGE" Dockerfile.train --build-arg "BASE_IMAGE=$BASE_IMAGE" \
-    --build-arg "BAKE_IMAGENET_WEIGHTS=$BAKE"
-build "$SERVE_IMAGE" Dockerfile.serve --build-arg "BASE_IMAGE=$BASE_IMAGE"
+# One build path for everyone: the script users run to build and push, without the push.
+t0=$(date +%s)
+log="$(mktemp /tmp/docker-build.XXXXXX.log)"
+say "building $BASE_IMAGE, $TRAIN_IMAGE, $SERVE_IMAGE (build_and_push.sh --no-push)"
+if ! OS_IMAGE="$OS_IMAGE" BASE_IMAGE="$BASE_IMAGE" BAKE_IMAGENET_WEIGHTS="$BAKE" \
+        TRAIN_REPO="${TRAIN_IMAGE%:*}" SERVE_REPO="${SERVE_IMAGE%:*}" \
+        "$REPO/build_and_push.sh" --no-push >"$log" 2>&1; then
+    tail -40 "$log" >&2
+    say "FAILED (full log: $log)"
+    exit 1
+fi
+rm -f "$log"
+# build_and_push.sh tags :latest (+ version, git sha); honour any other tag asked for here.
+for image in "$TRAIN_IMAGE" "$SERVE_IMAGE"; do
+    [[ "$image" == *:latest ]] || docker tag "${image%:*}:latest" "$image"
+done
+say "built in $(elapsed "$t0")"
 say "images ready: $TRAIN_IMAGE, $SERVE_IMAGE (base $BASE_IMAGE on $OS_IMAGE)"
