@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display in a training container
 import matplotlib.pyplot as plt
+
+from container_train import report_html
 
 
 def confusion_matrix(labels: list[int], predictions: list[int], num_classes: int
@@ -68,7 +71,8 @@ def plot_confusion(matrix: list[list[int]], class_names: list[str], path: Path) 
 def write_reports(output_dir: Path, *, class_names: list[str], history: list[dict[str, float]],
                   final: dict[str, float], eval_split: str, labels: list[int],
                   predictions: list[int]) -> None:
-    """metrics.json, per_class_accuracy.json, confusion_matrix.{json,png}, curves.png."""
+    """metrics.json, per_class_accuracy.json, confusion_matrix.{json,png}, curves.png,
+    report.html."""
     output_dir.mkdir(parents=True, exist_ok=True)
     matrix = confusion_matrix(labels, predictions, len(class_names))
     _write_json(output_dir / "metrics.json", {"final": final, "history": history})
@@ -79,3 +83,7 @@ def write_reports(output_dir: Path, *, class_names: list[str], history: list[dic
     plot_confusion(matrix, class_names, output_dir / "confusion_matrix.png")
     if history:
         plot_curves(history, output_dir / "curves.png")
+    try:  # report.html + findings.json, from the files above (and the step timings)
+        report_html.write_report(output_dir)
+    except Exception:  # a convenience: never fail a finished job over it
+        logging.getLogger(__name__).exception("could not write report.html")
