@@ -3,10 +3,13 @@
 
     python scripts/tune.py --data s3://BUCKET/photos --max-jobs 12 --max-parallel-jobs 3 --wait
     python scripts/tune.py --attach resnet-hpo-261127-1944 --wait   # follow / collect a job
+    python scripts/tune.py --local --data sample_data/photos5 --max-jobs 20 \
+        --set trainable-layers=0        # the same search on this machine (scripts/tune_local.py)
 
-Ranges (``--range NAME=SPEC``, repeatable) override the defaults below: ``LOW:HIGH`` is a
-continuous range for float hyperparameters and an integer range for int ones (add ``:log`` or
-``:linear``), ``A,B,C`` a categorical one, ``off`` drops a default range. Every bound and choice
+Ranges (``--range NAME=SPEC``, repeatable) override the defaults of ``scripts/search_space.py``
+(the one search space, shared with ``--local``): ``LOW:HIGH`` is a continuous range for float
+hyperparameters and an integer range for int ones (add ``:log`` or ``:linear``), ``A,B,C`` a
+categorical one, ``off`` drops a default range. Every bound and choice
 is checked against the training image's own table (``container_train.hyperparameters``), and
 the objective and metric regexes come from ``container_train.metrics``.
 """
@@ -17,7 +20,6 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,17 +28,19 @@ if __package__ in (None, ""):  # run as `python scripts/tune.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from container_train.hyperparameters import (
-    SPECS_BY_NAME,
     HyperparameterError,
     canonical_name,
     parse_value,
 )
-from container_train.metrics import (
-    DEFAULT_OBJECTIVE,
-    METRIC_DEFINITIONS,
-    OBJECTIVES,
-)
+from container_train.metrics import METRIC_DEFINITIONS, OBJECTIVES
 from scripts import driver
+from scripts.search_space import (  # one search space for SageMaker and --local
+    BEST_FILE_FORMAT,
+    Range,
+    add_search_arguments,
+    build_ranges,
+    parse_static,
+)
 from scripts.settings import (
     SettingsError,
     add_common_arguments,
@@ -45,128 +49,23 @@ from scripts.settings import (
 )
 
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
-BEST_FILE_FORMAT = "resnet-byoc/best-training-job@1"
-DEFAULT_BEST_FILE = "best_training_job.json"
-SCALINGS = {"log": "Logarithmic", "linear": "Linear", "auto": "Auto",
-            "reverselog": "ReverseLogarithmic"}
-
-# name -> spec, in the --range syntax (so the defaults go through the same checks)
-DEFAULT_RANGES: dict[str, str] = {
-    "lr": "1e-5:1e-2:log",
-    "batch-size": "16,32,64",
-    "epochs": "3:12",
-    "trainable-layers": "0,2,4,all",
-    "weight-decay": "1e-6:1e-2:log",
-}
 TERMINAL = {"Completed", "Failed", "Stopped"}
 VALIDATE_ROLE_ENV = "SAGEMAKER_VALIDATE_ROLE"
-
-
-@dataclass(frozen=True)
-class Range:
-    """One tuning range: kind is 'Continuous', 'Integer' or 'Categorical'."""
-
-    name: str
-    kind: str
-    low: float | int | None = None
-    high: float | int | None = None
-    values: tuple[str, ...] = ()
-    scaling: str = "Auto"
-
-    def to_sdk(self) -> Any:
-        from sagemaker.core.parameter import (
-            CategoricalParameter,
-            ContinuousParameter,
-            IntegerParameter,
-        )
-
-        if self.kind == "Continuous":
-            return ContinuousParameter(self.low, self.high, scaling_type=self.scaling)
-        if self.kind == "Integer":
-            return IntegerParameter(self.low, self.high, scaling_type=self.scaling)
-        return CategoricalParameter(list(self.values))
-
-
-def parse_range(name: str, spec: str) -> Range | None:
-    """``lr=1e-5:1e-2:log`` style spec -> Range (None for 'off'); checked against SPECS."""
-    key = canonical_name(name)
-    hp = SPECS_BY_NAME.get(key)
-    if hp is None:
-        raise HyperparameterError(f"unknown hyperparameter '{name}' in --range; valid names: "
-                                  f"{', '.join(SPECS_BY_NAME)}")
-    text = spec.strip()
-    if text.lower() == "off":
-        return None
-    if ":" in text:
-        parts = text.split(":")
-        if len(parts) not in (2, 3):
-            raise HyperparameterError(
-                f"--range {key}: use LOW:HIGH[:log|linear|auto], got {spec!r}")
-        scaling = SCALINGS.get(parts[2].strip().lower() if len(parts) == 3 else "auto")
-        if scaling is None:
-            raise HyperparameterError(f"--range {key}: scaling must be one of "
-                                      f"{', '.join(SCALINGS)}, got {parts[2]!r}")
-        if hp.kind not in ("float", "int"):
-            raise HyperparameterError(f"--range {key}: a {hp.kind} hyperparameter takes a list "
-                                      f"of choices A,B,C, not a LOW:HIGH range")
-        low, high = parse_value(key, parts[0]), parse_value(key, parts[1])
-        if not low < high:
-            raise HyperparameterError(f"--range {key}: LOW must be below HIGH, got {spec!r}")
-        if scaling in ("Logarithmic", "ReverseLogarithmic") and low <= 0:
-            raise HyperparameterError(f"--range {key}: logarithmic scaling needs LOW > 0")
-        kind = "Continuous" if hp.kind == "float" else "Integer"
-        return Range(key, kind, low=low, high=high, scaling=scaling)
-    values = [v.strip() for v in text.split(",") if v.strip()]
-    if not values:
-        raise HyperparameterError(f"--range {key}: no values in {spec!r}")
-    typed = [parse_value(key, v) for v in values]  # each choice checked
-    return Range(key, "Categorical", values=tuple(str(v) for v in typed))
-
-
-def build_ranges(overrides: dict[str, str], static: dict[str, Any]) -> dict[str, Range]:
-    specs = dict(DEFAULT_RANGES)
-    for name, spec in overrides.items():
-        specs[canonical_name(name)] = spec
-    for name in static:  # a fixed value replaces a default range
-        if name in specs and name not in {canonical_name(n) for n in overrides}:
-            del specs[name]
-    ranges = {}
-    for name, spec in specs.items():
-        r = parse_range(name, spec)
-        if r is not None:
-            if name in static:
-                raise HyperparameterError(f"'{name}' is both tuned (--range) and fixed (--set)")
-            ranges[name] = r
-    if not ranges:
-        raise HyperparameterError("nothing to tune: every range is off")
-    return ranges
-
-
-def parse_static(pairs: dict[str, str]) -> dict[str, Any]:
-    return {canonical_name(k): parse_value(k, v) for k, v in pairs.items()}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tune.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(p, image="train")
+    p.add_argument("--local", action="store_true",
+                   help="tune on this machine with Optuna instead (needs torch; see "
+                        "scripts/tune_local.py --help)")
     data = p.add_argument_group("data (S3)")
     data.add_argument("--data", metavar="S3_URI",
                       help="one channel 'training' holding train/ valid/ test/ folders")
     data.add_argument("--channel", action="append", metavar="NAME=S3_URI",
                       help="a named channel (train, valid, test); repeatable, instead of --data")
-    t = p.add_argument_group("tuning")
-    t.add_argument("--range", action="append", metavar="NAME=SPEC",
-                   help="override a range: LOW:HIGH[:log|linear], A,B,C, or off "
-                        f"(defaults: {', '.join(f'{k}={v}' for k, v in DEFAULT_RANGES.items())})")
-    t.add_argument("--set", action="append", metavar="NAME=VALUE", dest="static",
-                   help="a fixed hyperparameter for every trial (e.g. image-size=224)")
-    t.add_argument("--objective", choices=sorted(OBJECTIVES), default=DEFAULT_OBJECTIVE,
-                   help=f"metric to optimise (default {DEFAULT_OBJECTIVE})")
-    t.add_argument("--strategy", default="Bayesian", choices=["Bayesian", "Random"],
-                   help="search strategy (default Bayesian)")
-    t.add_argument("--early-stopping", default="Auto", choices=["Auto", "Off"])
-    t.add_argument("--max-jobs", type=int, default=10)
+    t = add_search_arguments(p)
     t.add_argument("--max-parallel-jobs", type=int, default=2)
     t.add_argument("--job-name", help="tuning job name (max 32 chars; default resnet-hpo-TIME)")
     c = p.add_argument_group("compute")
@@ -186,8 +85,6 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--attach", metavar="TUNING_JOB", help="follow an existing job, create none")
     r.add_argument("--wait", action="store_true", help="show a live table of the trials")
     r.add_argument("--poll", type=float, default=30.0, help="seconds between polls")
-    r.add_argument("--best-out", type=Path, default=Path(DEFAULT_BEST_FILE),
-                   help=f"where to write the best job (default {DEFAULT_BEST_FILE})")
     return p
 
 
@@ -402,6 +299,11 @@ def print_best(best: dict[str, Any], out: Any = None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--local" in argv:  # Optuna on this machine; imports neither the SDK nor boto3
+        from scripts import tune_local
+
+        return tune_local.main([a for a in argv if a != "--local"])
     args = build_parser().parse_args(argv)
 
     def body() -> int:

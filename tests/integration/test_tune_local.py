@@ -1,0 +1,144 @@
+"""`tune.py --local`: a real Optuna search (4 trials, 2 epochs, 32 px, random-init backbone) on
+the colour data set: best file, plot, feature cache reuse, pruning, no SageMaker SDK."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from container_train.metrics import OBJECTIVES
+from scripts.search_space import BEST_FILE_FORMAT
+from tests.conftest import REPO
+
+pytest.importorskip("optuna")
+pytestmark = pytest.mark.slow
+
+DRIVERS_PYTHON = REPO / ".venv-drivers" / "bin" / "python"
+TRIALS = 4
+
+
+@pytest.fixture(scope="module")
+def search(color_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from scripts import tune
+
+    root = tmp_path_factory.mktemp("tune_local")
+    out, best = root / "out", root / "best.json"
+    argv = ["--local", "--data", str(color_data), "--output", str(out), "--best-out", str(best),
+            "--max-jobs", str(TRIALS), "--objective", "valid:loss", "--seed", "1",
+            "--set", "trainable-layers=0", "--set", "weights=none", "--set", "image-size=32",
+            "--set", "num-workers=0", "--set", "epochs=2",
+            # pruning forced: after one completed trial, from epoch 1 on; trial 0 learns
+            # (small lr), trial 1's lr makes the random-init features' logits explode
+            "--prune-startup-trials", "1", "--prune-from-epoch", "1",
+            "--enqueue", "lr=1e-5,batch-size=16", "--enqueue", "lr=0.01"]
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        rc = tune.main(argv)
+    assert rc == 0, stderr.getvalue()[-3000:]
+    return {"out": out, "best": best, "stdout": stdout.getvalue(), "stderr": stderr.getvalue(),
+            "trials": json.loads((out / "trials.json").read_text())["trials"]}
+
+
+def test_best_file_has_the_sagemaker_format_and_the_best_trial(search):
+    best = json.loads(search["best"].read_text())
+    assert best["format"] == BEST_FILE_FORMAT
+    assert best["objective"]["metric"] == "valid:loss"
+    assert best["objective"]["type"] == OBJECTIVES["valid:loss"] == "Minimize"
+    completed = [t for t in search["trials"] if t["state"] == "complete"]
+    assert completed
+    assert best["objective"]["value"] == min(t["value"] for t in completed)
+    number = min(completed, key=lambda t: t["value"])["number"]
+    assert best["training_job_name"].endswith(f"-trial-{number:03d}")
+    hps = best["hyperparameters"]
+    assert best["tuned_hyperparameters"] == ["batch-size", "lr", "weight-decay"]
+    assert isinstance(hps["batch-size"], int) and isinstance(hps["lr"], float)
+    assert hps["epochs"] == 2 and hps["image-size"] == 32 and hps["trainable-layers"] == "0"
+    assert best["final_metrics"]["valid:loss"] == best["objective"]["value"]
+    # the objective is the one the artifact's manifest records (the kept weights)
+    model_dir = Path(best["local"]["model_dir"])
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    assert manifest["metrics"]["valid_loss"] == pytest.approx(best["objective"]["value"])
+    assert (model_dir / "model.pt").is_file()
+    assert "best trial: " + best["training_job_name"] in search["stdout"]
+
+
+@pytest.mark.skipif(not DRIVERS_PYTHON.exists(), reason="no drivers venv (.venv-drivers)")
+def test_train_py_from_best_accepts_the_local_best_file(search, tmp_path):
+    best = json.loads(search["best"].read_text())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SAGEMAKER_"))}
+    env.update(AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_EC2_METADATA_DISABLED="true",
+               AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"))
+    proc = subprocess.run(
+        [str(DRIVERS_PYTHON), str(REPO / "scripts" / "train.py"), "--dry-run",
+         "--region", "eu-west-1", "--role", "arn:aws:iam::123456789012:role/SageMakerExecution",
+         "--bucket", "my-ml-bucket", "--image-uri",
+         "123456789012.dkr.ecr.eu-west-1.amazonaws.com/resnet-byoc-train:1",
+         "--data", "s3://my-ml-bucket/photos", "--no-debugger", "--from-best",
+         str(search["best"])],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    requests = json.loads(proc.stdout)
+    create = [r["params"] for r in requests if r["operation"] == "CreateTrainingJob"]
+    assert len(create) == 1
+    assert create[0]["HyperParameters"] == {k: str(v) for k, v in
+                                            best["hyperparameters"].items()}
+
+
+def test_objective_plot_is_written(search):
+    png = search["out"] / "objective.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png.stat().st_size > 5000
+
+
+def test_later_trials_reuse_the_feature_cache(search):
+    def computed(number: int) -> dict[str, int]:
+        log = (search["out"] / f"trial-{number:03d}" / "train.log").read_text()
+        return {m.group(1): int(m.group(2))
+                for m in re.finditer(r"(\w+) features: (\d+) image-views computed", log)}
+
+    assert computed(0) == {"train": 64, "valid": 12, "test": 12}  # 32 images x 2 views
+    for number in range(1, TRIALS):
+        assert computed(number) == {"train": 0, "valid": 0, "test": 0}, number
+    assert (search["out"] / "feature-cache").is_dir()
+
+
+def test_a_bad_trial_is_pruned_after_its_first_epoch(search):
+    trials = {t["number"]: t for t in search["trials"]}
+    assert len(trials) == TRIALS
+    assert trials[0]["state"] == "complete"
+    assert trials[0]["hyperparameters"]["lr"] == 1e-5
+    assert trials[1]["hyperparameters"]["lr"] == 0.01
+    assert trials[1]["state"] == "pruned"
+    assert list(trials[1]["intermediate_values"]) == ["1"]  # stopped after epoch 1
+    assert trials[1]["intermediate_values"]["1"] > trials[0]["intermediate_values"]["1"]
+    assert not (search["out"] / "trial-001" / "model" / "model.pt").exists()
+    # the table shows it
+    assert re.search(r"^001\s+Pruned", search["stderr"], re.MULTILINE), search["stderr"]
+
+
+def test_only_the_best_trial_keeps_its_weights(search):
+    kept = sorted(p.parent.parent.name for p in search["out"].glob("trial-*/model/model.pt"))
+    best = json.loads(search["best"].read_text())
+    assert kept == [Path(best["local"]["trial_dir"]).name]
+
+
+def test_local_path_imports_no_sagemaker_sdk(search):
+    assert not [m for m in sys.modules if m == "sagemaker" or m.startswith("sagemaker.")]
+
+
+def test_local_path_refuses_bad_arguments_before_training(tmp_path, capsys):
+    from scripts import tune
+
+    assert tune.main(["--local", "--data", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
+    assert "missing 'train' split" in capsys.readouterr().err
+    assert tune.main(["--local", "--data", str(tmp_path), "--range", "lr=0:1:log"]) == 2
+    assert "lr" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
