@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint-latest.pt"
 FORMAT = 1
 # Hyperparameters that may change between a run and its resumption (none that shape the result).
-RESUMABLE_CHANGES = frozenset({"log-interval", "num-workers", "early-stopping-patience"})
+RESUMABLE_CHANGES = frozenset({"log-interval", "num-workers", "early-stopping-patience",
+                               "profile-steps"})
 
 
 @dataclass

@@ -7,9 +7,14 @@ cd "$(dirname "$0")/.."
 venv=${VENV:-.venv}
 lock=dev/requirements-host.txt
 
-if ! command -v java >/dev/null 2>&1; then
-    # multi-model-server is a Java server; the serving tests start it for real.
-    apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless >/dev/null
+# multi-model-server is a Java server (the serving tests start it for real); Chromium opens
+# report.html in a test.
+packages=()
+command -v java >/dev/null 2>&1 || packages+=(openjdk-17-jre-headless)
+command -v chromium >/dev/null 2>&1 || packages+=(chromium)
+if [ ${#packages[@]} -gt 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends "${packages[@]}" >/dev/null
 fi
 
 if [ -x "$venv/bin/python" ] && cmp -s "$lock" "$venv/.installed-requirements"; then
