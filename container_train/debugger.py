@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 CONFIG_ENV = "SMDEBUG_CONFIG_FILE_PATH"
 CONFIG_NAME = "debughookconfig.json"
 DISABLE_ENV = "USE_SMDEBUG"  # smdebug's own switch: 0/false turns the hook off
+# Collections saved without per-layer forward hooks (see DebuggerCallback._needs).
+LAYERLESS_COLLECTIONS = frozenset({"losses", "weights", "biases", "gradients"})
 
 
 def config_path(environ: dict[str, str] | None = None) -> Path | None:
@@ -100,6 +102,55 @@ class DebuggerCallback(Callback):
         self.hook.register_loss(criterion)
         self._added = [(obj, attr, after - old) for (obj, attr), old, after
                        in zip(owners, before, _hook_keys(owners), strict=True) if after - old]
+        self._prune(criterion)
+
+    def _needs(self) -> tuple[bool, bool]:
+        """(layer hooks, gradient hooks) the configured collections need.
+
+        smdebug hooks every layer's forward pass and every parameter's gradient, and with the
+        losses saved at every step each layer hook then inspects every tensor it sees (about
+        15 ms per ResNet50 step on a CPU). Losses (the loss module's own hook), weights and
+        biases (read at the start of the step) need neither; gradients need only theirs. Any
+        other collection, a changed include_regex or save_all keeps everything.
+        """
+        from smdebug.pytorch.collection import CollectionManager
+
+        hook = self.hook
+        defaults = CollectionManager()
+        names = set(hook.include_collections or [])
+        plain = names <= LAYERLESS_COLLECTIONS and all(
+            hook.collection_manager.get(name).include_regex
+            == defaults.get(name).include_regex for name in names)
+        if hook.include_regex or hook.save_all or not plain:
+            return True, True
+        return False, "gradients" in names
+
+    def _prune(self, criterion: nn.Module) -> None:
+        layers, gradients = self._needs()
+        kept = []
+        for obj, attr, keys in self._added:
+            drop: set[int] = set()
+            if attr == "_backward_hooks" and not gradients:
+                drop = set(keys)
+            elif attr == "_forward_hooks" and not layers and obj is not criterion:
+                hooks = getattr(obj, attr)
+                drop = {k for k in keys if hooks.get(k) == self.hook.forward_hook}
+            self._remove(obj, attr, drop)
+            if keys - drop:
+                kept.append((obj, attr, keys - drop))
+        self._added = kept
+        log.info("SageMaker Debugger: %s layer hooks, %s gradient hooks",
+                 "with" if layers else "no", "with" if gradients else "no")
+
+    @staticmethod
+    def _remove(obj: Any, attr: str, keys: set[int]) -> None:
+        hooks = getattr(obj, attr) or {}
+        for key in keys:
+            hooks.pop(key, None)
+            for extra in _MODULE_HOOK_EXTRAS:
+                extra_hooks = getattr(obj, extra, None)
+                if isinstance(extra_hooks, dict):
+                    extra_hooks.pop(key, None)
 
     def on_mode(self, mode: str) -> None:
         self.hook.set_mode(self._modes[mode])
@@ -112,13 +163,7 @@ class DebuggerCallback(Callback):
 
     def detach(self) -> None:
         for obj, attr, keys in self._added:
-            hooks = getattr(obj, attr) or {}
-            for key in keys:
-                hooks.pop(key, None)
-                for extra in _MODULE_HOOK_EXTRAS:
-                    extra_hooks = getattr(obj, extra, None)
-                    if isinstance(extra_hooks, dict):
-                        extra_hooks.pop(key, None)
+            self._remove(obj, attr, keys)
         self._added = []
 
 

@@ -20,7 +20,8 @@ for class_dir in sorted(p for p in src.iterdir() if p.is_dir()):
         target.parent.mkdir(parents=True, exist_ok=True)
         Image.open(path).convert("RGB").save(target, "JPEG", quality=90)
         row = next(r for r in rows if r["file"] == f"{class_dir.name}/{path.name}")
-        out_rows.append({**row, "file": str(target.relative_to(dst)), "changes": "WebP -> JPEG q90"})
+        out_rows.append({**row, "file": str(target.relative_to(dst)),
+                         "changes": "WebP -> JPEG q90"})
 with (dst / "ATTRIBUTION.tsv").open("w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=list(out_rows[0]), delimiter="\t")
     writer.writeheader()
