@@ -27,11 +27,15 @@ MAX_PIXELS_ENV = "SERVE_MAX_PIXELS"
 TOP_K_ENV = "SERVE_TOP_K"
 TOP_K_MAX_ENV = "SERVE_TOP_K_MAX"
 RUNTIME_DIR_ENV = "SERVE_RUNTIME_DIR"
+PRECISION_ENV = "SERVE_PRECISION"  # fp32 | int8 (the artifact's int8 variant)
+GRAPH_ENV = "SERVE_GRAPH"  # frozen (TorchScript trace + freeze, once per worker) | eager
 MODEL_DIR_ENV = "SERVE_MODEL_DIR"  # set by serve for the workers: the artifact to load
 
 # MMS's own request limit when nobody raises it; matches SageMaker's ~6 MB real-time limit.
 MMS_DEFAULT_MAX_REQUEST_BYTES = 6_553_500
-MMS_MAX_PORT = 32766  # MMS 1.1.11 rejects higher ports ("Invalid port number")
+MMS_MAX_PORT = 32766
+PRECISIONS = ("fp32", "int8")
+GRAPHS = ("frozen", "eager")  # MMS 1.1.11 rejects higher ports ("Invalid port number")
 
 
 class SettingsError(ValueError):
@@ -49,6 +53,15 @@ def available_cpus() -> int:
     except (OSError, ValueError):
         pass
     return cpus
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return choices[0]
+    if raw not in choices:
+        raise SettingsError(f"{name}={raw!r} must be one of {', '.join(choices)}")
+    return raw
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
@@ -76,6 +89,8 @@ class Settings:
     top_k: int = 5
     top_k_max: int = 100
     runtime_dir: str | None = None
+    precision: str = "fp32"
+    graph: str = "frozen"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -99,6 +114,8 @@ class Settings:
             top_k=min(_int(env, TOP_K_ENV, 5), top_k_max),
             top_k_max=top_k_max,
             runtime_dir=env.get(RUNTIME_DIR_ENV) or None,
+            precision=_choice(env, PRECISION_ENV, PRECISIONS),
+            graph=_choice(env, GRAPH_ENV, GRAPHS),
         )
         if settings.port > MMS_MAX_PORT:
             raise SettingsError(f"{PORT_ENV}={settings.port}: MMS takes ports up to {MMS_MAX_PORT}")
@@ -116,6 +133,8 @@ class Settings:
             MAX_PIXELS_ENV: str(self.max_pixels),
             TOP_K_ENV: str(self.top_k),
             TOP_K_MAX_ENV: str(self.top_k_max),
+            PRECISION_ENV: self.precision,
+            GRAPH_ENV: self.graph,
             # OpenMP/MKL pools outside torch.set_num_threads follow the same budget.
             "OMP_NUM_THREADS": str(self.threads_per_worker),
         }

@@ -20,6 +20,8 @@ FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "model.pt"
 ARCHITECTURES = ("resnet50",)
+INT8 = "int8"
+VARIANT_NAMES = (INT8,)  # optional extra forms of the same model, see docs/artifact.md
 
 
 class ArtifactError(ValueError):
@@ -37,6 +39,55 @@ def _require(data: dict[str, Any], key: str, kind: type | tuple[type, ...], wher
 
 
 @dataclass(frozen=True)
+class Variant:
+    """Another form of the same network (e.g. int8), in its own file next to the weights."""
+
+    file: str
+    format: str
+    sha256: str = ""
+    calibration_images: int = 0
+    top1_agreement: float | None = None  # with the fp32 model, on agreement_images images
+    agreement_images: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "format": self.format,
+            "sha256": self.sha256,
+            "calibration_images": self.calibration_images,
+            "top1_agreement": self.top1_agreement,
+            "agreement_images": self.agreement_images,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> Variant:
+        if not isinstance(data, dict):
+            raise ArtifactError(f"{where}: expected a JSON object")
+        file = _require(data, "file", str, where)
+        if os.path.basename(file) != file or file in ("", ".", ".."):
+            raise ArtifactError(f"{where}: file must be a plain file name")
+        fmt = _require(data, "format", str, where)
+        if not fmt:
+            raise ArtifactError(f"{where}: format must be a non-empty string")
+        sha = data.get("sha256", "")
+        if not isinstance(sha, str):
+            raise ArtifactError(f"{where}: sha256 must be a string")
+        count = data.get("calibration_images", 0)
+        checked = data.get("agreement_images", 0)
+        for key, value in (("calibration_images", count), ("agreement_images", checked)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ArtifactError(f"{where}: {key} must be a non-negative integer")
+        agreement = data.get("top1_agreement")
+        if agreement is not None and (
+            isinstance(agreement, bool) or not isinstance(agreement, (int, float))
+            or not 0.0 <= agreement <= 1.0
+        ):
+            raise ArtifactError(f"{where}: top1_agreement must be a number in [0, 1]")
+        return cls(file, fmt, sha, count,
+                   None if agreement is None else float(agreement), checked)
+
+
+@dataclass(frozen=True)
 class Manifest:
     architecture: str
     class_names: tuple[str, ...]
@@ -47,6 +98,8 @@ class Manifest:
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    # Optional; absent from the JSON when empty, and ignored by readers that predate it.
+    variants: dict[str, Variant] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -64,6 +117,8 @@ class Manifest:
             "metrics": dict(self.metrics),
             "hyperparameters": dict(self.hyperparameters),
             "versions": dict(self.versions),
+            **({"variants": {name: v.to_dict() for name, v in self.variants.items()}}
+               if self.variants else {}),
         }
 
     @classmethod
@@ -97,6 +152,17 @@ class Manifest:
         weights_file = _require(data, "weights_file", str, where)
         if os.path.basename(weights_file) != weights_file or weights_file in ("", ".", ".."):
             raise ArtifactError(f"{where}: weights_file must be a plain file name")
+        raw_variants = data.get("variants", {})
+        if not isinstance(raw_variants, dict):
+            raise ArtifactError(f"{where}: variants must be an object")
+        variants = {}
+        for name, value in raw_variants.items():
+            if name not in VARIANT_NAMES:
+                continue  # a newer writer's variant: this reader cannot use it, fp32 still works
+            variant = Variant.from_dict(value, f"{where}: variants.{name}")
+            if variant.file == weights_file:
+                raise ArtifactError(f"{where}: variants.{name}.file is the fp32 weights file")
+            variants[name] = variant
         return cls(
             architecture=arch,
             class_names=tuple(names),
@@ -107,6 +173,7 @@ class Manifest:
             hyperparameters=dict(data.get("hyperparameters", {})),
             versions=dict(data.get("versions", {})),
             format_version=version,
+            variants=variants,
         )
 
     def write(self, model_dir: str | os.PathLike[str]) -> Path:

@@ -1,0 +1,184 @@
+"""The optional int8 variant of an artifact: static post-training quantization for x86 CPUs.
+
+Recipe: torch.ao FX graph mode quantization with the ``x86`` backend's default qconfig
+(per-channel symmetric int8 weights, per-tensor affine uint8 activations, histogram observers),
+calibrated with the artifact's own *evaluation* preprocessing on training images; then
+``torch.jit.trace`` + ``torch.jit.freeze``, saved with ``torch.jit.save``.
+
+Loading is ``torch.jit.load`` of that file: TorchScript is a graph format read by TorchScript's
+own deserializer (no Python pickle of arbitrary classes), and serving checks the file's sha256
+against the manifest before loading it. The file is still code in the TorchScript sense (a
+graph of operators), so only load artifacts you trust to the same degree as the manifest.
+
+The training job calls :func:`write_int8_variant` after :func:`write_artifact` when the
+hyperparameter ``int8`` is true; serving picks the variant with ``SERVE_PRECISION=int8``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from model_artifact.manifest import INT8, ArtifactError, Manifest, Variant
+from model_artifact.preprocess import EvalPreprocessing, load_image
+
+INT8_FILE = "model_int8.pt"
+INT8_FORMAT = "torchscript-fx-x86-int8"
+BACKEND = "x86"
+DEFAULT_CALIBRATION_IMAGES = 64
+CALIBRATION_BATCH = 16
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """TorchScript and torch.ao.quantization warn on every call that they are deprecated."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*deprecated.*")
+        yield
+
+
+def use_x86_engine() -> None:
+    if BACKEND not in torch.backends.quantized.supported_engines:
+        raise ArtifactError(
+            f"this torch build has no '{BACKEND}' quantized engine "
+            f"(has {torch.backends.quantized.supported_engines})"
+        )
+    torch.backends.quantized.engine = BACKEND
+
+
+def image_batches(
+    paths: Sequence[str | os.PathLike[str]], pre: EvalPreprocessing,
+    batch_size: int = CALIBRATION_BATCH,
+) -> Iterator[torch.Tensor]:
+    """Images -> normalised [N, 3, crop, crop] channels_last batches (evaluation preprocessing)."""
+    transform = pre.transform()
+    batch: list[torch.Tensor] = []
+    for path in paths:
+        batch.append(transform(load_image(path, min_side=pre.min_side)))
+        if len(batch) == batch_size:
+            yield torch.stack(batch).contiguous(memory_format=torch.channels_last)
+            batch = []
+    if batch:
+        yield torch.stack(batch).contiguous(memory_format=torch.channels_last)
+
+
+def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor]) -> torch.jit.ScriptModule:
+    """fp32 model (eval) + calibration batches -> frozen TorchScript int8 model.
+
+    The input model is not modified (FX works on a traced copy).
+    """
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    batches = iter(calibration)
+    first = next(batches, None)
+    if first is None:
+        raise ArtifactError("int8 calibration needs at least one image")
+    use_x86_engine()
+    with quiet():
+        model = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).eval()
+        prepared = prepare_fx(model, get_default_qconfig_mapping(BACKEND), (first[:1],))
+        with torch.inference_mode():
+            prepared(first)
+            for batch in batches:
+                prepared(batch)
+        quantized = convert_fx(prepared).eval()
+        example = first[:1].contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            traced = torch.jit.trace(quantized, example, check_trace=False)
+            frozen = torch.jit.freeze(traced.eval())
+    return frozen
+
+
+def top1_agreement(
+    fp32: nn.Module, int8: torch.jit.ScriptModule, batches: Iterable[torch.Tensor]
+) -> tuple[float, int]:
+    """Fraction of images on which both models give the same top-1 class, and the count."""
+    same = total = 0
+    use_x86_engine()
+    with torch.inference_mode(), quiet():
+        for batch in batches:
+            a = fp32(batch).argmax(dim=1)
+            b = int8(batch).argmax(dim=1)
+            same += int((a == b).sum())
+            total += int(batch.shape[0])
+    if total == 0:
+        raise ArtifactError("top-1 agreement needs at least one image")
+    return same / total, total
+
+
+def save_int8(module: torch.jit.ScriptModule, path: str | os.PathLike[str]) -> Path:
+    with quiet():
+        torch.jit.save(module, str(path))
+    return Path(path)
+
+
+def load_int8(model_dir: str | os.PathLike[str], manifest: Manifest) -> torch.jit.ScriptModule:
+    """The manifest's int8 variant, hash-checked, via ``torch.jit.load``; ArtifactError if not."""
+    variant = manifest.variants.get(INT8)
+    if variant is None:
+        raise ArtifactError(
+            f"{Path(model_dir) / 'manifest.json'}: no int8 variant (train with the "
+            f"hyperparameter int8=true, or serve with SERVE_PRECISION=fp32)"
+        )
+    if variant.format != INT8_FORMAT:
+        raise ArtifactError(f"int8 variant format {variant.format!r} is not {INT8_FORMAT!r}")
+    from model_artifact.network import file_sha256
+
+    path = Path(model_dir) / variant.file
+    if not path.is_file():
+        raise ArtifactError(f"{path}: int8 model file named by the manifest is missing")
+    if variant.sha256 and file_sha256(path) != variant.sha256:
+        raise ArtifactError(f"{path}: sha256 does not match the manifest")
+    use_x86_engine()
+    try:
+        with quiet():
+            module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # not a TorchScript archive, truncated zip
+        raise ArtifactError(f"{path}: cannot be loaded as TorchScript: {exc}") from None
+    return module.eval()
+
+
+def write_int8_variant(
+    model_dir: str | os.PathLike[str],
+    model: nn.Module,
+    manifest: Manifest,
+    calibration_paths: Sequence[str | os.PathLike[str]],
+    check_paths: Sequence[str | os.PathLike[str]] = (),
+) -> Manifest:
+    """Quantize, save ``model_int8.pt``, measure top-1 agreement, rewrite manifest.json.
+
+    ``check_paths`` (held-out images, e.g. the validation split) measure agreement with fp32;
+    without them the calibration images do. Returns the manifest as written.
+    """
+    from model_artifact.network import file_sha256
+
+    pre = manifest.preprocessing
+    if not calibration_paths:
+        raise ArtifactError("int8 calibration needs at least one training image")
+    model = model.to("cpu").eval()
+    int8 = quantize_int8(model, image_batches(calibration_paths, pre))
+    path = save_int8(int8, Path(model_dir) / INT8_FILE)
+    checked = check_paths or calibration_paths
+    fp32 = model.to(memory_format=torch.channels_last)
+    agreement, count = top1_agreement(fp32, int8, image_batches(checked, pre))
+    variant = Variant(
+        file=INT8_FILE,
+        format=INT8_FORMAT,
+        sha256=file_sha256(path),
+        calibration_images=len(calibration_paths),
+        top1_agreement=agreement,
+        agreement_images=count,
+    )
+    manifest = Manifest(**{**manifest.__dict__, "variants": {**manifest.variants, INT8: variant}})
+    manifest.write(model_dir)
+    return manifest

@@ -1,0 +1,129 @@
+"""The int8 variant: its manifest entry, its loader's refusals, and the serving knob."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from container_serve import inference
+from container_serve.settings import Settings, SettingsError
+from model_artifact.manifest import INT8, ArtifactError, Manifest, Variant
+from model_artifact.preprocess import EvalPreprocessing
+from model_artifact.quantize import INT8_FILE, INT8_FORMAT, load_int8, quantize_int8, save_int8
+
+VARIANT = {"file": INT8_FILE, "format": INT8_FORMAT, "sha256": "ab" * 32,
+           "calibration_images": 64, "top1_agreement": 0.98, "agreement_images": 49}
+
+
+def manifest_dict(**extra: object) -> dict:
+    base = Manifest("resnet50", ("a", "b"), EvalPreprocessing.for_image_size(32)).to_dict()
+    return {**base, **extra}
+
+
+def test_manifest_without_variants_is_unchanged() -> None:
+    data = manifest_dict()
+    assert "variants" not in data  # fp32-only artifacts are written exactly as before
+    assert Manifest.from_dict(data).variants == {}
+
+
+def test_variant_round_trips() -> None:
+    manifest = Manifest.from_dict(manifest_dict(variants={INT8: VARIANT}))
+    assert manifest.variants[INT8] == Variant(**VARIANT)
+    again = Manifest.from_dict(json.loads(json.dumps(manifest.to_dict())))
+    assert again == manifest and again.to_dict()["variants"][INT8] == VARIANT
+
+
+def test_unknown_variant_is_ignored_by_this_reader() -> None:
+    manifest = Manifest.from_dict(manifest_dict(variants={"fp8": {"what": "ever"}, INT8: VARIANT}))
+    assert set(manifest.variants) == {INT8}
+
+
+@pytest.mark.parametrize(("change", "fragment"), [
+    ({"file": "../x.pt"}, "plain file name"),
+    ({"file": "model.pt"}, "is the fp32 weights file"),
+    ({"format": ""}, "format"),
+    ({"top1_agreement": 1.5}, "top1_agreement"),
+    ({"top1_agreement": True}, "top1_agreement"),
+    ({"calibration_images": -1}, "calibration_images"),
+    ({"sha256": 3}, "sha256"),
+])
+def test_bad_variant_fields_are_named(change: dict, fragment: str) -> None:
+    with pytest.raises(ArtifactError, match="variants.int8") as info:
+        Manifest.from_dict(manifest_dict(variants={INT8: {**VARIANT, **change}}))
+    assert fragment in str(info.value)
+
+
+def test_variants_must_be_an_object() -> None:
+    with pytest.raises(ArtifactError, match="variants must be an object"):
+        Manifest.from_dict(manifest_dict(variants=[VARIANT]))
+
+
+def test_precision_knob() -> None:
+    assert Settings.from_env({}).precision == "fp32"
+    assert Settings.from_env({"SERVE_PRECISION": "INT8"}).precision == "int8"
+    assert Settings.from_env({"SERVE_PRECISION": "int8"}).worker_env()["SERVE_PRECISION"] == "int8"
+    with pytest.raises(SettingsError, match="SERVE_PRECISION='fp16' must be one of fp32, int8"):
+        Settings.from_env({"SERVE_PRECISION": "fp16"})
+    with pytest.raises(SettingsError, match="SERVE_GRAPH"):
+        Settings.from_env({"SERVE_GRAPH": "compiled"})
+
+
+def write_manifest(model_dir: Path, **extra: object) -> Manifest:
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "manifest.json").write_text(json.dumps(manifest_dict(**extra)))
+    return Manifest.read(model_dir)
+
+
+def test_int8_requested_without_variant_says_why(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    write_manifest(tmp_path)
+    monkeypatch.setenv("SERVE_PRECISION", "int8")
+    with pytest.raises(ArtifactError, match="no int8 variant .*int8=true.*SERVE_PRECISION=fp32"):
+        inference.model_fn(str(tmp_path))
+
+
+def test_int8_file_missing_or_tampered(tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path, variants={INT8: VARIANT})
+    with pytest.raises(ArtifactError, match="model_int8.pt: int8 model file .* is missing"):
+        load_int8(tmp_path, manifest)
+    (tmp_path / INT8_FILE).write_bytes(b"not torchscript")
+    with pytest.raises(ArtifactError, match="sha256 does not match"):
+        load_int8(tmp_path, manifest)
+    manifest = write_manifest(tmp_path, variants={INT8: {**VARIANT, "sha256": ""}})
+    with pytest.raises(ArtifactError, match="cannot be loaded as TorchScript"):
+        load_int8(tmp_path, manifest)
+
+
+class SmallNet(torch.nn.Module):
+    """Conv-BN-ReLU, pool, linear: the layer kinds ResNet50 quantizes, in a second."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.fc = torch.nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.conv(x)))
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def test_quantize_save_load_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = SmallNet().eval()
+    batches = [torch.rand(8, 3, 16, 16) for _ in range(4)]
+    int8 = quantize_int8(model, batches)
+    save_int8(int8, tmp_path / INT8_FILE)
+    from model_artifact.network import file_sha256
+
+    manifest = write_manifest(tmp_path, variants={INT8: {
+        **VARIANT, "sha256": file_sha256(tmp_path / INT8_FILE)}})
+    loaded = load_int8(tmp_path, manifest)
+    x = torch.rand(4, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        assert torch.allclose(loaded(x), int8(x))
+        assert torch.allclose(loaded(x), model(x), atol=0.05)  # int8 rounding, small net
+    assert "quantized" in str(loaded.graph) or "quantized" in str(loaded.inlined_graph)
