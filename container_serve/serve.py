@@ -67,8 +67,11 @@ def check(model_dir: str) -> int:
 
 def _check_in_child(model_dir: str) -> int:
     # A child process, so that the long-lived entry process never holds torch and the weights.
+    # Eager: loading the weights and one forward pass prove the artifact; tracing and freezing
+    # the graph (seconds) is left to the workers, so it is not paid twice before the port opens.
     command = [sys.executable, "-m", "container_serve", "check", "--model-dir", model_dir]
-    return subprocess.run(command, check=False).returncode
+    env = {**os.environ, "SERVE_GRAPH": "eager"}
+    return subprocess.run(command, check=False, env=env).returncode
 
 
 def _prepare_environment(settings: Settings, model_dir: str, runtime_dir: str) -> None:
