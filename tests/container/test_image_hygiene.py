@@ -1,0 +1,214 @@
+"""No credentials, caches or host CAs in the layers the product Dockerfiles add.
+
+Scans ``docker history --no-trunc`` (every build step's command line) and the layer tarballs
+of ``docker save`` of the training and serving images for AWS access keys (``AKIA...``),
+``aws_secret_access_key``, private keys (``-----BEGIN ... PRIVATE KEY-----``), ``.netrc``,
+``.aws/credentials``, docker ``config.json``, pip caches (``root/.cache/pip``) and the host's
+extra CA certificates (``/usr/local/share/ca-certificates/``).
+
+Only the layers above the OS base are scanned: the locally built OS image
+(docker/build_base_os.sh, ``OS_IMAGE``, default sagemaker-resnet50-os:bookworm) adds the host's
+CAs on purpose so that pip works behind this machine's TLS-inspecting proxy; real builds use
+debian:bookworm-slim. Layers are recognised by their diff IDs (``docker image inspect``).
+
+Skips cleanly without Docker or the images (CONTAINER_TESTS_REQUIRED=1 makes that a failure).
+Streams ``docker save`` (a few GB, no disk): a few minutes on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+TRAIN_IMAGE = os.environ.get("TRAIN_IMAGE", "sagemaker-resnet50-train:latest")
+SERVE_IMAGE = os.environ.get("SERVE_IMAGE", "sagemaker-resnet50-serve:latest")
+OS_IMAGE = os.environ.get("OS_IMAGE", "sagemaker-resnet50-os:bookworm")
+IMAGES = (TRAIN_IMAGE, SERVE_IMAGE)
+HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
+CONTENT_LIMIT = 4 << 20  # secrets are small files; larger ones are checked by name only
+
+SECRET_PATTERNS = {
+    "AWS access key id": re.compile(rb"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
+    "aws_secret_access_key": re.compile(rb"aws_secret_access_key\s*[=:]\s*[A-Za-z0-9/+]{30,}",
+                                        re.IGNORECASE),
+    "private key": re.compile(rb"-----BEGIN (?:RSA |EC |DSA |OPENSSH |ENCRYPTED )?PRIVATE KEY-----"
+                              rb"\s*\n[A-Za-z0-9+/=\n]{64,}"),
+}
+# Documentation placeholders shipped inside packages (botocore, the AWS SDKs).
+ALLOWED_SECRETS = re.compile(rb"AKIAIOSFODNN7EXAMPLE|AKIAI44QH8DHBEXAMPLE|EXAMPLEKEY")
+# Public test fixtures that packages ship: botocore's API examples (made-up access key ids),
+# the self-signed test keys of gevent's and future's test suites.
+ALLOWED_SECRET_FILES = re.compile(
+    r"site-packages/botocore/data/.*/examples-1\.json$|site-packages/[^/]+/(.*/)?tests?/[^/]+\.(pem|key)$"
+)
+# A trust bundle that update-ca-certificates regenerated (e.g. apt installing ca-certificates
+# in Dockerfile.base) lists the CAs the OS base already holds; that is not a product layer
+# adding them. Any other file holding a host CA (a COPY, certifi's cacert.pem, ...) fails.
+REGENERATED_BUNDLE = "etc/ssl/certs/ca-certificates.crt"
+BAD_PATHS = re.compile(r"(^|/)(\.netrc|\.aws/credentials|\.docker/config\.json|\.git-credentials"
+                       r"|\.pypirc)$|(^|/)root/\.cache/pip/")
+HISTORY_PATTERNS = {
+    **SECRET_PATTERNS,
+    "credential in a build argument": re.compile(
+        rb"(AWS_SECRET_ACCESS_KEY|AWS_SESSION_TOKEN|PASSWORD|TOKEN)=\S{8,}", re.IGNORECASE),
+    ".netrc": re.compile(rb"\.netrc"),
+}
+
+pytestmark = pytest.mark.container
+
+
+def _unavailable() -> str | None:
+    if shutil.which("docker") is None:
+        return "docker is not installed (dev/setup_docker.sh installs and starts it)"
+    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        return "no Docker daemon answers (dev/setup_docker.sh starts one)"
+    for image in IMAGES:
+        if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode:
+            return f"image {image} is not built (dev/setup_docker.sh builds it)"
+    return None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _docker_ready() -> None:
+    reason = _unavailable()
+    if reason:
+        if os.environ.get("CONTAINER_TESTS_REQUIRED") == "1":
+            pytest.fail(f"container tests required but {reason}")
+        pytest.skip(reason)
+
+
+def diff_ids(image: str) -> list[str]:
+    proc = subprocess.run(["docker", "image", "inspect", "-f", "{{json .RootFS.Layers}}", image],
+                          capture_output=True, text=True)
+    return json.loads(proc.stdout) if proc.returncode == 0 else []
+
+
+def product_layers(image: str) -> list[str]:
+    """Diff IDs of ``image`` above the OS base (all of them if the OS image is absent)."""
+    layers, base = diff_ids(image), diff_ids(OS_IMAGE)
+    if base and layers[: len(base)] == base:
+        return layers[len(base):]
+    return layers
+
+
+def host_ca_bodies() -> dict[str, bytes]:
+    """One distinctive base64 line (the middle one of the PEM, 64 chars) of each host extra CA:
+    bundles (ca-certificates.crt) copy the PEM lines verbatim."""
+    bodies = {}
+    for path in sorted(HOST_CA_DIR.rglob("*.crt")) if HOST_CA_DIR.is_dir() else []:
+        text = path.read_bytes()
+        for i, block in enumerate(re.findall(
+                rb"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", text, re.DOTALL)):
+            lines = [line.strip() for line in block.splitlines() if len(line.strip()) >= 48]
+            if lines:
+                bodies[f"{path.name}#{i}"] = lines[len(lines) // 2]
+    return bodies
+
+
+class _Hashing:
+    """File-like wrapper that hashes what is read (a legacy ``docker save`` names layers by
+    an id, not by the diff ID the image config lists)."""
+
+    def __init__(self, raw) -> None:
+        self.raw, self.hash = raw, hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.hash.update(data)
+        return data
+
+    def drain(self) -> str:
+        while self.read(1 << 20):
+            pass
+        return "sha256:" + self.hash.hexdigest()
+
+
+def _scan_layer(stream, cas: dict[str, bytes]) -> list[str]:
+    findings = []
+    with tarfile.open(fileobj=stream, mode="r|") as layer:
+        for member in layer:
+            name = member.name.lstrip("./")
+            if BAD_PATHS.search(name):
+                findings.append(f"{name}: forbidden path")
+            if not member.isfile() or member.size > CONTENT_LIMIT:
+                continue
+            data = layer.extractfile(member).read()
+            for label, pattern in SECRET_PATTERNS.items():
+                for match in pattern.finditer(data):
+                    if not (ALLOWED_SECRETS.search(match.group(0))
+                            or ALLOWED_SECRET_FILES.search(name)):
+                        findings.append(f"{name}: {label}")
+            for ca_name, body in cas.items():
+                if body in data:
+                    findings.append(f"{name}: contains the host CA {ca_name}")
+    return findings
+
+
+@cache
+def scan_saved_layers() -> dict[str, list[str]]:
+    """Findings per diff ID, for every layer of both images (shared layers scanned once)."""
+    cas = host_ca_bodies()
+    proc = subprocess.Popen(["docker", "save", *IMAGES], stdout=subprocess.PIPE)
+    results: dict[str, list[str]] = {}
+    try:
+        with tarfile.open(fileobj=proc.stdout, mode="r|") as saved:
+            for member in saved:
+                oci = re.fullmatch(r"blobs/sha256/([0-9a-f]{64})", member.name)
+                if not (member.name.endswith("/layer.tar") or oci) or not member.isfile():
+                    continue
+                stream = _Hashing(saved.extractfile(member))
+                try:
+                    findings = _scan_layer(stream, cas)
+                except tarfile.ReadError:  # an OCI blob that is a config or manifest
+                    findings = []
+                digest = stream.drain()
+                results[f"sha256:{oci.group(1)}" if oci else digest] = findings
+    finally:
+        proc.stdout.close()
+        assert proc.wait(timeout=600) == 0, "docker save failed"
+    return results
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_history_has_no_credentials(image: str) -> None:
+    proc = subprocess.run(["docker", "history", "--no-trunc", "--format", "{{.CreatedBy}}",
+                           image], capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    findings = [f"{label}: {line[:200]!r}" for line in proc.stdout.splitlines()
+                for label, pattern in HISTORY_PATTERNS.items()
+                if pattern.search(line) and not ALLOWED_SECRETS.search(line)]
+    assert not findings, findings
+
+
+def test_host_ca_detection_works() -> None:
+    """The CA check would see a host CA: the OS base (which adds them on purpose) has them."""
+    if not host_ca_bodies() or not diff_ids(OS_IMAGE):
+        pytest.skip("no host extra CAs or no locally built OS image to calibrate against")
+    results = scan_saved_layers()
+    base = diff_ids(OS_IMAGE)
+    assert any("host CA" in f for layer in base for f in results.get(layer, [])), \
+        "the scanner did not find the host CAs that the OS base holds on purpose"
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_layers_above_the_os_base_are_clean(image: str) -> None:
+    results = scan_saved_layers()
+    layers = product_layers(image)
+    assert layers, f"no layers found for {image}"
+    missing = [layer for layer in layers if layer not in results]
+    assert not missing, f"docker save did not yield layers {missing}"
+    base_cas = {f for layer in diff_ids(OS_IMAGE) for f in results.get(layer, [])
+                if f.startswith(f"{REGENERATED_BUNDLE}: contains the host CA")}
+    findings = {layer[:19]: [f for f in results[layer] if f not in base_cas]
+                for layer in layers}
+    findings = {layer: found for layer, found in findings.items() if found}
+    assert not findings, findings
