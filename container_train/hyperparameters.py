@@ -82,7 +82,9 @@ SPECS: tuple[Spec, ...] = (
          "random resized crops", low=1, high=16),
     Spec("seed", "int", 42, "seed for initialisation, data order and augmentation", low=0,
          high=2**31 - 1),
-    Spec("num-workers", "int", AUTO, "DataLoader worker processes (auto = one per CPU, max 8)",
+    Spec("num-workers", "int", AUTO,
+         "DataLoader worker processes (auto: on GPUs the host's CPUs per process, max 8; on CPU "
+         "0, since the model's threads already use every core)",
          low=0, high=64, allow_auto=True),
     Spec("early-stopping-patience", "int", 0,
          "stop after this many epochs without a better valid loss (0 = never)", low=0,

@@ -140,7 +140,8 @@ def run(config: JobConfig, callbacks: list[Callback] | None = None,
     torch.manual_seed(hp.seed)
     device = ctx.device
     precision = Precision.for_device(device)
-    workers = resolve_num_workers(hp.num_workers)
+    workers = resolve_num_workers(hp.num_workers, device,
+                                  procs_per_host=torch.cuda.device_count() or 1)
     pre = EvalPreprocessing.for_image_size(hp.image_size)
     classes, splits = _load_splits(config, pre, workers)
 

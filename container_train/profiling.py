@@ -292,7 +292,7 @@ def make_callbacks(config: JobConfig, *, is_main: bool = True,
         callbacks.append(hook)
     callbacks.append(StepRecorder(config.output_data_dir, device=device,
                                   batch_size=hp.batch_size,
-                                  num_workers=resolve_num_workers(hp.num_workers),
+                                  num_workers=resolve_num_workers(hp.num_workers, device),
                                   debugger_configured=hook is not None))
     tb_dir = config.tensorboard_dir or config.output_data_dir / "tensorboard"
     callbacks.append(TensorBoardLogger(tb_dir))
