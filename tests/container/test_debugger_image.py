@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.container.conftest import remove_containers, require_docker
+
 REPO = Path(__file__).resolve().parents[2]
 LOCAL_TEST = REPO / "local_test"
 SAMPLE_DATA = REPO / "sample_data" / "photos5"
@@ -62,29 +64,11 @@ print("TRIAL " + json.dumps(out))
 """
 
 
-def _unavailable() -> str | None:
-    if shutil.which("docker") is None:
-        return "docker is not installed (dev/setup_docker.sh installs and starts it)"
-    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
-        return "no Docker daemon answers (dev/setup_docker.sh starts one)"
-    if subprocess.run(["docker", "image", "inspect", TRAIN_IMAGE],
-                      capture_output=True).returncode != 0:
-        return f"image {TRAIN_IMAGE} is not built (dev/setup_docker.sh builds it)"
-    return None
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _docker_ready():
-    reason = _unavailable()
-    if reason:
-        if os.environ.get("CONTAINER_TESTS_REQUIRED") == "1":
-            pytest.fail(f"container tests required but {reason}")
-        pytest.skip(reason)
+    require_docker(TRAIN_IMAGE)
     yield
-    names = subprocess.run(["docker", "ps", "-aq", "--filter", f"name=pytest-dbg-{RUN_ID}"],
-                           capture_output=True, text=True).stdout.split()
-    if names:
-        subprocess.run(["docker", "rm", "-f", *names], capture_output=True)
+    remove_containers(f"pytest-dbg-{RUN_ID}")
 
 
 def _test_dir(root: Path, debug: bool) -> Path:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import uuid
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 import torch
 
 from tests.conftest import make_color_dataset
+from tests.container.conftest import remove_containers, require_docker
 
 TRAIN_IMAGE = os.environ.get("TRAIN_IMAGE", "sagemaker-resnet50-train:latest")
 RUN_ID = uuid.uuid4().hex[:8]
@@ -28,22 +28,9 @@ pytestmark = pytest.mark.container
 
 @pytest.fixture(scope="module", autouse=True)
 def _docker_ready():
-    reason = None
-    if shutil.which("docker") is None or subprocess.run(["docker", "info"],
-                                                        capture_output=True).returncode:
-        reason = "no Docker daemon (dev/setup_docker.sh starts one)"
-    elif subprocess.run(["docker", "image", "inspect", TRAIN_IMAGE],
-                        capture_output=True).returncode:
-        reason = f"image {TRAIN_IMAGE} is not built (dev/setup_docker.sh builds it)"
-    if reason:
-        if os.environ.get("CONTAINER_TESTS_REQUIRED") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
+    require_docker(TRAIN_IMAGE)
     yield
-    names = subprocess.run(["docker", "ps", "-aq", "--filter", f"name=pytest-{RUN_ID}"],
-                           capture_output=True, text=True).stdout.split()
-    if names:
-        subprocess.run(["docker", "rm", "-f", *names], capture_output=True)
+    remove_containers(f"pytest-{RUN_ID}")
     subprocess.run(["docker", "network", "rm", f"pytest-{RUN_ID}"], capture_output=True)
 
 

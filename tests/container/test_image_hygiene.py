@@ -21,13 +21,14 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import tarfile
 from functools import cache
 from pathlib import Path
 
 import pytest
+
+from tests.container.conftest import require_docker
 
 TRAIN_IMAGE = os.environ.get("TRAIN_IMAGE", "sagemaker-resnet50-train:latest")
 SERVE_IMAGE = os.environ.get("SERVE_IMAGE", "sagemaker-resnet50-serve:latest")
@@ -66,24 +67,9 @@ HISTORY_PATTERNS = {
 pytestmark = pytest.mark.container
 
 
-def _unavailable() -> str | None:
-    if shutil.which("docker") is None:
-        return "docker is not installed (dev/setup_docker.sh installs and starts it)"
-    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
-        return "no Docker daemon answers (dev/setup_docker.sh starts one)"
-    for image in IMAGES:
-        if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode:
-            return f"image {image} is not built (dev/setup_docker.sh builds it)"
-    return None
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _docker_ready() -> None:
-    reason = _unavailable()
-    if reason:
-        if os.environ.get("CONTAINER_TESTS_REQUIRED") == "1":
-            pytest.fail(f"container tests required but {reason}")
-        pytest.skip(reason)
+    require_docker(*IMAGES)
 
 
 def diff_ids(image: str) -> list[str]:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.container.conftest import remove_containers, require_docker
+
 REPO = Path(__file__).resolve().parents[2]
 LOCAL_TEST = REPO / "local_test"
 SAMPLE_DATA = REPO / "sample_data" / "photos5"
@@ -35,34 +37,11 @@ RUN_ID = uuid.uuid4().hex[:8]  # container names of this session, for cleanup
 pytestmark = pytest.mark.container
 
 
-def _unavailable() -> str | None:
-    if shutil.which("docker") is None:
-        return "docker is not installed (dev/setup_docker.sh installs and starts it)"
-    info = subprocess.run(["docker", "info"], capture_output=True, text=True)
-    if info.returncode != 0:
-        return "no Docker daemon answers (dev/setup_docker.sh starts one)"
-    for image in (TRAIN_IMAGE, SERVE_IMAGE):
-        inspect = subprocess.run(["docker", "image", "inspect", image], capture_output=True)
-        if inspect.returncode != 0:
-            return f"image {image} is not built (dev/setup_docker.sh builds it)"
-    return None
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _docker_ready():
-    reason = _unavailable()
-    if reason:
-        if os.environ.get("CONTAINER_TESTS_REQUIRED") == "1":
-            pytest.fail(f"container tests required but {reason}")
-        pytest.skip(reason)
+    require_docker(TRAIN_IMAGE, SERVE_IMAGE)
     yield
-    # Belt and braces: nothing started by this session may outlive it.
-    names = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"name=pytest-{RUN_ID}"],
-        capture_output=True, text=True,
-    ).stdout.split()
-    if names:
-        subprocess.run(["docker", "rm", "-f", *names], capture_output=True)
+    remove_containers(f"pytest-{RUN_ID}")  # belt and braces: nothing may outlive the session
 
 
 def _name(role: str) -> str:
