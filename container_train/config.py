@@ -26,7 +26,6 @@ from container_train.hyperparameters import (
 
 PATH_ARGS = ("data-dir", "model-dir", "output-data-dir", "checkpoint-dir", "pretrained-dir",
              "tensorboard-dir", "feature-cache-dir")
-SPLITS = ("train", "valid", "test")
 VALID_ALIASES = ("valid", "validation", "val")
 PRETRAINED_CHANNEL = "pretrained"
 
