@@ -6,6 +6,9 @@ batches in DataLoader workers and trains (channels_last, AMP on GPUs); the raw r
 ceiling the loop can reach if data loading were free. Target: real >= 90% of raw.
 
     .venv/bin/python bench/train_finetune.py [--image-size 128] [--trainable-layers all]
+
+On a GPU the bundled 89 training photos make epochs of a few steps; ``--repeat N`` links each
+photo N times into a temporary copy of the data so that epochs are long enough to time.
 """
 
 from __future__ import annotations
@@ -58,15 +61,28 @@ def raw_rate(image_size: int, batch_size: int, stages: int, steps: int) -> float
     return batch_size / statistics.median(times)
 
 
-def real_rate(data: Path, image_size: int, batch_size: int, layers: str, epochs: int) -> float:
+def repeated(data: Path, copies: int, dest: Path) -> Path:
+    """A copy of the data tree in which each image appears `copies` times (symlinks)."""
+    for image in data.rglob("*.jpg"):
+        target = dest / image.relative_to(data).parent
+        target.mkdir(parents=True, exist_ok=True)
+        for i in range(copies):
+            (target / f"{image.stem}-{i}{image.suffix}").symlink_to(image.resolve())
+    return dest
+
+
+def real_rate(data: Path, image_size: int, batch_size: int, layers: str, epochs: int,
+              repeat: int = 1, num_workers: str = "auto") -> float:
     """Median images/s the training job reports for its epochs after the first (train phase
     only; the first epoch pays one-off start-up costs)."""
     with tempfile.TemporaryDirectory() as tmp:
+        if repeat > 1:
+            data = repeated(data, repeat, Path(tmp) / "data")
         run(parse_config(["--data-dir", str(data), "--model-dir", f"{tmp}/m",
                           "--output-data-dir", f"{tmp}/o", "--weights", "none",
                           "--image-size", str(image_size), "--batch-size", str(batch_size),
                           "--trainable-layers", layers, "--epochs", str(epochs),
-                          "--log-interval", "1000"]))
+                          "--num-workers", num_workers, "--log-interval", "1000"]))
         history = json.loads(Path(f"{tmp}/o/metrics.json").read_text())["history"]
     return statistics.median(h["images_per_sec"] for h in history[1:])
 
@@ -79,16 +95,21 @@ def main() -> int:
     parser.add_argument("--trainable-layers", default="all")
     parser.add_argument("--epochs", type=int, default=4, help="epochs 2.. are measured")
     parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="link each photo this many times (longer epochs on a GPU)")
+    parser.add_argument("--num-workers", default="auto")
     args = parser.parse_args()
     stages = 5 if args.trainable_layers == "all" else int(
         parse_value("trainable-layers", args.trainable_layers))
     real = real_rate(args.data, args.image_size, args.batch_size, args.trainable_layers,
-                     args.epochs)
+                     args.epochs, args.repeat, args.num_workers)
     raw = raw_rate(args.image_size, args.batch_size, stages, args.steps)
     ratio = real / raw
-    device = "cuda" if torch.cuda.is_available() else f"cpu, {torch.get_num_threads()} threads"
+    device = (f"{torch.cuda.get_device_name()}, {Precision.for_device(torch.device('cuda')).name}"
+              if torch.cuda.is_available() else f"cpu, {torch.get_num_threads()} threads")
     print(f"\ntrain_finetune: {args.image_size} px, batch {args.batch_size}, trainable-layers "
-          f"{args.trainable_layers}, {device}")
+          f"{args.trainable_layers}, {device}, num-workers {args.num_workers}, "
+          f"{len(list((args.data / 'train').rglob('*.jpg'))) * args.repeat} training images")
     print("| measurement | images/s |")
     print("|---|---|")
     print(f"| raw forward+backward on synthetic tensors (median of {args.steps} steps) "

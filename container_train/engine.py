@@ -74,6 +74,14 @@ class Precision:
             return cls(torch.bfloat16)
         return cls(torch.float16, torch.amp.GradScaler("cuda"))
 
+    @property
+    def name(self) -> str:
+        if self.dtype is None:
+            return "fp32"
+        short = {torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+        return f"{short} autocast" + (
+            " + grad scaler" if self.scaler is not None else "")
+
     def autocast(self, device: torch.device):
         return torch.autocast(device.type, dtype=self.dtype, enabled=self.dtype is not None)
 

@@ -140,6 +140,9 @@ def run(config: JobConfig, callbacks: list[Callback] | None = None,
     torch.manual_seed(hp.seed)
     device = ctx.device
     precision = Precision.for_device(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels once
+    log.info("device %s, precision %s", device, precision.name)
     workers = resolve_num_workers(hp.num_workers, device,
                                   procs_per_host=torch.cuda.device_count() or 1)
     pre = EvalPreprocessing.for_image_size(hp.image_size)

@@ -1,0 +1,45 @@
+"""Training on a CUDA GPU (AMP) leaves an artifact that the CPU serving path trusts.
+
+Skipped without a GPU, so CI (CPU only) never runs these; `bench/gpu_check.sh` runs them on a
+GPU machine together with the AMP throughput bench.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from model_artifact.network import load_artifact
+from model_artifact.preprocess import load_image
+from tests.conftest import run_training_subprocess
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("layers", ["0", "all"])
+def test_amp_training_on_gpu_gives_an_artifact_that_predicts_on_cpu(color_data, tmp_path,
+                                                                    layers):
+    run = run_training_subprocess(tmp_path, color_data, "--epochs", "4",
+                                  "--trainable-layers", layers, "--num-workers", "2")
+    assert run.returncode == 0, run.log[-3000:]
+    assert "device cuda" in run.log
+    assert "precision bf16 autocast" in run.log or "precision fp16 autocast" in run.log
+
+    model, manifest = load_artifact(run.model_dir)  # map_location=cpu, weights_only
+    assert next(model.parameters()).device.type == "cpu"
+    pre = manifest.preprocessing
+    transform = pre.transform()
+    correct = total = 0
+    for index, name in enumerate(manifest.class_names):
+        for path in sorted((color_data / "test" / name).glob("*.jpg")):
+            image = transform(load_image(path.read_bytes(), min_side=pre.min_side))
+            with torch.no_grad():
+                correct += int(model(image.unsqueeze(0)).argmax(1).item() == index)
+            total += 1
+    cpu_accuracy = correct / total
+    final = json.loads((run.output_data_dir / "metrics.json").read_text())["final"]
+    gpu_accuracy = final["test_accuracy"]
+    # bf16 on the GPU vs fp32 on the CPU may flip a borderline image, not more.
+    assert abs(cpu_accuracy - gpu_accuracy) <= 1 / total + 1e-9, (cpu_accuracy, gpu_accuracy)
