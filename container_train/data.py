@@ -107,13 +107,13 @@ class ImageListDataset(Dataset):
 
 
 def train_transform(pre: EvalPreprocessing) -> Callable:
-    """Random resized crop + horizontal flip, normalised like evaluation."""
+    """Random resized crop + horizontal flip to uint8 pixels; like ``pre.pixels()``, the batch
+    is normalised on the device (``pre.normalize``)."""
     return transforms.Compose([
         transforms.RandomResizedCrop(pre.crop_size,
                                      interpolation=transforms.InterpolationMode(pre.interpolation)),
         transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(pre.mean, pre.std),
+        transforms.PILToTensor(),
     ])
 
 
@@ -147,10 +147,11 @@ class ShardSampler(Sampler[int]):
 def make_loader(split: Split, pre: EvalPreprocessing, *, train: bool, batch_size: int,
                 num_workers: int, seed: int, augment: bool = True, rank: int = 0,
                 world_size: int = 1) -> DataLoader:
-    """Train loaders shuffle with a DistributedSampler (set_epoch per epoch, even on one
+    """Batches are uint8 pixels; the engine normalises them on the device (pre.normalize).
+    Train loaders shuffle with a DistributedSampler (set_epoch per epoch, even on one
     process) so data order depends only on (seed, epoch): resuming reproduces it, and rank r
     of W gets positions r, r+W, ... of the same permutation a single process would use."""
-    transform = train_transform(pre) if train and augment else pre.transform()
+    transform = train_transform(pre) if train and augment else pre.pixels()
     dataset = ImageListDataset(split.samples, transform, min_side=pre.min_side)
     sampler: Sampler[int]
     if train:

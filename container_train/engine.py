@@ -48,10 +48,20 @@ class EpochStats:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
-def _to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+Normalize = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _to_device(batch: torch.Tensor, device: torch.device,
+               normalize: Normalize | None) -> torch.Tensor:
     batch = batch.to(device, non_blocking=True)
     # Image batches go channels-last (faster convolutions); feature batches are 2-D.
-    return batch.contiguous(memory_format=torch.channels_last) if batch.dim() == 4 else batch
+    if batch.dim() == 4:
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    if batch.dtype == torch.uint8:  # pixels from the loader: normalise here, on the device
+        if normalize is None:
+            raise ValueError("uint8 image batches need a normalize function")
+        batch = normalize(batch)
+    return batch
 
 
 def _format_eta(seconds: float) -> str:
@@ -99,8 +109,11 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
                     loader: DataLoader, device: torch.device, *, epoch: int, epochs: int,
                     log_interval: int, callbacks: list[Callback],
                     set_mode: Callable[[], None] | None = None,
-                    precision: Precision = Precision()) -> EpochStats:
-    """``set_mode`` puts the model in train mode (default: all of it; see model.set_train_mode)."""
+                    precision: Precision = Precision(),
+                    normalize: Normalize | None = None) -> EpochStats:
+    """``set_mode`` puts the model in train mode (default: all of it; see model.set_train_mode).
+    ``normalize`` turns uint8 pixel batches into the model's input (EvalPreprocessing.normalize).
+    """
     (set_mode or model.train)()
     for cb in callbacks:
         cb.on_mode("train")
@@ -109,7 +122,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
     start = last = time.perf_counter()
     for step, (images, labels) in enumerate(loader, 1):
         data_seconds = time.perf_counter() - last
-        images = _to_device(images, device)
+        images = _to_device(images, device, normalize)
         labels = labels.to(device, non_blocking=True)
         with precision.autocast(device):
             outputs = model(images)
@@ -136,7 +149,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, criterion: nn.Module, loader: DataLoader, device: torch.device,
-             callbacks: list[Callback], precision: Precision = Precision()) -> EpochStats:
+             callbacks: list[Callback], precision: Precision = Precision(),
+             normalize: Normalize | None = None) -> EpochStats:
     model.eval()
     for cb in callbacks:
         cb.on_mode("eval")
@@ -146,7 +160,7 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader: DataLoader, device:
     start = last = time.perf_counter()
     for step, (images, labels) in enumerate(loader, 1):
         data_seconds = time.perf_counter() - last
-        images = _to_device(images, device)
+        images = _to_device(images, device, normalize)
         labels = labels.to(device, non_blocking=True)
         with precision.autocast(device):
             outputs = model(images)

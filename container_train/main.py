@@ -197,9 +197,10 @@ def run(config: JobConfig, callbacks: list[Callback] | None = None,
         train = _reduce(train_one_epoch(
             model, criterion, optimizer, loaders["train"], device, epoch=epoch,
             epochs=hp.epochs, log_interval=hp.log_interval, callbacks=callbacks,
-            set_mode=lambda: set_train_mode(net, hp.trainable_stages), precision=precision), ctx)
+            set_mode=lambda: set_train_mode(net, hp.trainable_stages), precision=precision,
+            normalize=pre.normalize), ctx)
         valid = _reduce(evaluate(step_module, criterion, loaders["valid"], device, callbacks,
-                                 precision), ctx)
+                                 precision, pre.normalize), ctx)
         scheduler.step()
         row = {"train_loss": train.loss, "train_accuracy": train.accuracy,
                "valid_loss": valid.loss, "valid_accuracy": valid.accuracy,
@@ -235,8 +236,7 @@ def run(config: JobConfig, callbacks: list[Callback] | None = None,
         final.update(valid_loss=best["valid_loss"], valid_accuracy=best["valid_accuracy"])
     eval_split = "test" if "test" in loaders else "valid"
     scored = _reduce(evaluate(step_module, criterion, loaders[eval_split], device, [],
-                              precision), ctx,
-                     gather=True)
+                              precision, pre.normalize), ctx, gather=True)
     if eval_split == "test":
         final.update(test_loss=scored.loss, test_accuracy=scored.accuracy)
     if not ctx.is_main:

@@ -144,3 +144,17 @@ def test_garbage_and_truncated_data(data):
         data = _encode(Image.new("RGB", (64, 64)), "JPEG")[:200]
     with pytest.raises(ImageDecodeError):
         load_image(data)
+
+
+def test_uint8_pixels_then_batch_normalize_equal_the_serving_transform():
+    """Training normalises uint8 batches on the device; serving normalises per image. On a CPU
+    both must give the same bits, or training's evaluation and the endpoint drift apart."""
+    pre = EvalPreprocessing.for_image_size(64)
+    images = [Image.frombytes("RGB", (90, 70), bytes(i * 37 % 256 for i in range(90 * 70 * 3))),
+              Image.new("RGB", (64, 120), (250, 3, 128))]
+    pixels = torch.stack([pre.pixels()(image) for image in images])
+    assert pixels.dtype == torch.uint8 and pixels.shape == (2, 3, 64, 64)
+    expected = torch.stack([pre.transform()(image) for image in images])
+    assert torch.equal(pre.normalize(pixels), expected)
+    channels_last = pixels.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(pre.normalize(channels_last), expected)
