@@ -10,8 +10,8 @@ Hostile: truncated, bit-flipped, overwritten and zero-length JPEG/PNG/WebP/GIF; 
 and a real 1-bit PNG of 20000x20000 zeros); extreme aspect ratios (1xN); multi-frame GIF/WebP;
 16-bit, palette, LA and CMYK images; wrong, odd and missing content types; bad Accept and
 top_k; invalid JSON (truncated, non-UTF-8, nested 100,000 deep, wrong shapes), invalid base64;
-bodies over the payload limit (answered by the handler, and a few over MMS's own limit); batches
-over the image limit and batches with one bad image; wrong methods and paths.
+bodies over the payload limit (answered by the handler, and a few over the nginx front's
+limit); batches over the image limit and batches with one bad image; wrong methods and paths.
 
 The oracle decides what the server *should* answer from the request alone, following the
 documented order of checks; images are decoded in-process with
@@ -64,18 +64,13 @@ SAMPLE_PHOTOS = sorted((REPO / "sample_data" / "photos5" / "test").glob("*/*.jpg
 SERVE_IMAGE = os.environ.get("SERVE_IMAGE", "sagemaker-resnet50-serve:latest")
 HOST = "127.0.0.1"  # the only address this script ever connects to
 CUSTOM = "X-Amzn-SageMaker-Custom-Attributes"
-MMS_SLACK = 1 << 20  # container_serve.serve.MMS_REQUEST_SLACK: MMS's limit is ours + 1 MiB
+MMS_SLACK = 1 << 20  # container_serve.serve.MMS_REQUEST_SLACK: nginx's limit is ours + 1 MiB
 # Lines MMS writes when a backend worker dies or is restarted.
 RESTART_PATTERNS = re.compile(
     r"Backend worker process die|worker process died|Worker disconnected|Retry worker|"
     r"Backend worker monitoring thread interrupted|Load model failed|OutOfMemory|Killed",
     re.IGNORECASE,
 )
-# MMS (Java, before any handler code) form-decodes application/x-www-form-urlencoded and
-# multipart/form-data bodies; bytes that are not valid form encoding make Netty's decoder throw
-# and MMS answers 500 {"type": "ErrorDataDecoderException"}. Not reachable from the handler.
-MMS_FORM_500 = b"ErrorDataDecoderException"
-KNOWN_MMS_FORM_500 = "5xx from MMS's form decoder (known, before the handler)"
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "application/x-image",
                "application/octet-stream")
 JSON_TYPE = "application/json"
@@ -108,7 +103,7 @@ class Reply:
 
 
 def free_port() -> int:
-    """A free port in 20000-32700 (MMS refuses ports above 32766)."""
+    """A free port below the kernel's ephemeral range (no client socket takes it meanwhile)."""
     for port in random.sample(range(20000, 32700), 300):
         with socket.socket() as sock:
             try:
@@ -515,8 +510,8 @@ class Oracle:
                body: bytes) -> Expect:
         if path != "/invocations" or method != "POST":
             return Expect(404, loose=True, json_body=False, reason="route")
-        if len(body) > self.limits.max_bytes + MMS_SLACK:
-            return Expect(413, json_body=False, reason="over MMS's own limit")
+        if len(body) > self.limits.max_bytes + MMS_SLACK:  # nginx's limit (container_serve.front)
+            return Expect(413, reason="over the front's limit")
         hdr: dict[str, str | bytes] = {k.lower(): v for k, v in headers}
         accept = hdr.get("accept")
         if not _accept_ok(accept if isinstance(accept, str) else None):
@@ -585,12 +580,10 @@ def check_reply(reply: Reply, expect: Expect, class_names: tuple[str, ...],
                 tolerance: float = 1e-4) -> str | None:
     """None if the answer is right, else what is wrong (one line)."""
     if reply.status >= 500:
-        if MMS_FORM_500 in reply.body:
-            return f"{KNOWN_MMS_FORM_500}: {reply.body[:200]!r}"
         return f"5xx: {reply.status} {reply.body[:200]!r}"
     if reply.status == 0:
-        if expect.reason == "over MMS's own limit":
-            return None  # Netty may close the connection while the client still sends
+        if expect.reason == "over the front's limit":
+            return None  # nginx may close the connection while the client still sends
         return f"no answer: {reply.error}"
     if expect.loose:
         return None
@@ -846,7 +839,6 @@ class Result:
         return {
             "ok": self.ok, "sent": self.sent, "hostile": self.hostile, "valid": self.valid,
             "responses_5xx": self.five_xx, "failures": len(self.failures),
-            "known_mms_form_500": sum(KNOWN_MMS_FORM_500 in f["problem"] for f in self.failures),
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
             "workers_before": self.workers_before, "workers_after": self.workers_after,
             "restart_lines": self.restart_lines[:20], "seconds": round(self.seconds, 1),

@@ -14,8 +14,8 @@ torchvision.__version__, "cpus", os.cpu_count())' | tee -a "$out/gpu.txt"
 status=0
 python3 -m pytest -q -p no:cacheprovider tests/integration/test_gpu.py 2>&1 | tee "$out/test_gpu.txt" \
   || status=1  # the benches below still run
-for workers in auto 12; do
-  python3 bench/train_finetune.py --image-size 224 --batch-size 128 --repeat 24 --epochs 4 \
+for workers in auto 16; do
+  python3 bench/train_finetune.py --image-size 224 --batch-size 128 --repeat 32 --epochs 4 \
     --steps 20 --num-workers "$workers" 2>&1 | tail -n 9 | tee "$out/finetune_$workers.txt"
 done
 exit "$status"

@@ -24,17 +24,13 @@ from container_serve.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from container_serve.media import IMAGE_TYPES, JSON, unsupported
 from container_serve.settings import Settings
 from model_artifact.manifest import ArtifactError, Manifest
 from model_artifact.network import load_artifact
 from model_artifact.preprocess import ImageDecodeError, ImageTooLargeError, load_image
 from model_artifact.quantize import load_int8, quiet
 
-JSON = "application/json"
-IMAGE_TYPES = frozenset(
-    {"image/jpeg", "image/png", "image/webp", "application/x-image", "application/octet-stream"}
-)
-CONTENT_TYPES = (*sorted(IMAGE_TYPES), JSON)
 ACCEPTABLE = frozenset({JSON, "application/*", "*/*"})
 CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
 
@@ -191,9 +187,7 @@ def input_fn(
     """Request body -> encoded images, checked for type, size and count (not yet decoded)."""
     media = media_type(content_type) or "application/octet-stream"  # none given: sniff
     if media not in IMAGE_TYPES and media != JSON:
-        raise UnsupportedMediaType(
-            f"content type {media!r} is not supported; use one of {', '.join(CONTENT_TYPES)}"
-        )
+        raise UnsupportedMediaType(unsupported(media))
     # The toolkit hands JSON over UTF-8 decoded; we take bytes or str alike.
     raw = input_data.encode("utf-8") if isinstance(input_data, str) else bytes(input_data or b"")
     if len(raw) > settings.max_request_bytes:

@@ -15,11 +15,13 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import uuid
 import warnings
 from pathlib import Path
 from typing import Any
 
+from container_serve import front
 from container_serve.settings import (
     MODEL_DIR_ENV,
     PORT_ENV,
@@ -74,13 +76,20 @@ def _check_in_child(model_dir: str) -> int:
     return subprocess.run(command, check=False, env=env).returncode
 
 
+def mms_max_request_bytes(settings: Settings) -> int:
+    return settings.max_request_bytes + MMS_REQUEST_SLACK
+
+
 def _prepare_environment(settings: Settings, model_dir: str, runtime_dir: str) -> None:
     """Exported values reach MMS (java) and its Python workers."""
     os.environ.update(settings.worker_env())
     os.environ[MODEL_DIR_ENV] = model_dir
     os.environ[RUNTIME_DIR_ENV] = runtime_dir
     os.environ[INSTANCE_ENV] = uuid.uuid4().hex
-    os.environ["MMS_MAX_REQUEST_SIZE"] = str(settings.max_request_bytes + MMS_REQUEST_SLACK)
+    os.environ["MMS_MAX_REQUEST_SIZE"] = str(mms_max_request_bytes(settings))
+    # nginx (container_serve.front) owns the public port; MMS listens on Unix sockets in the
+    # runtime dir (MMS reads MMS_* variables over its config file: enable_envvars_config).
+    os.environ.update(front.mms_env(runtime_dir))
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (SOURCE_ROOT, os.environ.get("PYTHONPATH")) if p
     )
@@ -103,6 +112,8 @@ class _Supervisor:
 
     def __init__(self) -> None:
         self.stopping = False
+        self.front_died = False
+        self.front_stopping = False
         self.marker = os.environ[INSTANCE_ENV]
 
     def _ours(self) -> list[Any]:
@@ -135,6 +146,21 @@ class _Supervisor:
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+
+    def watch_front(self, nginx: subprocess.Popen) -> None:
+        """If nginx dies, nothing reaches MMS any more: stop MMS so that the container exits
+        and SageMaker replaces it, rather than leave a server nobody can reach."""
+
+        def wait() -> None:
+            code = nginx.wait()
+            if not (self.stopping or self.front_stopping):
+                log(f"nginx exited {code}; stopping multi-model-server")
+                self.front_died = True
+                for proc in self._ours():
+                    if MMS_NAMESPACE in (proc.info["cmdline"] or []):
+                        proc.terminate()
+
+        threading.Thread(target=wait, name="watch-nginx", daemon=True).start()
 
     def end_leftovers(self) -> None:
         import psutil
@@ -182,13 +208,25 @@ def serve(model_dir: str | None, port: int | None) -> int:
     supervisor = _Supervisor()
     model_server._retrieve_mms_server_process = supervisor.find_mms
     model_server._add_sigterm_handler = supervisor.add_stop_handlers
+    try:
+        nginx = front.start(settings, runtime_dir, mms_max_request_bytes(settings))
+    except front.FrontError as exc:
+        log(str(exc))
+        return 1
     log(
-        f"starting MMS on port {settings.port}: {settings.workers} worker(s) x "
-        f"{settings.threads_per_worker} thread(s), timeout {settings.timeout_seconds} s, "
-        f"model {model_dir}, runtime dir {runtime_dir}"
+        f"starting nginx on port {settings.port} and MMS behind it: {settings.workers} "
+        f"worker(s) x {settings.threads_per_worker} thread(s), timeout "
+        f"{settings.timeout_seconds} s, model {model_dir}, runtime dir {runtime_dir}"
     )
-    model_server.start_model_server(handler_service=HANDLER_SERVICE)
-    supervisor.end_leftovers()
+    supervisor.watch_front(nginx)
+    try:
+        model_server.start_model_server(handler_service=HANDLER_SERVICE)
+    finally:
+        supervisor.front_stopping = True
+        nginx.terminate()
+        supervisor.end_leftovers()
+    if supervisor.front_died:
+        return 1
     if supervisor.stopping:
         log("stopped")
         return 0

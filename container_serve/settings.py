@@ -33,9 +33,8 @@ MODEL_DIR_ENV = "SERVE_MODEL_DIR"  # set by serve for the workers: the artifact 
 
 # MMS's own request limit when nobody raises it; matches SageMaker's ~6 MB real-time limit.
 MMS_DEFAULT_MAX_REQUEST_BYTES = 6_553_500
-MMS_MAX_PORT = 32766
 PRECISIONS = ("fp32", "int8")
-GRAPHS = ("frozen", "eager")  # MMS 1.1.11 rejects higher ports ("Invalid port number")
+GRAPHS = ("frozen", "eager")
 
 
 class SettingsError(ValueError):
@@ -117,8 +116,8 @@ class Settings:
             precision=_choice(env, PRECISION_ENV, PRECISIONS),
             graph=_choice(env, GRAPH_ENV, GRAPHS),
         )
-        if settings.port > MMS_MAX_PORT:
-            raise SettingsError(f"{PORT_ENV}={settings.port}: MMS takes ports up to {MMS_MAX_PORT}")
+        if settings.port > 65535:
+            raise SettingsError(f"{PORT_ENV}={settings.port} is not a TCP port")
         return settings
 
     def worker_env(self) -> dict[str, str]:

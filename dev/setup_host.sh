@@ -7,10 +7,11 @@ cd "$(dirname "$0")/.."
 venv=${VENV:-.venv}
 lock=dev/requirements-host.txt
 
-# multi-model-server is a Java server (the serving tests start it for real); Chromium opens
-# report.html in a test.
+# multi-model-server is a Java server and nginx stands in front of it (the serving tests start
+# both for real); Chromium opens report.html in a test.
 packages=()
 command -v java >/dev/null 2>&1 || packages+=(openjdk-17-jre-headless)
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || packages+=(nginx)
 command -v chromium >/dev/null 2>&1 || packages+=(chromium)
 if [ ${#packages[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \

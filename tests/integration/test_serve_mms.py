@@ -38,7 +38,7 @@ PHOTOS = sorted((SAMPLE_DATA / "test").glob("*/*.jpg"))
 
 
 def free_port() -> int:
-    """A free port below 32767 (MMS refuses higher ones; the kernel's ephemeral range is above)."""
+    """A free port below the kernel's ephemeral range (no client socket takes it meanwhile)."""
     for port in random.sample(range(20000, 32700), 200):
         with socket.socket() as sock:
             try:
@@ -173,7 +173,8 @@ def server(serve_artifact: Path, tmp_path_factory: pytest.TempPathFactory,
 @pytest.fixture(scope="module")
 def reference(serve_artifact: Path):
     """Probabilities the way the training code evaluates: its dataset class (model_artifact's
-    load_image + the manifest's transform), channels_last model in eval mode."""
+    load_image + the manifest's uint8 pixels), batch normalisation as the engine does it,
+    channels_last model in eval mode."""
     from container_train.data import ImageListDataset
 
     model, manifest = load_artifact(serve_artifact)
@@ -182,11 +183,12 @@ def reference(serve_artifact: Path):
 
     def probabilities(source: Path | bytes) -> list[float]:
         if isinstance(source, Path):
-            tensor = ImageListDataset([(source, 0)], pre.transform(), min_side=pre.resize)[0][0]
+            pixels = ImageListDataset([(source, 0)], pre.pixels(), min_side=pre.resize)[0][0]
         else:  # the same pipeline on bytes (variants made in memory)
-            tensor = pre.transform()(load_image(source, min_side=pre.min_side))
+            pixels = pre.pixels()(load_image(source, min_side=pre.min_side))
         with torch.inference_mode():
-            batch = tensor.unsqueeze(0).contiguous(memory_format=torch.channels_last)
+            batch = pre.normalize(pixels.unsqueeze(0)).contiguous(
+                memory_format=torch.channels_last)
             return torch.softmax(model(batch), dim=1)[0].tolist()
 
     probabilities.class_names = manifest.class_names
@@ -224,7 +226,10 @@ def test_mms_configuration(server: Server) -> None:
     """The knobs reach MMS (private config file) and the worker (its environment)."""
     props = (server.runtime_dir / "mms.properties").read_text()
     assert "default_service_handler=container_serve.handler_service" in props
-    assert f"inference_address=http://0.0.0.0:{server.port}" in props
+    # nginx owns the public port; MMS listens on a Unix socket in the runtime dir behind it.
+    assert f"listen {server.port} " in (server.runtime_dir / "nginx.conf").read_text()
+    mms_log = (server.runtime_dir / "logs" / "mms_log.log").read_text()
+    assert f"Inference API bind to: unix:{server.runtime_dir}/mms.sock" in mms_log
     assert "default_response_timeout_seconds=60" in props
     assert "default_workers_per_model=1" in props
     assert f"Maximum Request Size: {MAX_BYTES + MMS_REQUEST_SLACK}" in server.log.read_text()
@@ -297,6 +302,11 @@ def bad_requests() -> dict[str, tuple[bytes, dict[str, str], int, str]]:
     return {
         "csv": (b"1,2", {"Content_Type": "text/csv"}, 415, "text/csv"),
         "form": (b"a=b", {"Content_Type": "application/x-www-form-urlencoded"}, 415, "form"),
+        # Invalid form encoding: MMS's own decoder answered these with a 500 before nginx.
+        "form_invalid": (b"a=%zz&%", {"Content_Type": "application/x-www-form-urlencoded"}, 415,
+                         "form"),
+        "multipart_junk": (b"junk", {"Content_Type": "Multipart/Form-Data; boundary=x"}, 415,
+                           "Multipart/Form-Data"),
         "accept_csv": (photo, {"Content_Type": "image/jpeg", "Accept": "text/csv"}, 406,
                        "text/csv"),
         "empty": (b"", {"Content_Type": "image/jpeg"}, 400, "empty"),
@@ -332,13 +342,11 @@ def test_error_then_good_request(server: Server, photo: bytes, name: str) -> Non
     assert server.worker_pids() == server.workers_at_start  # same worker, never restarted
 
 
-def test_above_mms_limit_is_mms_own_413(server: Server, photo: bytes) -> None:
+def test_above_mms_limit_is_a_json_413_from_nginx(server: Server, photo: bytes) -> None:
     body = b"\xff\xd8\xff" + b"\0" * (MAX_BYTES + MMS_REQUEST_SLACK + 10)
-    try:
-        reply = server.invoke(body)
-        assert reply.status == 413  # MMS itself: empty body (docs/serving-api.md)
-    except (ConnectionError, http.client.HTTPException):
-        pass  # Netty may close the connection while the client is still sending
+    reply = server.invoke(body)
+    assert reply.status == 413
+    assert reply.json()["code"] == 413 and f"limit is {MAX_BYTES}" in reply.json()["message"]
     assert server.invoke(photo).status == 200
     assert server.worker_pids() == server.workers_at_start
 

@@ -1,0 +1,149 @@
+"""nginx in front of multi-model-server: the public port, and the answers MMS gets wrong.
+
+MMS 1.1.11's Java front end form-decodes ``application/x-www-form-urlencoded`` and
+``multipart/*`` bodies before any handler runs, and answers 500 when the bytes are not valid
+form encoding (bench/fuzz_serve.py found these). MMS is abandoned, so rather than patch its
+jar, nginx listens on the public port and:
+- answers 415 for those content types (the handler refuses them anyway), as our error JSON;
+- answers oversized bodies (above MMS's own limit) with a JSON 413;
+- answers 503 JSON while MMS is starting or if it is gone, instead of a refused connection;
+- passes everything else to MMS over a Unix socket in the runtime dir (no second port to pick,
+  nothing else on the machine can reach MMS's inference port).
+The cost is one local hop per request (bench/serve.py measures the endpoint through it).
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+
+from container_serve.errors import error_body
+from container_serve.media import FORM_TYPES, unsupported
+from container_serve.settings import Settings
+
+MMS_SOCKET = "mms.sock"
+_FORM_PLACEHOLDER = "@FORM_TYPE@"
+
+
+class FrontError(RuntimeError):
+    """nginx is missing or refused the configuration."""
+
+
+def _quoted(text: str) -> str:
+    """An nginx single-quoted string (variables such as $form_type still expand)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def mms_address(runtime_dir: str) -> str:
+    """MMS's inference_address: a Unix socket only nginx uses."""
+    return f"unix:{os.path.join(runtime_dir, MMS_SOCKET)}"
+
+
+def mms_env(runtime_dir: str) -> dict[str, str]:
+    """MMS's listeners as MMS_* variables (they override its config file): both on Unix
+    sockets, so the public port is nginx's alone."""
+    return {"MMS_INFERENCE_ADDRESS": mms_address(runtime_dir),
+            "MMS_MANAGEMENT_ADDRESS": f"unix:{os.path.join(runtime_dir, 'mms-management.sock')}",
+            "MMS_USE_NATIVE_IO": "true"}
+
+
+def _user_line() -> str:
+    """Started as root, nginx's workers would switch to `nobody` and lose access to the
+    private runtime dir and MMS's socket: keep them the same user as MMS (root in SageMaker)."""
+    if os.geteuid() != 0:
+        return ""
+    return f"user {pwd.getpwuid(0).pw_name} {grp.getgrgid(os.getegid()).gr_name};\n"
+
+
+def render_config(settings: Settings, runtime_dir: str, max_body_bytes: int) -> str:
+    form_patterns = "\n".join(
+        f'        "~*^\\s*({kind.rstrip("/")}{"/[a-z0-9.+-]*" if kind.endswith("/") else ""})" '
+        f'"$1";' for kind in FORM_TYPES)
+    form_415 = _quoted(error_body(415, unsupported(_FORM_PLACEHOLDER)).replace(
+        _FORM_PLACEHOLDER, "$form_type"))
+    too_large = _quoted(error_body(413, f"request body is more than {max_body_bytes} bytes; the "
+                                        f"limit is {settings.max_request_bytes}"))
+    down = _quoted(error_body(503, "the model server is starting or not running; retry shortly"))
+    return f"""# Written by container_serve/front.py for one server; see that module for why.
+daemon off;
+{_user_line()}worker_processes 1;
+pid {runtime_dir}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    server_tokens off;
+    default_type application/json;
+    client_body_temp_path {runtime_dir}/nginx-body;
+    proxy_temp_path {runtime_dir}/nginx-proxy;
+    fastcgi_temp_path {runtime_dir}/nginx-fastcgi;
+    uwsgi_temp_path {runtime_dir}/nginx-uwsgi;
+    scgi_temp_path {runtime_dir}/nginx-scgi;
+    client_max_body_size {max_body_bytes};
+    client_body_buffer_size {max_body_bytes};  # bodies stay in memory, never in temp files
+    keepalive_timeout 75s;
+    map $content_type $form_type {{
+        default "";
+{form_patterns}
+    }}
+    upstream mms {{
+        server {mms_address(runtime_dir)};
+        keepalive 32;
+    }}
+    server {{
+        listen {settings.port} backlog=1024;
+        location / {{
+            if ($form_type) {{ return 415 {form_415}; }}
+            proxy_pass http://mms;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_read_timeout {settings.timeout_seconds + 30}s;
+            proxy_send_timeout {settings.timeout_seconds + 30}s;
+        }}
+        error_page 413 = @too_large;
+        error_page 502 504 = @down;
+        location @too_large {{ return 413 {too_large}; }}
+        location @down {{ return 503 {down}; }}
+    }}
+}}
+"""
+
+
+def start(settings: Settings, runtime_dir: str, max_body_bytes: int) -> subprocess.Popen:
+    """Write the configuration, check it, start nginx (in the foreground, as our child)."""
+    nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+    if nginx is None:
+        raise FrontError("nginx is not installed (apt-get install nginx); serve needs it in "
+                         "front of multi-model-server")
+    conf = os.path.join(runtime_dir, "nginx.conf")
+    with open(conf, "w") as stream:
+        stream.write(render_config(settings, runtime_dir, max_body_bytes))
+    command = [nginx, "-p", runtime_dir, "-e", "stderr", "-c", conf]
+    test = subprocess.run([*command, "-t", "-q"], capture_output=True, text=True, check=False)
+    if test.returncode != 0:
+        raise FrontError(f"nginx refused {conf}: {' '.join(test.stderr.split())}")
+    nginx = subprocess.Popen(command)
+    _wait_listening(nginx, settings.port)
+    return nginx
+
+
+def _wait_listening(nginx: subprocess.Popen, port: int, timeout: float = 10.0) -> None:
+    """Return once nginx accepts connections; raise if it exited (it printed why: a port in
+    use, say) or did not listen in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if nginx.poll() is not None:
+            raise FrontError(f"nginx exited {nginx.returncode}: it could not listen on port "
+                             f"{port} (its message is above)")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    nginx.kill()
+    raise FrontError(f"nginx did not listen on port {port} within {timeout:g} s")

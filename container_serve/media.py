@@ -1,0 +1,16 @@
+"""The media types /invocations takes: one list for the handler and the nginx front."""
+
+from __future__ import annotations
+
+JSON = "application/json"
+IMAGE_TYPES = frozenset(
+    {"image/jpeg", "image/png", "image/webp", "application/x-image", "application/octet-stream"}
+)
+CONTENT_TYPES = (*sorted(IMAGE_TYPES), JSON)
+# Bodies that multi-model-server's Java front end form-decodes before any handler runs; bytes
+# that are not valid form encoding make it answer 500. The nginx front answers 415 for them.
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/")
+
+
+def unsupported(media: str) -> str:
+    return f"content type {media!r} is not supported; use one of {', '.join(CONTENT_TYPES)}"
