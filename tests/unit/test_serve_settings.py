@@ -52,7 +52,7 @@ def test_worker_env_round_trips() -> None:
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("SAGEMAKER_MODEL_SERVER_WORKERS", "two"), ("SAGEMAKER_BIND_TO_PORT", "40000"),
+    [("SAGEMAKER_MODEL_SERVER_WORKERS", "two"), ("SAGEMAKER_BIND_TO_PORT", "70000"),
      ("SERVE_MAX_IMAGES", "0"), ("SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS", "-1"),
      ("SERVE_TOP_K", "1.5")],
 )
