@@ -23,6 +23,7 @@ from typing import Any
 
 from container_serve import front
 from container_serve.settings import (
+    ARTIFACT_GATE_ENV,
     MODEL_DIR_ENV,
     PORT_ENV,
     RUNTIME_DIR_ENV,
@@ -46,11 +47,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("command", nargs="?", default="serve", choices=("serve", "check"))
     parser.add_argument("--model-dir", help="artifact directory (default: /opt/ml/model)")
     parser.add_argument("--port", type=int, help=f"listen port (default: ${PORT_ENV} or 8080)")
+    parser.add_argument("--passed-file", help="check: create this file if the artifact can serve")
     return parser.parse_args(argv)
 
 
-def check(model_dir: str) -> int:
-    """Load the artifact as a worker would and run one forward pass; 0 if it can serve."""
+def check(model_dir: str, passed_file: str | None = None) -> int:
+    """Load the artifact as a worker would and run one forward pass; 0 if it can serve (and
+    then create ``passed_file``: serve reads that, not the exit code, which the toolkit's
+    SIGCHLD handler may reap first)."""
     from container_serve import inference
     from model_artifact.manifest import ArtifactError
 
@@ -64,16 +68,19 @@ def check(model_dir: str) -> int:
         return 1
     manifest = served.manifest
     log(f"artifact OK: {manifest.architecture}, {manifest.num_classes} classes, {model_dir}")
+    if passed_file:
+        Path(passed_file).touch()
     return 0
 
 
-def _check_in_child(model_dir: str) -> int:
+def _start_check(model_dir: str) -> subprocess.Popen:
     # A child process, so that the long-lived entry process never holds torch and the weights.
     # Eager: loading the weights and one forward pass prove the artifact; tracing and freezing
     # the graph (seconds) is left to the workers, so it is not paid twice before the port opens.
-    command = [sys.executable, "-m", "container_serve", "check", "--model-dir", model_dir]
+    command = [sys.executable, "-m", "container_serve", "check", "--model-dir", model_dir,
+               "--passed-file", os.environ[ARTIFACT_GATE_ENV]]
     env = {**os.environ, "SERVE_GRAPH": "eager"}
-    return subprocess.run(command, check=False, env=env).returncode
+    return subprocess.Popen(command, env=env)
 
 
 def mms_max_request_bytes(settings: Settings) -> int:
@@ -84,6 +91,7 @@ def _prepare_environment(settings: Settings, model_dir: str, runtime_dir: str) -
     """Exported values reach MMS (java) and its Python workers."""
     os.environ.update(settings.worker_env())
     os.environ[MODEL_DIR_ENV] = model_dir
+    os.environ[ARTIFACT_GATE_ENV] = os.path.join(runtime_dir, "artifact-checked")
     os.environ[RUNTIME_DIR_ENV] = runtime_dir
     os.environ[INSTANCE_ENV] = uuid.uuid4().hex
     os.environ["MMS_MAX_REQUEST_SIZE"] = str(mms_max_request_bytes(settings))
@@ -114,7 +122,11 @@ class _Supervisor:
         self.stopping = False
         self.front_died = False
         self.front_stopping = False
+        self.check_failed = False
         self.marker = os.environ[INSTANCE_ENV]
+        self.mms: Any = None
+        self.aborting = False
+        self.lock = threading.Lock()
 
     def _ours(self) -> list[Any]:
         import psutil
@@ -131,8 +143,24 @@ class _Supervisor:
     def find_mms(self) -> Any:
         for proc in self._ours():
             if MMS_NAMESPACE in (proc.info["cmdline"] or []):
+                with self.lock:
+                    self.mms = proc
+                    if self.aborting:  # abort() came before MMS was up
+                        proc.terminate()
                 return proc
         raise LookupError("multi-model-server has not started")
+
+    def abort(self) -> None:
+        """Stop MMS from another thread, whether or not it has started yet."""
+        import psutil
+
+        with self.lock:
+            self.aborting = True
+            if self.mms is not None:
+                try:
+                    self.mms.terminate()
+                except psutil.Error:
+                    pass
 
     def add_stop_handlers(self, mms_process: Any) -> None:
         def stop(signo: int, frame: Any) -> None:
@@ -156,9 +184,7 @@ class _Supervisor:
             if not (self.stopping or self.front_stopping):
                 log(f"nginx exited {code}; stopping multi-model-server")
                 self.front_died = True
-                for proc in self._ours():
-                    if MMS_NAMESPACE in (proc.info["cmdline"] or []):
-                        proc.terminate()
+                self.abort()
 
         threading.Thread(target=wait, name="watch-nginx", daemon=True).start()
 
@@ -194,10 +220,11 @@ def serve(model_dir: str | None, port: int | None) -> int:
     model_dir = os.path.abspath(model_dir or environment.model_dir)
     runtime_dir = os.environ.get(RUNTIME_DIR_ENV) or tempfile.mkdtemp(prefix="serve-")
     _prepare_environment(settings, model_dir, runtime_dir)
-    # Validate once, before MMS opens the port: a broken artifact must stop the container
-    # with its reason, not leave workers that fail (and /ping that answers 200) forever.
-    if _check_in_child(model_dir) != 0:
-        return 1
+    # Validate once, before the port opens: a broken artifact must stop the container with its
+    # reason, not leave workers that fail (and /ping that answers 200) forever. The check runs
+    # while MMS starts on its private socket: the workers import torch meanwhile and wait for
+    # the check (transformer.wait_for_artifact_check) before loading the model.
+    check = _start_check(model_dir)
     # MMS 1.1.11 parses any file named manifest.json (any case, one level deep) in the model
     # directory as its own legacy manifest and dies with a NullPointerException. So MMS gets an
     # empty directory, and the workers load the artifact from $SERVE_MODEL_DIR.
@@ -208,28 +235,46 @@ def serve(model_dir: str | None, port: int | None) -> int:
     supervisor = _Supervisor()
     model_server._retrieve_mms_server_process = supervisor.find_mms
     model_server._add_sigterm_handler = supervisor.add_stop_handlers
-    try:
-        nginx = front.start(settings, runtime_dir, mms_max_request_bytes(settings))
-    except front.FrontError as exc:
-        log(str(exc))
-        return 1
+    nginx: list[subprocess.Popen] = []
+
+    def open_port_once_checked() -> None:
+        check.wait()
+        if not os.path.exists(os.environ[ARTIFACT_GATE_ENV]):  # the workers wait for this file
+            supervisor.check_failed = True
+            supervisor.abort()
+            return
+        try:
+            nginx.append(front.start(settings, runtime_dir, mms_max_request_bytes(settings)))
+        except front.FrontError as exc:
+            log(str(exc))
+            supervisor.front_died = True
+            supervisor.abort()
+            return
+        log(f"nginx listens on port {settings.port}")
+        supervisor.watch_front(nginx[0])
+
     log(
-        f"starting nginx on port {settings.port} and MMS behind it: {settings.workers} "
-        f"worker(s) x {settings.threads_per_worker} thread(s), timeout "
-        f"{settings.timeout_seconds} s, model {model_dir}, runtime dir {runtime_dir}"
+        f"starting MMS ({settings.workers} worker(s) x {settings.threads_per_worker} "
+        f"thread(s), timeout {settings.timeout_seconds} s) while the artifact is checked; "
+        f"model {model_dir}, runtime dir {runtime_dir}"
     )
-    supervisor.watch_front(nginx)
+    gate = threading.Thread(target=open_port_once_checked, name="artifact-check", daemon=True)
+    gate.start()
     try:
         model_server.start_model_server(handler_service=HANDLER_SERVICE)
     finally:
         supervisor.front_stopping = True
-        nginx.terminate()
+        if check.poll() is None:
+            check.kill()
+        gate.join(timeout=30)
+        for proc in nginx:
+            proc.terminate()
         supervisor.end_leftovers()
-    if supervisor.front_died:
-        return 1
-    if supervisor.stopping:
+    if supervisor.stopping:  # SIGTERM, also while the check ran
         log("stopped")
         return 0
+    if supervisor.check_failed or supervisor.front_died:
+        return 1
     log("multi-model-server exited on its own")
     return 1
 
@@ -239,5 +284,5 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         from sagemaker_inference import environment
 
-        return check(args.model_dir or environment.model_dir)
+        return check(args.model_dir or environment.model_dir, args.passed_file)
     return serve(args.model_dir, args.port)

@@ -30,6 +30,8 @@ RUNTIME_DIR_ENV = "SERVE_RUNTIME_DIR"
 PRECISION_ENV = "SERVE_PRECISION"  # fp32 | int8 (the artifact's int8 variant)
 GRAPH_ENV = "SERVE_GRAPH"  # frozen (TorchScript trace + freeze, once per worker) | eager
 MODEL_DIR_ENV = "SERVE_MODEL_DIR"  # set by serve for the workers: the artifact to load
+# Set by serve for the workers: a file that exists once serve's artifact check has passed.
+ARTIFACT_GATE_ENV = "SERVE_ARTIFACT_GATE"
 
 # MMS's own request limit when nobody raises it; matches SageMaker's ~6 MB real-time limit.
 MMS_DEFAULT_MAX_REQUEST_BYTES = 6_553_500

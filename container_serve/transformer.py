@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from http import HTTPStatus
 from typing import Any
 
@@ -17,7 +18,7 @@ from sagemaker_inference.transformer import Transformer
 
 from container_serve import inference
 from container_serve.errors import ServeError, error_body, one_line
-from container_serve.settings import MODEL_DIR_ENV
+from container_serve.settings import ARTIFACT_GATE_ENV, MODEL_DIR_ENV
 from model_artifact.manifest import ArtifactError
 
 logger = logging.getLogger(__name__)
@@ -29,10 +30,29 @@ def _headers(context: Any, idx: int) -> dict[str, str]:
     return {str(k).lower(): v for k, v in props.items() if isinstance(v, str)}
 
 
+GATE_TIMEOUT_SECONDS = 600
+
+
+def wait_for_artifact_check(timeout: float = GATE_TIMEOUT_SECONDS) -> None:
+    """serve checks the artifact in a child process while MMS starts its workers, so that the
+    workers' slow imports (torch, torchvision: seconds each) overlap the check. A worker loads
+    the model only once the check has passed; if it fails, serve stops MMS and the worker never
+    gets here or is stopped while it waits."""
+    gate = os.environ.get(ARTIFACT_GATE_ENV)
+    if not gate:
+        return
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(gate):
+        if time.monotonic() > deadline:
+            raise ArtifactError(f"serve's artifact check did not pass within {timeout:g} s")
+        time.sleep(0.05)
+
+
 class ServeTransformer(Transformer):
     def validate_and_initialize(self, model_dir: str | None = None, context: Any = None) -> None:
         # MMS is given an empty directory (see serve.py); the artifact's path comes from serve.
         model_dir = os.environ.get(MODEL_DIR_ENV) or model_dir
+        wait_for_artifact_check()
         super().validate_and_initialize(model_dir=model_dir, context=context)
 
     def _validate_user_module_and_set_functions(self) -> None:
