@@ -126,7 +126,9 @@ def _reduce(stats: EpochStats, ctx: distributed.Context, gather: bool = False) -
 
 
 def run(config: JobConfig, callbacks: list[Callback] | None = None,
-        ctx: distributed.Context | None = None) -> dict[str, float]:
+        ctx: distributed.Context | None = None, figures: bool = True) -> dict[str, float]:
+    """One training job; ``figures=False`` leaves out the plots and report.html (local tuning
+    renders them for its best trial only)."""
     callbacks = callbacks or []
     ctx = ctx or distributed.Context(
         device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
@@ -260,7 +262,7 @@ def run(config: JobConfig, callbacks: list[Callback] | None = None,
         _write_int8(config.model_dir, net, manifest, splits, hp.seed)
     reports.write_reports(config.output_data_dir, class_names=classes, history=state.history,
                           final=final, eval_split=eval_split, labels=scored.labels,
-                          predictions=scored.predictions)
+                          predictions=scored.predictions, figures=figures)
     return final
 
 

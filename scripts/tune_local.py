@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="objective per trial (default OUTPUT/objective.png)")
     p.add_argument("--keep-models", choices=["best", "all"], default="best",
                    help="model.pt of the best trial only (default) or of every trial; "
-                        "manifests, reports and logs are always kept")
+                        "manifests, metrics JSON and logs are always kept, plots and "
+                        "report.html for each trial that was the best when it ended")
     t = add_search_arguments(p)
     t.add_argument("--seed", type=int, default=0, help="seed of the sampler (default 0)")
     t.add_argument("--prune-startup-trials", type=int, default=3, metavar="N",
@@ -246,6 +247,7 @@ class Search:
         from container_train.config import parse_config
         from container_train.engine import Callback
         from container_train.main import run
+        from container_train.reports import render_figures
 
         key = METRIC_TO_KEY[self.objective]
         search = self
@@ -284,7 +286,7 @@ class Search:
                 argv += [f"--{name}", str(value)]
             try:
                 with trial_log(folder / "train.log"):
-                    final = run(parse_config(argv), [callback])
+                    final = run(parse_config(argv), [callback], figures=False)
                 value = float(final[key])
                 if not math.isfinite(value):
                     raise ValueError(f"{self.objective} is {value}")
@@ -303,6 +305,7 @@ class Search:
             row.state, row.value = "Completed", value
             if self.best is None or self.better(value, row_value(self, self.best)):
                 previous, self.best = self.best, trial.number
+                render_figures(folder / "output")  # plots + report.html: best trials only
                 if previous is not None:
                     self._drop_model(previous)
             else:

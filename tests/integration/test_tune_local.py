@@ -130,6 +130,25 @@ def test_only_the_best_trial_keeps_its_weights(search):
     assert kept == [Path(best["local"]["trial_dir"]).name]
 
 
+def test_figures_only_for_trials_that_were_best(search):
+    """Plots and report.html cost most of a cached trial: only trials that were the best when
+    they ended get them; every completed trial keeps its metrics JSON."""
+    trials = json.loads((search["out"] / "trials.json").read_text())["trials"]
+    running_best, expected = float("inf"), set()
+    for t in sorted(trials, key=lambda t: t["number"]):
+        if t["state"] == "complete" and t["value"] < running_best:  # valid:loss, minimised
+            running_best = t["value"]
+            expected.add(f"trial-{t['number']:03d}")
+    completed = {p.parent.parent.name for p in search["out"].glob("trial-*/output/metrics.json")}
+    assert len(completed) >= 2 and expected <= completed
+    rendered = {p.parent.parent.name for p in search["out"].glob("trial-*/output/report.html")}
+    assert rendered == expected
+    assert {p.parent.parent.name for p in search["out"].glob("trial-*/output/curves.png")
+            } == expected
+    best = Path(json.loads(search["best"].read_text())["local"]["trial_dir"]).name
+    assert best in rendered
+
+
 def test_local_path_imports_no_sagemaker_sdk(search):
     assert not [m for m in sys.modules if m == "sagemaker" or m.startswith("sagemaker.")]
 
