@@ -164,7 +164,7 @@ class Target:
         pass
 
     def wait_ready(self, good: bytes, timeout: float = 300) -> None:
-        """/ping says 200 before the model loads: wait for a real classification."""
+        """Wait for a real classification (it proves more than /ping's 200)."""
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:

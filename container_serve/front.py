@@ -7,6 +7,8 @@ jar, nginx listens on the public port and:
 - answers 415 for those content types (the handler refuses them anyway), as our error JSON;
 - answers oversized bodies (above MMS's own limit) with a JSON 413;
 - answers 503 JSON while MMS is starting or if it is gone, instead of a refused connection;
+- sends /ping to container_serve.health, which answers 503 while no worker has the model
+  (MMS's own /ping answers 200 even then);
 - passes everything else to MMS over a Unix socket in the runtime dir (no second port to pick,
   nothing else on the machine can reach MMS's inference port).
 The cost is one local hop per request (bench/serve.py measures the endpoint through it).
@@ -23,6 +25,7 @@ import subprocess
 import time
 
 from container_serve.errors import error_body
+from container_serve.health import HEALTH_SOCKET
 from container_serve.media import FORM_TYPES, unsupported
 from container_serve.settings import Settings
 
@@ -39,9 +42,13 @@ def _quoted(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def mms_socket(runtime_dir: str) -> str:
+    return os.path.join(runtime_dir, MMS_SOCKET)
+
+
 def mms_address(runtime_dir: str) -> str:
     """MMS's inference_address: a Unix socket only nginx uses."""
-    return f"unix:{os.path.join(runtime_dir, MMS_SOCKET)}"
+    return f"unix:{mms_socket(runtime_dir)}"
 
 
 def mms_env(runtime_dir: str) -> dict[str, str]:
@@ -97,6 +104,10 @@ http {{
     }}
     server {{
         listen {settings.port} backlog=1024;
+        location = /ping {{  # container_serve/health.py: 503 while no worker has the model
+            proxy_pass http://unix:{os.path.join(runtime_dir, HEALTH_SOCKET)}:/ping;
+            proxy_read_timeout 10s;
+        }}
         location / {{
             if ($form_type) {{ return 415 {form_415}; }}
             proxy_pass http://mms;

@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from container_serve import front
+from container_serve import front, health
 from container_serve.settings import (
     ARTIFACT_GATE_ENV,
     MODEL_DIR_ENV,
@@ -221,7 +221,7 @@ def serve(model_dir: str | None, port: int | None) -> int:
     runtime_dir = os.environ.get(RUNTIME_DIR_ENV) or tempfile.mkdtemp(prefix="serve-")
     _prepare_environment(settings, model_dir, runtime_dir)
     # Validate once, before the port opens: a broken artifact must stop the container with its
-    # reason, not leave workers that fail (and /ping that answers 200) forever. The check runs
+    # reason, not leave workers that fail forever. The check runs
     # while MMS starts on its private socket: the workers import torch meanwhile and wait for
     # the check (transformer.wait_for_artifact_check) before loading the model.
     check = _start_check(model_dir)
@@ -244,6 +244,7 @@ def serve(model_dir: str | None, port: int | None) -> int:
             supervisor.abort()
             return
         try:
+            health.start(runtime_dir, front.mms_socket(runtime_dir))
             nginx.append(front.start(settings, runtime_dir, mms_max_request_bytes(settings)))
         except front.FrontError as exc:
             log(str(exc))

@@ -33,7 +33,7 @@ step "3/4 serve: docker run -p $PORT:8080 $SERVE_IMAGE serve (local_test/serve_l
 stop() { docker rm -f "$SERVE_CONTAINER" >/dev/null 2>&1 || true; }
 trap stop EXIT
 DETACH=1 "$HERE/serve_local.sh" >/dev/null
-# /ping answers before the workers have loaded the model; wait for the first real answer.
+# Wait for the first real answer (it proves more than /ping's 200).
 ready=0
 for _ in $(seq 120); do
     if curl -sf -o /dev/null -X POST -H 'Content-Type: image/jpeg' \

@@ -196,7 +196,7 @@ def server(trained):
     proc = _run([str(LOCAL_TEST / "serve_local.sh")], env=env, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     try:
-        # /ping answers before the workers have loaded the model: wait for a real answer.
+        # Wait for a real classification (it proves more than /ping's 200).
         jpeg = _a_jpeg().read_bytes()
         deadline, last = time.monotonic() + 240, None
         while time.monotonic() < deadline:

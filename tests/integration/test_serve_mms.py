@@ -120,7 +120,7 @@ def start_server(model_dir: Path, tmp: Path, good: bytes, **env: str) -> Server:
                                 start_new_session=True)
     server = Server(int(cmd[-1]), proc, runtime, log)
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # /ping says 200 before the model loads: use a request
+    while time.monotonic() < deadline:  # a real classification, not only /ping
         if proc.poll() is not None:
             raise AssertionError(f"serve exited {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
@@ -356,6 +356,26 @@ def test_parity_with_training_evaluation(server: Server, reference) -> None:
         served = full_distribution(server.invoke(path.read_bytes(), **{CUSTOM: "top_k=5"}), 5)[0]
         expected = reference(path)
         assert max(abs(a - b) for a, b in zip(served, expected, strict=True)) < 1e-5, path
+
+
+def test_ping_is_503_when_the_workers_are_dead(server: Server) -> None:
+    """MMS's own /ping says 200 {"status": "Unhealthy"} when its workers are dead (and MMS
+    1.1.11 does not restart a killed worker: it keeps reconnecting to the dead socket), so
+    SageMaker would keep a dead endpoint in service. Ours says 503. Runs second to last: it
+    kills the shared server's workers."""
+    pids = server.worker_pids()
+    assert server.request("GET", "/ping").status == 200
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    deadline, reply = time.monotonic() + 30, None
+    while time.monotonic() < deadline:
+        reply = server.request("GET", "/ping")
+        if reply.status == 503:
+            break
+        time.sleep(0.1)
+    assert reply is not None and reply.status == 503, reply
+    assert reply.content_type.startswith("application/json")
+    assert reply.json()["code"] == 503 and "no worker has the model" in reply.json()["message"]
 
 
 def test_sigterm_stops_server_and_workers(server: Server) -> None:

@@ -1,0 +1,94 @@
+"""An honest /ping: 200 only while at least one MMS worker has the model loaded.
+
+MMS 1.1.11 answers its own /ping with HTTP 200 in every case and puts the truth in the body:
+``{"status": "Unhealthy"}`` while no worker has the model (before the first load, or after a
+worker died and before MMS restarted it). SageMaker reads only the status code. nginx sends
+/ping here instead (a Unix socket in the runtime dir, served by a thread of the long-lived
+``serve`` process); this asks MMS and turns "Unhealthy", or no answer, into a JSON 503.
+"""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import json
+import os
+import socket
+import socketserver
+import threading
+from typing import Any
+
+from container_serve.errors import error_body
+
+HEALTH_SOCKET = "health.sock"
+HEALTHY = ("Healthy", "Partial Healthy")  # Partial: some workers serve, MMS restarts the rest
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+def mms_status(mms_socket: str, timeout: float = 5.0) -> str:
+    """MMS's own /ping body status ("Healthy", "Partial Healthy", "Unhealthy"), or why none."""
+    connection = _UnixConnection(mms_socket, timeout)
+    try:
+        connection.request("GET", "/ping")
+        response = connection.getresponse()
+        body = response.read()
+    except OSError as exc:
+        return f"no answer from multi-model-server ({type(exc).__name__})"
+    finally:
+        connection.close()
+    try:
+        return str(json.loads(body)["status"])
+    except (ValueError, KeyError, TypeError):
+        return f"unreadable /ping answer from multi-model-server ({response.status})"
+
+
+def ping(mms_socket: str) -> tuple[int, str]:
+    status = mms_status(mms_socket)
+    if status in HEALTHY:
+        return 200, json.dumps({"status": status})
+    return 503, error_body(503, f"no worker has the model loaded: {status}")
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: _Server
+
+    def do_GET(self) -> None:  # http.server calls do_<METHOD>
+        code, body = ping(self.server.mms_socket)
+        data = body.encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:  # /ping every few seconds: quiet
+        pass
+
+    def address_string(self) -> str:  # a Unix socket has no client address
+        return "nginx"
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    mms_socket = ""
+
+
+def start(runtime_dir: str, mms_socket: str) -> str:
+    """Serve /ping on a Unix socket in runtime_dir from a daemon thread; return its path."""
+    path = os.path.join(runtime_dir, HEALTH_SOCKET)
+    if os.path.exists(path):
+        os.unlink(path)
+    server = _Server(path, _Handler)
+    server.mms_socket = mms_socket
+    threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
+    return path
