@@ -1,9 +1,11 @@
-"""The ``serve`` command: check the artifact, then run multi-model-server through the toolkit.
+"""The ``serve`` command: check the artifact, run multi-model-server through the toolkit, and
+open the port (nginx, container_serve/front.py) once the check has passed.
 
 SageMaker runs ``docker run IMAGE serve`` with the artifact in /opt/ml/model; for development
 ``python -m container_serve --model-dir DIR --port N`` does the same outside Docker. MMS's
-config, pid file, sockets and logs live in a private runtime directory ($SERVE_RUNTIME_DIR or a new
-temporary one), so several servers can run on one machine.
+config, pid file, sockets and logs, nginx's config and the /ping socket live in a private
+runtime directory ($SERVE_RUNTIME_DIR or a new temporary one), so several servers can run on
+one machine.
 """
 
 from __future__ import annotations
@@ -91,7 +93,10 @@ def _prepare_environment(settings: Settings, model_dir: str, runtime_dir: str) -
     """Exported values reach MMS (java) and its Python workers."""
     os.environ.update(settings.worker_env())
     os.environ[MODEL_DIR_ENV] = model_dir
-    os.environ[ARTIFACT_GATE_ENV] = os.path.join(runtime_dir, "artifact-checked")
+    gate = os.path.join(runtime_dir, "artifact-checked")
+    if os.path.exists(gate):  # a reused runtime dir: this start has checked nothing yet
+        os.unlink(gate)
+    os.environ[ARTIFACT_GATE_ENV] = gate
     os.environ[RUNTIME_DIR_ENV] = runtime_dir
     os.environ[INSTANCE_ENV] = uuid.uuid4().hex
     os.environ["MMS_MAX_REQUEST_SIZE"] = str(mms_max_request_bytes(settings))
@@ -221,9 +226,9 @@ def serve(model_dir: str | None, port: int | None) -> int:
     runtime_dir = os.environ.get(RUNTIME_DIR_ENV) or tempfile.mkdtemp(prefix="serve-")
     _prepare_environment(settings, model_dir, runtime_dir)
     # Validate once, before the port opens: a broken artifact must stop the container with its
-    # reason, not leave workers that fail forever. The check runs
-    # while MMS starts on its private socket: the workers import torch meanwhile and wait for
-    # the check (transformer.wait_for_artifact_check) before loading the model.
+    # reason, not leave workers that fail forever. The check runs while MMS starts on its
+    # private socket: the workers import torch meanwhile and wait for the check
+    # (transformer.wait_for_artifact_check) before loading the model.
     check = _start_check(model_dir)
     # MMS 1.1.11 parses any file named manifest.json (any case, one level deep) in the model
     # directory as its own legacy manifest and dies with a NullPointerException. So MMS gets an
@@ -246,8 +251,8 @@ def serve(model_dir: str | None, port: int | None) -> int:
         try:
             health.start(runtime_dir, front.mms_socket(runtime_dir))
             nginx.append(front.start(settings, runtime_dir, mms_max_request_bytes(settings)))
-        except front.FrontError as exc:
-            log(str(exc))
+        except (front.FrontError, OSError) as exc:
+            log(f"cannot open port {settings.port}: {exc}")
             supervisor.front_died = True
             supervisor.abort()
             return

@@ -446,6 +446,18 @@ def test_broken_artifact_exits_before_the_port_opens(serve_artifact: Path, tmp_p
     shutil.rmtree(runtime, ignore_errors=True)
 
 
+def test_a_stale_check_file_in_a_reused_runtime_dir_does_not_pass_a_broken_artifact(
+        serve_artifact: Path, tmp_path: Path) -> None:
+    model_dir = broken_artifact(serve_artifact, tmp_path / "model", "sha_mismatch")
+    cmd, env, runtime = run_serve(model_dir, tmp_path)
+    (runtime / "artifact-checked").touch()  # left by an earlier, good start
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=180, start_new_session=True)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "sha256 does not match" in output, output
+    assert "Model model loaded io_fd" not in output and "nginx listens" not in output
+
+
 def test_container_mode_reads_sagemaker_base_dir(tmp_path: Path) -> None:
     """`serve` with no --model-dir (as SageMaker runs it) reads $SAGEMAKER_BASE_DIR/model."""
     (tmp_path / "model").mkdir()
