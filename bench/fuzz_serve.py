@@ -41,8 +41,6 @@ import os
 import random
 import re
 import shutil
-import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -60,11 +58,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.local_server import free_port, stop_session  # noqa: E402
+from container_serve.serve import MMS_REQUEST_SLACK  # noqa: E402
+
 SAMPLE_PHOTOS = sorted((REPO / "sample_data" / "photos5" / "test").glob("*/*.jpg"))
 SERVE_IMAGE = os.environ.get("SERVE_IMAGE", "sagemaker-resnet50-serve:latest")
 HOST = "127.0.0.1"  # the only address this script ever connects to
 CUSTOM = "X-Amzn-SageMaker-Custom-Attributes"
-MMS_SLACK = 1 << 20  # container_serve.serve.MMS_REQUEST_SLACK: nginx's limit is ours + 1 MiB
 # Lines MMS writes when a backend worker dies or is restarted.
 RESTART_PATTERNS = re.compile(
     r"Backend worker process die|worker process died|Worker disconnected|Retry worker|"
@@ -100,18 +100,6 @@ class Reply:
     body: bytes = b""
     error: str = ""
     seconds: float = 0.0
-
-
-def free_port() -> int:
-    """A free port below the kernel's ephemeral range (no client socket takes it meanwhile)."""
-    for port in random.sample(range(20000, 32700), 300):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("0.0.0.0", port))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no free port in 20000-32700")
 
 
 def rss_mib(pid: int) -> float | None:
@@ -225,24 +213,7 @@ class HostMMS(Target):
         return "\n".join(parts)
 
     def stop(self) -> None:
-        import psutil
-
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                pass
-        for proc in self._processes():
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self.proc.wait(timeout=30)
+        stop_session(self.proc, self._processes)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -510,7 +481,7 @@ class Oracle:
                body: bytes) -> Expect:
         if path != "/invocations" or method != "POST":
             return Expect(404, loose=True, json_body=False, reason="route")
-        if len(body) > self.limits.max_bytes + MMS_SLACK:  # nginx's limit (container_serve.front)
+        if len(body) > self.limits.max_bytes + MMS_REQUEST_SLACK:  # nginx's limit
             return Expect(413, reason="over the front's limit")
         hdr: dict[str, str | bytes] = {k.lower(): v for k, v in headers}
         accept = hdr.get("accept")
@@ -787,13 +758,13 @@ class Generator:
     def over_payload(self) -> Case:
         limit = self.limits.max_bytes
         if self.rng.random() < 0.15:
-            size = limit + MMS_SLACK + self.rng.randint(1, 100_000)
+            size = limit + MMS_REQUEST_SLACK + self.rng.randint(1, 100_000)
         else:
-            size = limit + self.rng.randint(1, MMS_SLACK - 1024)
+            size = limit + self.rng.randint(1, MMS_REQUEST_SLACK - 1024)
         prefix = self.pick()
         body = prefix + b"\0" * (size - len(prefix))
-        return Case(f"over-payload:{'mms' if size > limit + MMS_SLACK else 'handler'}", body,
-                    [("Content-Type", "image/jpeg")])
+        where = "front" if size > limit + MMS_REQUEST_SLACK else "handler"
+        return Case(f"over-payload:{where}", body, [("Content-Type", "image/jpeg")])
 
     def over_batch(self) -> Case:
         n = self.limits.max_images + self.rng.randint(1, 8)

@@ -38,7 +38,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,6 +49,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from bench.local_server import free_port  # noqa: E402
 
 PHOTOS = REPO / "sample_data" / "photos5"
 IMAGE = "sagemaker-resnet50-serve:latest"
@@ -147,17 +148,6 @@ class BareForward:
 
 
 # --------------------------------------------------------------------------- servers
-def free_port() -> int:
-    for port in random.sample(range(20000, 32700), 200):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no free port")
-
-
 def post(port: int, body: bytes, timeout: float = 120) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:

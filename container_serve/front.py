@@ -68,9 +68,10 @@ def _user_line() -> str:
 
 
 def render_config(settings: Settings, runtime_dir: str, max_body_bytes: int) -> str:
+    # A type ending in "/" is a family (multipart/*); $form_type is the matched type's name.
     form_patterns = "\n".join(
-        f'        "~*^\\s*({kind.rstrip("/")}{"/[a-z0-9.+-]*" if kind.endswith("/") else ""})" '
-        f'"$1";' for kind in FORM_TYPES)
+        f'        "~*^\\s*({kind}{"[a-z0-9.+-]*" if kind.endswith("/") else ""})" "$1";'
+        for kind in FORM_TYPES)
     form_415 = _quoted(error_body(415, unsupported(_FORM_PLACEHOLDER)).replace(
         _FORM_PLACEHOLDER, "$form_type"))
     too_large = _quoted(error_body(413, f"request body is more than {max_body_bytes} bytes; the "

@@ -8,7 +8,6 @@ import http.client
 import io
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -24,6 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
+from bench.local_server import free_port, stop_session
 from container_serve.serve import MMS_REQUEST_SLACK
 from model_artifact.manifest import MANIFEST_FILE
 from model_artifact.network import load_artifact
@@ -35,18 +35,6 @@ pytestmark = pytest.mark.slow
 MAX_BYTES, MAX_IMAGES, MAX_PIXELS = 400_000, 4, 4_000_000
 CUSTOM = "X-Amzn-SageMaker-Custom-Attributes"
 PHOTOS = sorted((SAMPLE_DATA / "test").glob("*/*.jpg"))
-
-
-def free_port() -> int:
-    """A free port below the kernel's ephemeral range (no client socket takes it meanwhile)."""
-    for port in random.sample(range(20000, 32700), 200):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("0.0.0.0", port))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no free port")
 
 
 def encode(image: Image.Image, fmt: str, **save: object) -> bytes:
@@ -135,22 +123,7 @@ def start_server(model_dir: Path, tmp: Path, good: bytes, **env: str) -> Server:
 
 def stop_server(server: Server) -> int:
     """SIGTERM as SageMaker does; whatever is left after a minute is killed."""
-    if server.proc.poll() is None:
-        server.proc.send_signal(signal.SIGTERM)
-        try:
-            server.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            pass
-    for proc in server.processes():
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    try:
-        os.killpg(server.proc.pid, signal.SIGKILL)  # the whole session, if anything is left
-    except (ProcessLookupError, PermissionError):
-        pass
-    return server.proc.wait(timeout=30)
+    return stop_session(server.proc, server.processes)
 
 
 @pytest.fixture(scope="module")
