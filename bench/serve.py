@@ -392,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for server in servers.values():
             server.stop()
+        if not args.workdir:  # a ResNet50 artifact and two variants: ~300 MB per run
+            shutil.rmtree(work, ignore_errors=True)
 
     def med(name: str, conc: int, what: str) -> float:
         phases = rounds[name][conc]

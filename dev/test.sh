@@ -10,6 +10,18 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 step() { printf '\n=== %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
 start=$(date +%s)
 
+# A full run writes about 5 GB of checkpoints and artifacts under $TMPDIR (pytest keeps only
+# failed tests' directories) and needs room for the images; a full disk otherwise shows up as
+# an obscure "iostream error" from torch.save in the middle of the run.
+step "free disk"
+tmp=$(python3 -c 'import tempfile; print(tempfile.gettempdir())')
+free_gb=$(df -P --block-size=1G "$tmp" | awk 'NR == 2 {print $4}')
+echo "$free_gb GB free on the file system of $tmp (need ${MIN_FREE_GB:=8})"
+if (( free_gb < MIN_FREE_GB )); then
+    echo "error: less than $MIN_FREE_GB GB free for $tmp: clear old runs (e.g. $tmp/pytest-of-*)" >&2
+    exit 1
+fi
+
 step "host venv (.venv)"
 bash dev/setup_host.sh
 step "drivers venv (.venv-drivers)"
