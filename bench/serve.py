@@ -1,8 +1,9 @@
 """Serving bench: real HTTP against the serving image (or a host MMS) under load.
 
 Compares a seed-style handler (bench/seed_handler.py: resize to 224x224, to-tensor, fp32 eager,
-default MMS settings) with ``container_serve`` in fp32 (frozen TorchScript, channels_last) and
-int8 (``SERVE_PRECISION=int8``), all three on the same 224 px artifact: random-init ResNet50,
+default MMS settings) with ``container_serve`` in fp32 (the artifact's compiled variant:
+AOTInductor, batch 1, channels_last; model_artifact/compiled.py) and int8
+(``SERVE_PRECISION=int8``), all three on the same 224 px artifact: random-init ResNet50,
 5 classes, BatchNorm statistics re-estimated on the sample training photos and the head fitted
 to them by ridge regression (a linear probe on random features, so predictions depend on the
 image), int8 variant calibrated on 64 of those photos by model_artifact.quantize.
@@ -23,8 +24,9 @@ sample photos (JPEG, about 500x375). Targets (one ``RESULT serve ...`` line each
 - throughput at concurrency 4: ours fp32 / seed >= 1.5, ours int8 / seed >= 2.5
 - int8 top-1 agreement with fp32 (both served, over HTTP) on the fixed set (sample test+valid
   photos, not used for calibration) >= 0.99
-- p50 at concurrency 1 <= 1.15 x the bare batch-1 forward time of the same model (frozen fp32
-  or int8 TorchScript, worker thread count, timed in this process right after each c=1 phase),
+- p50 at concurrency 1 <= 1.15 x the bare batch-1 forward time of the same model (the served
+  fp32 graph or the int8 TorchScript, as model_fn builds them, worker thread count, timed in
+  this process right after each c=1 phase),
   fp32 and int8
 - cold start (container or process start -> first 200 from /invocations) <= 10 s, fp32 and int8
 """
@@ -68,6 +70,7 @@ def make_artifact(model_dir: Path, seed: int = 0) -> dict:
     import torch
 
     from container_train.main import write_artifact
+    from model_artifact.compiled import write_compiled_variant
     from model_artifact.manifest import Manifest
     from model_artifact.network import build_model
     from model_artifact.preprocess import EvalPreprocessing
@@ -111,6 +114,8 @@ def make_artifact(model_dir: Path, seed: int = 0) -> dict:
     rng = random.Random(seed)
     calibration = sorted(rng.sample(train, min(64, len(train))))
     manifest = write_int8_variant(model_dir, model, manifest, calibration, fixed_set())
+    # The compiled variant, as the training job writes it by default: fp32 serving runs it.
+    manifest = write_compiled_variant(model_dir, model, manifest, fixed_set())
     return manifest.variants["int8"].to_dict()
 
 
@@ -217,7 +222,8 @@ def start_server(name: str, handler: str, env: dict[str, str], args: argparse.Na
             status, _ = post(port, probe, timeout=30)
             if status == 200:
                 server.cold_start_s = time.monotonic() - start
-                log(f"{name}: first 200 from /invocations {server.cold_start_s:.1f} s after start")
+                log(f"{name}: first 200 from /invocations {server.cold_start_s:.1f} s after start;"
+                    f" graphs served: {', '.join(served_graphs(server)) or '?'}")
                 return server
         except OSError:
             pass
@@ -227,6 +233,19 @@ def start_server(name: str, handler: str, env: dict[str, str], args: argparse.Na
             else log_path.read_text()[-3000:])
     server.stop()
     raise RuntimeError(f"{name} did not answer 200 within {args.start_timeout} s:\n{text}")
+
+
+def served_graphs(server: Server) -> list[str]:
+    """What the workers say they run (container_serve.inference.model_fn's log line)."""
+    import re
+
+    logs = getattr(server, "docker_logs", None)
+    if logs:
+        done = subprocess.run(logs, capture_output=True, text=True)
+        text = done.stdout + done.stderr
+    else:
+        text = server.log_path.read_text(errors="replace") if server.log_path else ""
+    return sorted(set(re.findall(r"serving \S+: (\w+) graph", text)))
 
 
 # --------------------------------------------------------------------------- load

@@ -26,6 +26,7 @@ from typing import Any
 from container_serve import front, health
 from container_serve.settings import (
     ARTIFACT_GATE_ENV,
+    GRAPH_ENV,
     MODEL_DIR_ENV,
     PORT_ENV,
     RUNTIME_DIR_ENV,
@@ -79,9 +80,11 @@ def _start_check(model_dir: str) -> subprocess.Popen:
     # A child process, so that the long-lived entry process never holds torch and the weights.
     # Eager: loading the weights and one forward pass prove the artifact; tracing and freezing
     # the graph (seconds) is left to the workers, so it is not paid twice before the port opens.
+    # SERVE_GRAPH=compiled is checked as such: without a usable compiled variant, no port.
     command = [sys.executable, "-m", "container_serve", "check", "--model-dir", model_dir,
                "--passed-file", os.environ[ARTIFACT_GATE_ENV]]
-    env = {**os.environ, "SERVE_GRAPH": "eager"}
+    graph = "compiled" if os.environ.get(GRAPH_ENV, "").strip().lower() == "compiled" else "eager"
+    env = {**os.environ, GRAPH_ENV: graph}
     return subprocess.Popen(command, env=env)
 
 

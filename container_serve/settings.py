@@ -28,7 +28,9 @@ TOP_K_ENV = "SERVE_TOP_K"
 TOP_K_MAX_ENV = "SERVE_TOP_K_MAX"
 RUNTIME_DIR_ENV = "SERVE_RUNTIME_DIR"
 PRECISION_ENV = "SERVE_PRECISION"  # fp32 | int8 (the artifact's int8 variant)
-GRAPH_ENV = "SERVE_GRAPH"  # frozen (TorchScript trace + freeze, once per worker) | eager
+# fp32 graph: auto (the artifact's compiled variant if it loads here, else frozen) | compiled
+# (the variant or fail) | frozen (TorchScript trace + freeze, once per worker) | eager
+GRAPH_ENV = "SERVE_GRAPH"
 MODEL_DIR_ENV = "SERVE_MODEL_DIR"  # set by serve for the workers: the artifact to load
 # Set by serve for the workers: a file that exists once serve's artifact check has passed.
 ARTIFACT_GATE_ENV = "SERVE_ARTIFACT_GATE"
@@ -36,7 +38,7 @@ ARTIFACT_GATE_ENV = "SERVE_ARTIFACT_GATE"
 # MMS's own request limit when nobody raises it; matches SageMaker's ~6 MB real-time limit.
 MMS_DEFAULT_MAX_REQUEST_BYTES = 6_553_500
 PRECISIONS = ("fp32", "int8")
-GRAPHS = ("frozen", "eager")
+GRAPHS = ("auto", "compiled", "frozen", "eager")
 
 
 class SettingsError(ValueError):
@@ -91,7 +93,7 @@ class Settings:
     top_k_max: int = 100
     runtime_dir: str | None = None
     precision: str = "fp32"
-    graph: str = "frozen"
+    graph: str = "auto"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import platform
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -113,6 +114,33 @@ def _write_int8(model_dir: Path, net: nn.Module, manifest: Manifest, splits: dic
     log.info("int8 variant %s: calibrated on %d training images, top-1 agreement with fp32 "
              "%.4f on %d %s images", variant.file, variant.calibration_images,
              variant.top1_agreement, variant.agreement_images, "valid" if check else "train")
+
+
+COMPILED_CHECK_IMAGES = 32
+
+
+def _write_compiled(model_dir: Path, net: nn.Module, manifest: Manifest,
+                    splits: dict[str, Split], seed: int) -> None:
+    """The optional compiled variant (model_artifact.compiled), checked against fp32 on
+    held-out images. A failure is logged; serving then uses its TorchScript graph."""
+    import random
+
+    from model_artifact.compiled import write_compiled_variant
+
+    split = "valid" if "valid" in splits else "train"
+    paths = [path for path, _ in splits[split].samples]
+    check = sorted(random.Random(seed).sample(paths, min(COMPILED_CHECK_IMAGES, len(paths))))
+    start = time.perf_counter()
+    try:
+        written = write_compiled_variant(model_dir, net, manifest, check)
+    except Exception as exc:  # optional: the fp32 artifact stays usable
+        log.error("compiled variant not written: %s: %s", type(exc).__name__, exc)
+        return
+    variant = written.variants["compiled"]
+    log.info("compiled variant %s in %.0f s: top-1 agreement with fp32 %.4f on %d %s images, "
+             "largest logit difference %.2g", variant.file, time.perf_counter() - start,
+             variant.top1_agreement, variant.agreement_images, split,
+             variant.max_logit_difference)
 
 
 def _reduce(stats: EpochStats, ctx: distributed.Context, gather: bool = False) -> EpochStats:
@@ -260,6 +288,9 @@ def run(config: JobConfig, callbacks: list[Callback] | None = None,
         config.model_dir, net.to("cpu", memory_format=torch.contiguous_format), manifest)
     if hp.int8:
         _write_int8(config.model_dir, net, manifest, splits, hp.seed)
+        manifest = Manifest.read(config.model_dir)  # keep the int8 variant in what follows
+    if hp.compile:
+        _write_compiled(config.model_dir, net, manifest, splits, hp.seed)
     reports.write_reports(config.output_data_dir, class_names=classes, history=state.history,
                           final=final, eval_split=eval_split, labels=scored.labels,
                           predictions=scored.predictions, figures=figures)

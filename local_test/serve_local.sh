@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Serve a trained model with the serving image the way SageMaker runs it:
-# `docker run -p PORT:8080 IMAGE serve` with the model directory mounted as /opt/ml/model.
+# `docker run -p PORT:8080 IMAGE serve` with the model directory mounted read-only as
+# /opt/ml/model, as SageMaker provides it.
 # Runs in the foreground (Ctrl-C stops it) unless DETACH=1, which prints the container id.
 #
 #   local_test/serve_local.sh [IMAGE]
@@ -21,7 +22,7 @@ read -r -a EXTRA <<<"${DOCKER_RUN_ARGS:-}"
 [[ -f "$MODEL_DIR/manifest.json" ]] || {
     echo "serve_local.sh: no model in $MODEL_DIR (run local_test/train_local.sh first)" >&2; exit 2; }
 
-ARGS=(--rm --name "$NAME" -p "$PORT:8080" -v "$MODEL_DIR:/opt/ml/model")
+ARGS=(--rm --name "$NAME" -p "$PORT:8080" -v "$MODEL_DIR:/opt/ml/model:ro")
 if [[ "${DETACH:-0}" == "1" ]]; then
     ARGS+=(--detach)
 else

@@ -21,7 +21,8 @@ MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "model.pt"
 ARCHITECTURES = ("resnet50",)
 INT8 = "int8"
-VARIANT_NAMES = (INT8,)  # optional extra forms of the same model, see docs/artifact.md
+COMPILED = "compiled"
+VARIANT_NAMES = (INT8, COMPILED)  # optional extra forms of the same model, see docs/artifact.md
 
 
 class ArtifactError(ValueError):
@@ -48,6 +49,8 @@ class Variant:
     calibration_images: int = 0
     top1_agreement: float | None = None  # with the fp32 model, on agreement_images images
     agreement_images: int = 0
+    torch: str = ""  # compiled: the torch version whose ABI the file needs
+    max_logit_difference: float | None = None  # compiled: largest |logit - fp32 logit| seen
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -57,6 +60,9 @@ class Variant:
             "calibration_images": self.calibration_images,
             "top1_agreement": self.top1_agreement,
             "agreement_images": self.agreement_images,
+            **({"torch": self.torch} if self.torch else {}),
+            **({"max_logit_difference": self.max_logit_difference}
+               if self.max_logit_difference is not None else {}),
         }
 
     @classmethod
@@ -83,8 +89,16 @@ class Variant:
             or not 0.0 <= agreement <= 1.0
         ):
             raise ArtifactError(f"{where}: top1_agreement must be a number in [0, 1]")
+        version = data.get("torch", "")
+        if not isinstance(version, str):
+            raise ArtifactError(f"{where}: torch must be a string")
+        difference = data.get("max_logit_difference")
+        if difference is not None and (isinstance(difference, bool)
+                                       or not isinstance(difference, (int, float))):
+            raise ArtifactError(f"{where}: max_logit_difference must be a number")
         return cls(file, fmt, sha, count,
-                   None if agreement is None else float(agreement), checked)
+                   None if agreement is None else float(agreement), checked, version,
+                   None if difference is None else float(difference))
 
 
 @dataclass(frozen=True)

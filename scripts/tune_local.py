@@ -281,7 +281,10 @@ class Search:
             self.table.update(row)
             argv = ["--data-dir", str(self.data), "--model-dir", str(folder / "model"),
                     "--output-data-dir", str(folder / "output"),
-                    "--feature-cache-dir", str(self.cache_dir)]
+                    "--feature-cache-dir", str(self.cache_dir),
+                    # Trials are compared, not served: no 20-40 s AOTInductor build per trial
+                    # (`scripts/train.py --from-best` trains the served model, compiled).
+                    "--compile", "false"]
             for name, value in hps.items():
                 argv += [f"--{name}", str(value)]
             try:

@@ -13,7 +13,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = REPO / "sample_data" / "photos5"
-TINY_ARGS = ["--weights", "none", "--image-size", "64", "--num-workers", "0",
+# compile false: AOTInductor takes 20-40 s per run; tests/integration/test_compiled.py covers it.
+TINY_ARGS = ["--weights", "none", "--image-size", "64", "--num-workers", "0", "--compile", "false",
              "--batch-size", "16", "--log-interval", "2"]
 
 

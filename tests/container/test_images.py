@@ -31,7 +31,8 @@ TRAIN_IMAGE = os.environ.get("TRAIN_IMAGE", "sagemaker-resnet50-train:latest")
 SERVE_IMAGE = os.environ.get("SERVE_IMAGE", "sagemaker-resnet50-serve:latest")
 CLASSES = sorted(p.name for p in (SAMPLE_DATA / "train").iterdir() if p.is_dir())
 TINY_HPS = {"epochs": "1", "image-size": "64", "batch-size": "16", "weights": "none",
-            "num-workers": "0", "log-interval": "2", "seed": "7"}
+            "num-workers": "0", "log-interval": "2", "seed": "7",
+            "compile": "false"}  # 20-40 s each; the `trained` run below compiles
 RUN_ID = uuid.uuid4().hex[:8]  # container names of this session, for cleanup
 
 pytestmark = pytest.mark.container
@@ -100,7 +101,7 @@ def _assert_artifact(test_dir: Path, log: str) -> None:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """local_test/train_local.sh: `docker run IMAGE train`, test_dir as /opt/ml."""
-    test_dir = _make_test_dir(tmp_path_factory.mktemp("train"))
+    test_dir = _make_test_dir(tmp_path_factory.mktemp("train"), compile="true")
     proc = _train_local(test_dir)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return test_dir
@@ -111,6 +112,13 @@ def test_train_writes_artifact_and_output_files(trained):
     # The toolkit ran our program with the JSON-decoded hyperparameters.
     manifest = json.loads((trained / "model" / "manifest.json").read_text())
     assert manifest["architecture"] == "resnet50"
+
+
+def test_train_compiles_the_served_model_with_the_images_compiler(trained):
+    variant = json.loads((trained / "model" / "manifest.json").read_text())["variants"]["compiled"]
+    assert variant["format"] == "aotinductor-x86-64-v3-batch1" and variant["torch"]
+    assert variant["top1_agreement"] == 1.0 and variant["max_logit_difference"] < 1e-3
+    assert (trained / "model" / variant["file"]).stat().st_size > 50_000_000  # weights inside
 
 
 def test_train_runs_without_argument_and_without_network(tmp_path):
@@ -213,6 +221,11 @@ def server(trained):
         yield port
     finally:
         _run(["docker", "rm", "-f", name], timeout=60)
+
+
+def test_serve_runs_the_compiled_graph_from_a_read_only_model_dir(server):
+    logs = _run(["docker", "logs", _name("serve")])
+    assert "serving /opt/ml/model: compiled graph" in logs.stdout + logs.stderr, logs.stdout[-3000:]
 
 
 def test_serve_answers_ping(server):

@@ -10,7 +10,7 @@ import torch
 
 from container_serve import inference
 from container_serve.settings import Settings, SettingsError
-from model_artifact.manifest import INT8, ArtifactError, Manifest, Variant
+from model_artifact.manifest import COMPILED, INT8, ArtifactError, Manifest, Variant
 from model_artifact.preprocess import EvalPreprocessing
 from model_artifact.quantize import INT8_FILE, INT8_FORMAT, load_int8, quantize_int8, save_int8
 
@@ -34,6 +34,19 @@ def test_variant_round_trips() -> None:
     assert manifest.variants[INT8] == Variant(**VARIANT)
     again = Manifest.from_dict(json.loads(json.dumps(manifest.to_dict())))
     assert again == manifest and again.to_dict()["variants"][INT8] == VARIANT
+
+
+def test_compiled_variant_round_trips_with_its_torch_version() -> None:
+    compiled = {"file": "model_compiled.pt2", "format": "aotinductor-x86-64-v3-batch1",
+                "sha256": "cd" * 32, "calibration_images": 0, "top1_agreement": 1.0,
+                "agreement_images": 25, "torch": "2.14.1", "max_logit_difference": 2.5e-05}
+    manifest = Manifest.from_dict(manifest_dict(variants={INT8: VARIANT, COMPILED: compiled}))
+    assert manifest.variants[COMPILED].torch == "2.14.1"
+    assert manifest.to_dict()["variants"] == {INT8: VARIANT, COMPILED: compiled}
+    for bad, fragment in (({"torch": 2}, "torch must be a string"),
+                          ({"max_logit_difference": "small"}, "max_logit_difference")):
+        with pytest.raises(ArtifactError, match=f"variants.compiled: {fragment}"):
+            Manifest.from_dict(manifest_dict(variants={COMPILED: {**compiled, **bad}}))
 
 
 def test_unknown_variant_is_ignored_by_this_reader() -> None:
@@ -67,8 +80,10 @@ def test_precision_knob() -> None:
     assert Settings.from_env({"SERVE_PRECISION": "int8"}).worker_env()["SERVE_PRECISION"] == "int8"
     with pytest.raises(SettingsError, match="SERVE_PRECISION='fp16' must be one of fp32, int8"):
         Settings.from_env({"SERVE_PRECISION": "fp16"})
-    with pytest.raises(SettingsError, match="SERVE_GRAPH"):
-        Settings.from_env({"SERVE_GRAPH": "compiled"})
+    assert Settings.from_env({}).graph == "auto"
+    assert Settings.from_env({"SERVE_GRAPH": "Compiled"}).worker_env()["SERVE_GRAPH"] == "compiled"
+    with pytest.raises(SettingsError, match="SERVE_GRAPH='inductor' must be one of auto, compiled"):
+        Settings.from_env({"SERVE_GRAPH": "inductor"})
 
 
 def write_manifest(model_dir: Path, **extra: object) -> Manifest:

@@ -1,0 +1,107 @@
+"""The compiled variant end to end: written by a real training run (``--compile true``, the
+host's g++), equal to the fp32 model, chosen by serving when it loads, and refused (with the
+TorchScript graph instead, or a clear error under ``SERVE_GRAPH=compiled``) when it does not.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from container_serve import inference
+from model_artifact.compiled import COMPILED_FILE, COMPILED_FORMAT, load_compiled
+from model_artifact.manifest import COMPILED, MANIFEST_FILE, ArtifactError, Manifest
+from model_artifact.network import load_artifact
+from model_artifact.quantize import image_batches
+from tests.conftest import SAMPLE_DATA, TrainingRun, run_training_subprocess
+
+pytestmark = pytest.mark.slow
+
+HELD_OUT = sorted((SAMPLE_DATA / "test").glob("*/*.jpg")) + sorted(
+    (SAMPLE_DATA / "valid").glob("*/*.jpg"))
+
+
+@pytest.fixture(scope="module")
+def compiled_run(tmp_path_factory: pytest.TempPathFactory) -> TrainingRun:
+    run = run_training_subprocess(tmp_path_factory.mktemp("compiled_run"), SAMPLE_DATA,
+                                  "--epochs", "1", "--compile", "true")
+    assert run.returncode == 0, run.log[-3000:]
+    return run
+
+
+def _copy(artifact: Path, to: Path) -> Path:
+    shutil.copytree(artifact, to)
+    return to
+
+
+def _edit_variant(model_dir: Path, **fields: object) -> None:
+    path = model_dir / MANIFEST_FILE
+    data = json.loads(path.read_text())
+    data["variants"][COMPILED].update(fields)
+    path.write_text(json.dumps(data))
+
+
+def test_training_writes_the_variant(compiled_run: TrainingRun) -> None:
+    variant = Manifest.read(compiled_run.model_dir).variants[COMPILED]
+    assert variant.file == COMPILED_FILE and variant.format == COMPILED_FORMAT
+    assert (compiled_run.model_dir / COMPILED_FILE).is_file() and len(variant.sha256) == 64
+    assert variant.torch == torch.__version__
+    assert variant.agreement_images == 25 and variant.top1_agreement == 1.0  # the valid split
+    assert variant.max_logit_difference is not None and variant.max_logit_difference < 1e-3
+    assert "compiled variant model_compiled.pt2 in" in compiled_run.log
+
+
+def test_compiled_logits_equal_fp32_at_batch_1_and_batch_5(compiled_run: TrainingRun) -> None:
+    fp32, manifest = load_artifact(compiled_run.model_dir)
+    fp32 = fp32.to(memory_format=torch.channels_last)
+    compiled = load_compiled(compiled_run.model_dir, manifest)
+    with torch.inference_mode():
+        for batch in image_batches(HELD_OUT[:10], manifest.preprocessing, batch_size=5):
+            expected = fp32(batch)
+            torch.testing.assert_close(compiled(batch), expected, atol=1e-3, rtol=1e-3)
+            torch.testing.assert_close(compiled(batch[:1]), expected[:1], atol=1e-3, rtol=1e-3)
+
+
+def test_serving_prefers_the_compiled_graph(compiled_run: TrainingRun,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SERVE_GRAPH", raising=False)
+    auto = inference.model_fn(str(compiled_run.model_dir))
+    monkeypatch.setenv("SERVE_GRAPH", "frozen")
+    frozen = inference.model_fn(str(compiled_run.model_dir))
+    assert (auto.graph, frozen.graph) == ("compiled", "frozen")
+    batch = next(image_batches(HELD_OUT[:4], auto.manifest.preprocessing))
+    with torch.inference_mode():
+        torch.testing.assert_close(auto.model(batch), frozen.model(batch), atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize(("fields", "reason"), [
+    ({"torch": "1.0.0"}, "built by torch 1.0.0"),
+    ({"sha256": "0" * 64}, "sha256 does not match"),
+    ({"format": "aotinductor-arm64"}, "format 'aotinductor-arm64'"),
+])
+def test_an_unusable_variant_falls_back_or_fails_clearly(
+        compiled_run: TrainingRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture, fields: dict, reason: str) -> None:
+    model_dir = _copy(compiled_run.model_dir, tmp_path / "model")
+    _edit_variant(model_dir, **fields)
+    monkeypatch.delenv("SERVE_GRAPH", raising=False)
+    with caplog.at_level("WARNING", logger="container_serve.inference"):
+        served = inference.model_fn(str(model_dir))
+    assert served.graph == "frozen"
+    assert "compiled variant not used" in caplog.text and reason in caplog.text
+    monkeypatch.setenv("SERVE_GRAPH", "compiled")
+    with pytest.raises(ArtifactError, match=reason):
+        inference.model_fn(str(model_dir))
+
+
+def test_compiled_without_a_variant_is_an_error(tiny_artifact: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SERVE_GRAPH", "compiled")
+    with pytest.raises(ArtifactError, match="no compiled variant .*compile=true"):
+        inference.model_fn(str(tiny_artifact))
+    monkeypatch.setenv("SERVE_GRAPH", "auto")
+    assert inference.model_fn(str(tiny_artifact)).graph == "frozen"
