@@ -162,7 +162,8 @@ def _fp32_model(model_dir: str, settings: Settings, example: torch.Tensor
     if settings.graph == "compiled" or (settings.graph == "auto"
                                         and COMPILED in manifest.variants):
         try:
-            return load_compiled(model_dir, manifest), manifest, "compiled"
+            compiled = load_compiled(model_dir, manifest, settings.threads_per_worker)
+            return compiled, manifest, "compiled"
         except ArtifactError as exc:
             if settings.graph == "compiled":
                 raise

@@ -7,6 +7,7 @@ import platform
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -154,9 +155,11 @@ def _reduce(stats: EpochStats, ctx: distributed.Context, gather: bool = False) -
 
 
 def run(config: JobConfig, callbacks: list[Callback] | None = None,
-        ctx: distributed.Context | None = None, figures: bool = True) -> dict[str, float]:
-    """One training job; ``figures=False`` leaves out the plots and report.html (local tuning
-    renders them for its best trial only)."""
+        ctx: distributed.Context | None = None, figures: bool = True,
+        keep_model: Callable[[dict[str, float]], bool] | None = None) -> dict[str, float]:
+    """One training job; ``figures=False`` leaves out the plots and report.html, and
+    ``keep_model(final_metrics)`` returning False leaves out the artifact (local tuning keeps
+    both for its best trial only)."""
     callbacks = callbacks or []
     ctx = ctx or distributed.Context(
         device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
@@ -275,6 +278,12 @@ def run(config: JobConfig, callbacks: list[Callback] | None = None,
     log.info("best epoch %d of %d%s", state.best_epoch, state.epoch,
              " (stopped early)" if stopped_early else "")
 
+    if keep_model is not None and not keep_model(final):
+        log.info("model not written: the caller keeps only better models")
+        reports.write_reports(config.output_data_dir, class_names=classes, history=state.history,
+                              final=final, eval_split=eval_split, labels=scored.labels,
+                              predictions=scored.predictions, figures=figures)
+        return final
     manifest = Manifest(
         architecture="resnet50",
         class_names=tuple(classes),

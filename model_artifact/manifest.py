@@ -51,6 +51,7 @@ class Variant:
     agreement_images: int = 0
     torch: str = ""  # compiled: the torch version whose ABI the file needs
     max_logit_difference: float | None = None  # compiled: largest |logit - fp32 logit| seen
+    threads: int = 0  # compiled: the intra-op threads it was compiled for (0: not recorded)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -63,6 +64,7 @@ class Variant:
             **({"torch": self.torch} if self.torch else {}),
             **({"max_logit_difference": self.max_logit_difference}
                if self.max_logit_difference is not None else {}),
+            **({"threads": self.threads} if self.threads else {}),
         }
 
     @classmethod
@@ -80,7 +82,9 @@ class Variant:
             raise ArtifactError(f"{where}: sha256 must be a string")
         count = data.get("calibration_images", 0)
         checked = data.get("agreement_images", 0)
-        for key, value in (("calibration_images", count), ("agreement_images", checked)):
+        threads = data.get("threads", 0)
+        for key, value in (("calibration_images", count), ("agreement_images", checked),
+                           ("threads", threads)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ArtifactError(f"{where}: {key} must be a non-negative integer")
         agreement = data.get("top1_agreement")
@@ -98,7 +102,7 @@ class Variant:
             raise ArtifactError(f"{where}: max_logit_difference must be a number")
         return cls(file, fmt, sha, count,
                    None if agreement is None else float(agreement), checked, version,
-                   None if difference is None else float(difference))
+                   None if difference is None else float(difference), threads)
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,7 @@ def test_train_compiles_the_served_model_with_the_images_compiler(trained):
     variant = json.loads((trained / "model" / "manifest.json").read_text())["variants"]["compiled"]
     assert variant["format"] == "aotinductor-x86-64-v3-batch1" and variant["torch"]
     assert variant["top1_agreement"] == 1.0 and variant["max_logit_difference"] < 1e-3
+    assert variant["threads"] == 1
     assert (trained / "model" / variant["file"]).stat().st_size > 50_000_000  # weights inside
 
 
@@ -200,7 +201,9 @@ def server(trained):
     port, name = _free_port(), _name("serve")
     env = {**os.environ, "PORT": str(port), "MODEL_DIR": str(trained / "model"),
            "SERVE_IMAGE": SERVE_IMAGE, "SERVE_CONTAINER": name, "DETACH": "1",
-           "DOCKER_RUN_ARGS": "-e SAGEMAKER_MODEL_SERVER_WORKERS=1"}
+           # One thread: what the compiled variant is built for (the default layout is one
+           # worker per CPU with one thread each; one worker alone would take every CPU).
+           "DOCKER_RUN_ARGS": "-e SAGEMAKER_MODEL_SERVER_WORKERS=1 -e SERVE_THREADS_PER_WORKER=1"}
     proc = _run([str(LOCAL_TEST / "serve_local.sh")], env=env, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     try:

@@ -49,7 +49,7 @@ def test_training_writes_the_variant(compiled_run: TrainingRun) -> None:
     variant = Manifest.read(compiled_run.model_dir).variants[COMPILED]
     assert variant.file == COMPILED_FILE and variant.format == COMPILED_FORMAT
     assert (compiled_run.model_dir / COMPILED_FILE).is_file() and len(variant.sha256) == 64
-    assert variant.torch == torch.__version__
+    assert variant.torch == torch.__version__ and variant.threads == 1
     assert variant.agreement_images == 25 and variant.top1_agreement == 1.0  # the valid split
     assert variant.max_logit_difference is not None and variant.max_logit_difference < 1e-3
     assert "compiled variant model_compiled.pt2 in" in compiled_run.log
@@ -69,6 +69,7 @@ def test_compiled_logits_equal_fp32_at_batch_1_and_batch_5(compiled_run: Trainin
 def test_serving_prefers_the_compiled_graph(compiled_run: TrainingRun,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SERVE_GRAPH", raising=False)
+    monkeypatch.setenv("SERVE_THREADS_PER_WORKER", "1")  # what it was compiled for
     auto = inference.model_fn(str(compiled_run.model_dir))
     monkeypatch.setenv("SERVE_GRAPH", "frozen")
     frozen = inference.model_fn(str(compiled_run.model_dir))
@@ -82,6 +83,7 @@ def test_serving_prefers_the_compiled_graph(compiled_run: TrainingRun,
     ({"torch": "1.0.0"}, "built by torch 1.0.0"),
     ({"sha256": "0" * 64}, "sha256 does not match"),
     ({"format": "aotinductor-arm64"}, "format 'aotinductor-arm64'"),
+    ({"threads": 3}, "specialised for 3 thread"),
 ])
 def test_an_unusable_variant_falls_back_or_fails_clearly(
         compiled_run: TrainingRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -89,6 +91,7 @@ def test_an_unusable_variant_falls_back_or_fails_clearly(
     model_dir = _copy(compiled_run.model_dir, tmp_path / "model")
     _edit_variant(model_dir, **fields)
     monkeypatch.delenv("SERVE_GRAPH", raising=False)
+    monkeypatch.setenv("SERVE_THREADS_PER_WORKER", "1")
     with caplog.at_level("WARNING", logger="container_serve.inference"):
         served = inference.model_fn(str(model_dir))
     assert served.graph == "frozen"

@@ -130,6 +130,22 @@ def test_only_the_best_trial_keeps_its_weights(search):
     assert kept == [Path(best["local"]["trial_dir"]).name]
 
 
+def test_trials_write_their_model_only_when_better_than_the_best_so_far(search):
+    """A completed trial that does not beat the best so far skips writing model.pt (94 MB at
+    224 px) instead of writing and deleting it."""
+    best_so_far, decisions = None, []
+    for trial in sorted(search["trials"], key=lambda t: t["number"]):
+        if trial["state"] != "complete":
+            continue
+        log = (search["out"] / f"trial-{trial['number']:03d}" / "train.log").read_text()
+        wrote = "model not written" not in log
+        should = best_so_far is None or trial["value"] < best_so_far  # valid:loss: minimise
+        decisions.append((trial["number"], wrote, should))
+        if should:
+            best_so_far = trial["value"]
+    assert decisions and all(wrote == should for _, wrote, should in decisions), decisions
+
+
 def test_figures_only_for_trials_that_were_best(search):
     """Plots and report.html cost most of a cached trial: only trials that were the best when
     they ended get them; every completed trial keeps its metrics JSON."""

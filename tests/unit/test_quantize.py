@@ -39,12 +39,14 @@ def test_variant_round_trips() -> None:
 def test_compiled_variant_round_trips_with_its_torch_version() -> None:
     compiled = {"file": "model_compiled.pt2", "format": "aotinductor-x86-64-v3-batch1",
                 "sha256": "cd" * 32, "calibration_images": 0, "top1_agreement": 1.0,
-                "agreement_images": 25, "torch": "2.14.1", "max_logit_difference": 2.5e-05}
+                "agreement_images": 25, "torch": "2.14.1", "max_logit_difference": 2.5e-05,
+                "threads": 1}
     manifest = Manifest.from_dict(manifest_dict(variants={INT8: VARIANT, COMPILED: compiled}))
     assert manifest.variants[COMPILED].torch == "2.14.1"
     assert manifest.to_dict()["variants"] == {INT8: VARIANT, COMPILED: compiled}
     for bad, fragment in (({"torch": 2}, "torch must be a string"),
-                          ({"max_logit_difference": "small"}, "max_logit_difference")):
+                          ({"max_logit_difference": "small"}, "max_logit_difference"),
+                          ({"threads": -1}, "threads must be a non-negative integer")):
         with pytest.raises(ArtifactError, match=f"variants.compiled: {fragment}"):
             Manifest.from_dict(manifest_dict(variants={COMPILED: {**compiled, **bad}}))
 
