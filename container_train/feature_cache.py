@@ -19,6 +19,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -78,8 +79,19 @@ def _entry_key(content_sha: str, pre: EvalPreprocessing, view: int, seed: int) -
     return hashlib.sha256(spec.encode()).hexdigest()
 
 
+MEMORY_BUDGET_BYTES = 512 * 1024 * 1024
+
+
 class FeatureStore:
-    """Features on disk, one small file per (image content, preprocessing, view)."""
+    """Features on disk, one small file per (image content, preprocessing, view).
+
+    Entries are content-addressed (backbone fingerprint folder, key from the image's sha256,
+    preprocessing and view), so a file never changes meaning: the process also keeps what it
+    read or wrote in memory, up to MEMORY_BUDGET_BYTES, for the next job in the same process
+    (local tuning's trials: reading 227 files back was a tenth of a cached trial)."""
+
+    _memory: ClassVar[dict[Path, torch.Tensor]] = {}
+    _memory_bytes: ClassVar[int] = 0
 
     def __init__(self, root: Path | None, fingerprint: str):
         self.folder = root / fingerprint if root else None
@@ -88,13 +100,27 @@ class FeatureStore:
         assert self.folder is not None
         return self.folder / key[:2] / f"{key}.pt"
 
+    @classmethod
+    def _remember(cls, path: Path, features: torch.Tensor) -> None:
+        size = features.numel() * features.element_size()
+        if path not in cls._memory and cls._memory_bytes + size <= MEMORY_BUDGET_BYTES:
+            cls._memory[path] = features
+            cls._memory_bytes += size
+
     def get(self, key: str) -> torch.Tensor | None:
-        if self.folder is None or not self._path(key).is_file():
+        if self.folder is None:
+            return None
+        path = self._path(key)
+        if path in self._memory and path.is_file():  # deleted on disk: deleted here too
+            return self._memory[path].clone()
+        if not path.is_file():
             return None
         try:
-            return torch.load(self._path(key), weights_only=True)
+            features = torch.load(path, weights_only=True)
         except Exception:  # a torn write: recompute
             return None
+        self._remember(path, features.clone())
+        return features
 
     def put(self, key: str, features: torch.Tensor) -> None:
         if self.folder is None:
@@ -104,6 +130,7 @@ class FeatureStore:
         tmp = path.with_suffix(".tmp")
         torch.save(features.clone(), tmp)
         tmp.replace(path)
+        self._remember(path, features.clone())
 
 
 @torch.inference_mode()

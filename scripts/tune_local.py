@@ -488,6 +488,10 @@ def tune(args: argparse.Namespace, err: TextIO, out: TextIO) -> int:
     status = "Completed"
     started = time.perf_counter()
     try:
+        # Everything imported so far (torch, optuna, ...) lives as long as the process: freeze
+        # it, so the gc.collect() after each trial scans the trial's objects only (a full
+        # collection was 0.19 s of a 0.9 s cached trial).
+        gc.freeze()
         study.optimize(search.objective_fn(optuna), n_trials=args.max_jobs, catch=(Exception,),
                        gc_after_trial=False)
     except KeyboardInterrupt:

@@ -58,3 +58,18 @@ def test_fast_path_trains_the_same_head_as_the_full_forward(color_data, tmp_path
         # Same maths; only BLAS blocking differs with batch layout (float32 noise).
         assert torch.allclose(fast[key], slow[key], atol=1e-4, rtol=1e-4), key
     assert torch.equal(fast["layer4.0.conv1.weight"], slow["layer4.0.conv1.weight"])
+
+
+def test_the_process_remembers_entries_but_not_deleted_ones(tmp_path):
+    """Content-addressed entries are kept in memory for the next job in the process (local
+    tuning); a file removed from disk is not served from memory."""
+    from container_train.feature_cache import FeatureStore
+
+    store = FeatureStore(tmp_path, "fingerprint")
+    key = "ab" + "0" * 62
+    store.put(key, torch.arange(4.0))
+    path = tmp_path / "fingerprint" / "ab" / f"{key}.pt"
+    path.write_bytes(b"torn")  # memory answers: no unpickling of a broken file
+    assert torch.equal(FeatureStore(tmp_path, "fingerprint").get(key), torch.arange(4.0))
+    path.unlink()
+    assert FeatureStore(tmp_path, "fingerprint").get(key) is None
