@@ -155,10 +155,9 @@ def _freeze(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
         return torch.jit.optimize_for_inference(traced.eval())
 
 
-def _fp32_model(model_dir: str, settings: Settings, example: torch.Tensor
+def _fp32_model(model_dir: str, manifest: Manifest, settings: Settings, example: torch.Tensor
                 ) -> tuple[nn.Module, Manifest, str]:
     """The fp32 network in the form SERVE_GRAPH asks for, with the name of that form."""
-    manifest = Manifest.read(model_dir)
     if settings.graph == "compiled" or (settings.graph == "auto"
                                         and COMPILED in manifest.variants):
         try:
@@ -195,7 +194,7 @@ def model_fn(model_dir: str) -> ServedModel:
         model: nn.Module = load_int8(model_dir, manifest)
         graph = "int8"
     else:
-        model, manifest, graph = _fp32_model(model_dir, settings, example)
+        model, manifest, graph = _fp32_model(model_dir, manifest, settings, example)
     with quiet(), torch.inference_mode():
         # Warm-up: allocation, and TorchScript's profiling runs, before the first client.
         for _ in range(3 if isinstance(model, torch.jit.ScriptModule) else 1):

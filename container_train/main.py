@@ -91,11 +91,12 @@ INT8_CHECK_IMAGES = 128
 
 
 def _write_int8(model_dir: Path, net: nn.Module, manifest: Manifest, splits: dict[str, Split],
-                seed: int) -> None:
+                seed: int) -> Manifest:
     """The optional int8 variant (model_artifact.quantize), calibrated on training images.
 
     A failure here is logged and leaves the fp32 artifact as written: serving with
-    SERVE_PRECISION=int8 then refuses to start and says the variant is missing.
+    SERVE_PRECISION=int8 then refuses to start and says the variant is missing. Returns the
+    manifest as written.
     """
     import random
 
@@ -110,11 +111,12 @@ def _write_int8(model_dir: Path, net: nn.Module, manifest: Manifest, splits: dic
         written = write_int8_variant(model_dir, net, manifest, calibration, check)
     except Exception as exc:  # quantization is optional; the fp32 artifact stays usable
         log.error("int8 variant not written: %s: %s", type(exc).__name__, exc)
-        return
+        return manifest
     variant = written.variants["int8"]
     log.info("int8 variant %s: calibrated on %d training images, top-1 agreement with fp32 "
              "%.4f on %d %s images", variant.file, variant.calibration_images,
              variant.top1_agreement, variant.agreement_images, "valid" if check else "train")
+    return written
 
 
 COMPILED_CHECK_IMAGES = 32
@@ -296,8 +298,7 @@ def run(config: JobConfig, callbacks: list[Callback] | None = None,
     manifest = write_artifact(
         config.model_dir, net.to("cpu", memory_format=torch.contiguous_format), manifest)
     if hp.int8:
-        _write_int8(config.model_dir, net, manifest, splits, hp.seed)
-        manifest = Manifest.read(config.model_dir)  # keep the int8 variant in what follows
+        manifest = _write_int8(config.model_dir, net, manifest, splits, hp.seed)
     if hp.compile:
         _write_compiled(config.model_dir, net, manifest, splits, hp.seed)
     reports.write_reports(config.output_data_dir, class_names=classes, history=state.history,

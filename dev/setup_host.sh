@@ -8,11 +8,13 @@ venv=${VENV:-.venv}
 lock=dev/requirements-host.txt
 
 # multi-model-server is a Java server and nginx stands in front of it (the serving tests start
-# both for real); Chromium opens report.html in a test.
+# both for real); Chromium opens report.html in a test; g++ builds the compiled serving variant
+# (tests/integration/test_compiled.py trains with compile=true).
 packages=()
 command -v java >/dev/null 2>&1 || packages+=(openjdk-17-jre-headless)
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || packages+=(nginx)
 command -v chromium >/dev/null 2>&1 || packages+=(chromium)
+command -v g++ >/dev/null 2>&1 || packages+=(g++)
 if [ ${#packages[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
         --no-install-recommends "${packages[@]}" >/dev/null

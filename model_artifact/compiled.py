@@ -155,13 +155,9 @@ def load_compiled(model_dir: str | os.PathLike[str], manifest: Manifest,
     capability = torch.backends.cpu.get_cpu_capability()
     if capability not in CAPABLE:
         raise ArtifactError(f"compiled variant needs AVX2; this CPU offers {capability}")
-    from model_artifact.network import file_sha256
+    from model_artifact.network import verified_file
 
-    path = Path(model_dir) / variant.file
-    if not path.is_file():
-        raise ArtifactError(f"{path}: compiled model file named by the manifest is missing")
-    if variant.sha256 and file_sha256(path) != variant.sha256:
-        raise ArtifactError(f"{path}: sha256 does not match the manifest")
+    path = verified_file(Path(model_dir) / variant.file, variant.sha256, "compiled model file")
     try:
         with quiet(), _isa_note_silenced():
             runner = torch._inductor.aoti_load_package(str(path))

@@ -30,14 +30,21 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def verified_file(path: Path, sha256: str, what: str) -> Path:
+    """``path`` if it exists and (when the manifest gives one) has that sha256; else
+    ArtifactError naming the file. ``what`` says which file the manifest meant."""
+    if not path.is_file():
+        raise ArtifactError(f"{path}: {what} named by the manifest is missing")
+    if sha256 and file_sha256(path) != sha256:
+        raise ArtifactError(f"{path}: sha256 does not match the manifest")
+    return path
+
+
 def load_artifact(model_dir: str | os.PathLike[str]) -> tuple[nn.Module, Manifest]:
     """Manifest + weights -> a model in eval mode. Errors name the file and what is wrong."""
     manifest = Manifest.read(model_dir)
-    weights_path = Path(model_dir) / manifest.weights_file
-    if not weights_path.is_file():
-        raise ArtifactError(f"{weights_path}: weights file named by the manifest is missing")
-    if manifest.weights_sha256 and file_sha256(weights_path) != manifest.weights_sha256:
-        raise ArtifactError(f"{weights_path}: sha256 does not match the manifest")
+    weights_path = verified_file(Path(model_dir) / manifest.weights_file,
+                                 manifest.weights_sha256, "weights file")
     try:
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncated zip, disallowed globals

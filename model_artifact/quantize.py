@@ -132,13 +132,9 @@ def load_int8(model_dir: str | os.PathLike[str], manifest: Manifest) -> torch.ji
         )
     if variant.format != INT8_FORMAT:
         raise ArtifactError(f"int8 variant format {variant.format!r} is not {INT8_FORMAT!r}")
-    from model_artifact.network import file_sha256
+    from model_artifact.network import verified_file
 
-    path = Path(model_dir) / variant.file
-    if not path.is_file():
-        raise ArtifactError(f"{path}: int8 model file named by the manifest is missing")
-    if variant.sha256 and file_sha256(path) != variant.sha256:
-        raise ArtifactError(f"{path}: sha256 does not match the manifest")
+    path = verified_file(Path(model_dir) / variant.file, variant.sha256, "int8 model file")
     use_x86_engine()
     try:
         with quiet():

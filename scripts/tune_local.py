@@ -307,7 +307,7 @@ class Search:
                     self.table.update(row, final=True)
             self.finals[trial.number] = final
             row.state, row.value = "Completed", value
-            if self.best is None or self.better(value, row_value(self, self.best)):
+            if self._beats_best(value):
                 previous, self.best = self.best, trial.number
                 render_figures(folder / "output")  # plots + report.html: best trials only
                 if previous is not None:
@@ -325,8 +325,10 @@ class Search:
         (writing 94 MB to delete it a moment later was a fifth of a cached trial's time)."""
         if self.keep_models != "best":
             return None
-        return lambda final: self.best is None or self.better(float(final[key]),
-                                                              row_value(self, self.best))
+        return lambda final: self._beats_best(float(final[key]))
+
+    def _beats_best(self, value: float) -> bool:
+        return self.best is None or self.better(value, row_value(self, self.best))
 
     def _drop_model(self, number: int) -> None:
         if self.keep_models == "best":  # model.pt (and any other weights file, e.g. int8)
