@@ -155,11 +155,17 @@ def load_compiled(model_dir: str | os.PathLike[str], manifest: Manifest,
     capability = torch.backends.cpu.get_cpu_capability()
     if capability not in CAPABLE:
         raise ArtifactError(f"compiled variant needs AVX2; this CPU offers {capability}")
+    import torch._inductor.config as inductor_config
+
     from model_artifact.network import verified_file
 
     path = verified_file(Path(model_dir) / variant.file, variant.sha256, "compiled model file")
     try:
-        with quiet(), _isa_note_silenced():
+        # The loader lists this CPU's ISAs only to compare them with the package's (the note
+        # silenced above); torch finds them by compiling a probe per ISA, 7 s per worker where
+        # a C++ compiler is installed. The CPU's flags answer that without compiling.
+        with quiet(), _isa_note_silenced(), inductor_config.patch(
+                {"cpp.vec_isa_ok": True}):
             runner = torch._inductor.aoti_load_package(str(path))
     except Exception as exc:  # not a package, truncated zip, unresolved symbols
         raise ArtifactError(f"{path}: cannot be loaded as an AOTInductor package: "

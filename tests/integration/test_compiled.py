@@ -79,6 +79,31 @@ def test_serving_prefers_the_compiled_graph(compiled_run: TrainingRun,
         torch.testing.assert_close(auto.model(batch), frozen.model(batch), atol=1e-3, rtol=1e-3)
 
 
+def test_loading_runs_no_compiler(compiled_run: TrainingRun,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch's loader lists the CPU's vector ISAs, by default by compiling a probe program per
+    ISA: 7 s of cold start per worker where g++ is installed. load_compiled answers from the
+    CPU's flags instead; a probe here would mean the cold start is back."""
+    from torch._inductor import cpu_vec_isa
+
+    probes: list[str] = []
+    monkeypatch.setattr(cpu_vec_isa.VecISA, "check_build",
+                        lambda isa, code: probes.append(str(isa)) or True)
+
+    def forget() -> None:  # both are functools caches, filled by any earlier compile here
+        cpu_vec_isa.valid_vec_isa_list.cache_clear()
+        cpu_vec_isa.VecISA._VecISA__bool__impl.cache_clear()
+
+    forget()
+    try:
+        model = load_compiled(compiled_run.model_dir, Manifest.read(compiled_run.model_dir))
+    finally:
+        forget()
+    assert probes == []
+    with torch.inference_mode():
+        assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 5)
+
+
 @pytest.mark.parametrize(("fields", "reason"), [
     ({"torch": "1.0.0"}, "built by torch 1.0.0"),
     ({"sha256": "0" * 64}, "sha256 does not match"),
