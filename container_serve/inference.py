@@ -28,10 +28,10 @@ from container_serve.errors import (
 from container_serve.media import IMAGE_TYPES, JSON, unsupported
 from container_serve.settings import Settings
 from model_artifact.compiled import load_compiled
-from model_artifact.manifest import COMPILED, ArtifactError, Manifest
+from model_artifact.manifest import COMPILED, INT8, ArtifactError, Manifest
 from model_artifact.network import load_artifact
 from model_artifact.preprocess import ImageDecodeError, ImageTooLargeError, load_image
-from model_artifact.quantize import load_int8, quiet
+from model_artifact.quantize import agreement_warning, load_int8, quiet
 
 logger = logging.getLogger(__name__)
 ACCEPTABLE = frozenset({JSON, "application/*", "*/*"})
@@ -193,6 +193,8 @@ def model_fn(model_dir: str) -> ServedModel:
     if settings.precision == "int8":
         model: nn.Module = load_int8(model_dir, manifest)
         graph = "int8"
+        if warning := agreement_warning(manifest.variants[INT8]):
+            logger.warning(warning)
     else:
         model, manifest, graph = _fp32_model(model_dir, manifest, settings, example)
     with quiet(), torch.inference_mode():

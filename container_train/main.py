@@ -100,7 +100,7 @@ def _write_int8(model_dir: Path, net: nn.Module, manifest: Manifest, splits: dic
     """
     import random
 
-    from model_artifact.quantize import write_int8_variant
+    from model_artifact.quantize import agreement_warning, write_int8_variant
 
     rng = random.Random(seed)
     train = [path for path, _ in splits["train"].samples]
@@ -116,6 +116,9 @@ def _write_int8(model_dir: Path, net: nn.Module, manifest: Manifest, splits: dic
     log.info("int8 variant %s: calibrated on %d training images, top-1 agreement with fp32 "
              "%.4f on %d %s images", variant.file, variant.calibration_images,
              variant.top1_agreement, variant.agreement_images, "valid" if check else "train")
+    warning = agreement_warning(variant)
+    if warning:
+        log.warning(warning)
     return written
 
 

@@ -34,6 +34,9 @@ INT8_FORMAT = "torchscript-fx-x86-int8"
 BACKEND = "x86"
 DEFAULT_CALIBRATION_IMAGES = 64
 CALIBRATION_BATCH = 16
+# Below this share of top-1 answers in common with fp32, int8 visibly changes what the
+# endpoint answers: training and serving both say so (bench/serve.py holds int8 to it).
+AGREEMENT_BAR = 0.99
 
 
 @contextlib.contextmanager
@@ -114,6 +117,15 @@ def top1_agreement(
     if total == 0:
         raise ArtifactError("top-1 agreement needs at least one image")
     return same / total, total
+
+
+def agreement_warning(variant: Variant) -> str | None:
+    """One line when the variant's recorded top-1 agreement with fp32 is under the bar."""
+    if variant.top1_agreement is None or variant.top1_agreement >= AGREEMENT_BAR:
+        return None
+    return (f"int8 variant gives fp32's top-1 class for {variant.top1_agreement:.1%} of "
+            f"{variant.agreement_images} held-out images (bar {AGREEMENT_BAR:.0%}): its answers "
+            "differ from the fp32 model's; compare them before serving SERVE_PRECISION=int8")
 
 
 def save_int8(module: torch.jit.ScriptModule, path: str | os.PathLike[str]) -> Path:

@@ -10,6 +10,8 @@ which lands near chance, about 0.2-0.5 with 5 classes.
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from model_artifact.manifest import INT8, Manifest
+from container_serve import inference
+from model_artifact.manifest import INT8, MANIFEST_FILE, Manifest
 from model_artifact.network import load_artifact
 from model_artifact.quantize import INT8_FILE, INT8_FORMAT, image_batches, load_int8
 from tests.conftest import SAMPLE_DATA, TrainingRun, run_training_subprocess
@@ -65,6 +68,22 @@ def test_int8_top1_agrees_with_fp32(int8_artifact: Path) -> None:
             b += int8(batch).argmax(1).tolist()
     agreement = sum(x == y for x, y in zip(a, b, strict=True)) / len(a)
     assert len(a) == 49 and agreement >= MIN_AGREEMENT, (agreement, a, b)
+
+
+def test_serving_warns_when_int8_agrees_too_little(
+        int8_artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    model_dir = tmp_path / "model"
+    shutil.copytree(int8_artifact, model_dir)
+    data = json.loads((model_dir / MANIFEST_FILE).read_text())
+    monkeypatch.setenv("SERVE_PRECISION", "int8")
+    for agreement, warned in ((0.9, True), (1.0, False)):
+        data["variants"][INT8]["top1_agreement"] = agreement
+        (model_dir / MANIFEST_FILE).write_text(json.dumps(data))
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="container_serve.inference"):
+            assert inference.model_fn(str(model_dir)).graph == "int8"
+        assert ("gives fp32's top-1 class for 90.0% of 25" in caplog.text) is warned
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,14 @@ from container_serve import inference
 from container_serve.settings import Settings, SettingsError
 from model_artifact.manifest import COMPILED, INT8, ArtifactError, Manifest, Variant
 from model_artifact.preprocess import EvalPreprocessing
-from model_artifact.quantize import INT8_FILE, INT8_FORMAT, load_int8, quantize_int8, save_int8
+from model_artifact.quantize import (
+    INT8_FILE,
+    INT8_FORMAT,
+    agreement_warning,
+    load_int8,
+    quantize_int8,
+    save_int8,
+)
 
 VARIANT = {"file": INT8_FILE, "format": INT8_FORMAT, "sha256": "ab" * 32,
            "calibration_images": 64, "top1_agreement": 0.98, "agreement_images": 49}
@@ -49,6 +56,14 @@ def test_compiled_variant_round_trips_with_its_torch_version() -> None:
                           ({"threads": -1}, "threads must be a non-negative integer")):
         with pytest.raises(ArtifactError, match=f"variants.compiled: {fragment}"):
             Manifest.from_dict(manifest_dict(variants={COMPILED: {**compiled, **bad}}))
+
+
+def test_low_agreement_is_named_in_one_line() -> None:
+    low = agreement_warning(Variant(**{**VARIANT, "top1_agreement": 0.875}))
+    assert low is not None and "\n" not in low
+    assert "87.5% of 49 held-out images" in low and "bar 99%" in low
+    assert agreement_warning(Variant(**{**VARIANT, "top1_agreement": 0.99})) is None
+    assert agreement_warning(Variant(**{**VARIANT, "top1_agreement": None})) is None
 
 
 def test_unknown_variant_is_ignored_by_this_reader() -> None:
