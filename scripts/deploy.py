@@ -13,6 +13,7 @@ ready-to-run ``aws sagemaker-runtime invoke-endpoint`` command.
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import sys
 from datetime import datetime, timezone
@@ -35,6 +36,8 @@ from scripts.train import load_best
 VARIANT = "AllTraffic"
 SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
 SERVERLESS_MEMORY = (1024, 2048, 3072, 4096, 5120, 6144)
+# Accelerated families: container_serve runs the model on the CPU, so these pay for an idle chip.
+ACCELERATED_FAMILY = re.compile(r"^ml\.(g\d|p\d|inf\d|trn\d)")
 CAPTURE_JSON_TYPES = ["application/json"]
 
 
@@ -105,6 +108,15 @@ def check_args(args: argparse.Namespace) -> None:
         raise SettingsError("--capture-percent must be 1-100")
     if args.instance_count < 1:
         raise SettingsError("--instance-count must be at least 1")
+
+
+def instance_note(instance_type: str) -> str | None:
+    """A line for an accelerated instance type: serving would leave its GPU idle."""
+    if not ACCELERATED_FAMILY.match(instance_type):
+        return None
+    return (f"note: {instance_type} has an accelerator, but the serving image runs the model "
+            "on its CPUs (the fastest CPU path: compiled fp32 or int8); the accelerator stays "
+            "idle. A CPU instance type (ml.m5.xlarge, the default, or ml.c6i.xlarge) costs less.")
 
 
 def model_data_url(ctx: driver.Context, args: argparse.Namespace) -> str:
@@ -264,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
             driver.finish(ctx)
             return 0
         name = args.name or default_name()
+        note = None if args.serverless else instance_note(settings.serve_instance_type)
+        if note:
+            ctx.log(note)
         endpoint = create_all(ctx, args, name, model_data_url(ctx, args))
         ctx.log(f"creating endpoint {name}")
         if args.wait and not ctx.dry_run:

@@ -37,6 +37,17 @@ def test_instance_variant_and_endpoint(run_driver):
     assert creates == ["CreateModel", "CreateEndpointConfig", "CreateEndpoint"]
 
 
+@pytest.mark.parametrize(("instance_type", "noted"), [
+    ("ml.g4dn.xlarge", True), ("ml.p3.2xlarge", True), ("ml.inf2.xlarge", True),
+    ("ml.m5.xlarge", False), ("ml.c6i.xlarge", False), ("ml.c6gn.xlarge", False)])
+def test_accelerated_instance_is_noted_not_refused(run_driver, instance_type, noted):
+    result = dry(run_driver, "--model-data", MODEL_DATA, "--instance-type", instance_type)
+    assert result.rc == 0
+    variant = result.only("CreateEndpointConfig")["ProductionVariants"][0]
+    assert variant["InstanceType"] == instance_type  # the user's choice stands
+    assert (f"note: {instance_type} has an accelerator" in result.err) is noted
+
+
 def test_serverless_variant_and_data_capture(run_driver):
     config = dry(run_driver, "--model-data", MODEL_DATA, "--serverless", "4096:5",
                  "--data-capture", f"s3://{BUCKET}/capture", "--capture-percent", "20") \
