@@ -66,16 +66,22 @@ def _inductor_settings(cache_dir: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _isa_note_silenced() -> Iterator[None]:
-    """torch warns when the loading CPU's ISA list differs from the compiling one's; the
-    package targets x86-64-v3 on purpose (checked above), so that difference is expected."""
+def _isa_comparison_quieted() -> Iterator[None]:
+    """The loader compares this CPU's ISA list with the compiling one's and warns when they
+    differ; the package targets x86-64-v3 on purpose (checked in load_compiled), so the
+    difference is expected and the note is silenced. torch finds the list by compiling a probe
+    program per ISA (7 s per worker where a C++ compiler is installed); for a comparison that
+    is only logged, the CPU's flags answer it without compiling (``cpp.vec_isa_ok``)."""
     import logging
+
+    import torch._inductor.config as inductor_config
 
     note = logging.getLogger("torch.export.pt2_archive._package")
     level = note.level
     note.setLevel(logging.ERROR)
     try:
-        yield
+        with inductor_config.patch({"cpp.vec_isa_ok": True}):
+            yield
     finally:
         note.setLevel(level)
 
@@ -155,17 +161,11 @@ def load_compiled(model_dir: str | os.PathLike[str], manifest: Manifest,
     capability = torch.backends.cpu.get_cpu_capability()
     if capability not in CAPABLE:
         raise ArtifactError(f"compiled variant needs AVX2; this CPU offers {capability}")
-    import torch._inductor.config as inductor_config
-
     from model_artifact.network import verified_file
 
     path = verified_file(Path(model_dir) / variant.file, variant.sha256, "compiled model file")
     try:
-        # The loader lists this CPU's ISAs only to compare them with the package's (the note
-        # silenced above); torch finds them by compiling a probe per ISA, 7 s per worker where
-        # a C++ compiler is installed. The CPU's flags answer that without compiling.
-        with quiet(), _isa_note_silenced(), inductor_config.patch(
-                {"cpp.vec_isa_ok": True}):
+        with quiet(), _isa_comparison_quieted():
             runner = torch._inductor.aoti_load_package(str(path))
     except Exception as exc:  # not a package, truncated zip, unresolved symbols
         raise ArtifactError(f"{path}: cannot be loaded as an AOTInductor package: "

@@ -43,6 +43,20 @@ def run_training_subprocess(root: Path, data_dir: Path, *extra: str) -> Training
     return TrainingRun(model_dir, out_dir, ckpt, proc.stdout + proc.stderr, proc.returncode)
 
 
+# The sample photos no training run learns from (test + valid): 49 images for agreement checks.
+HELD_OUT = sorted((SAMPLE_DATA / "test").glob("*/*.jpg")) + sorted(
+    (SAMPLE_DATA / "valid").glob("*/*.jpg"))
+
+
+def sample_run(tmp_path_factory: pytest.TempPathFactory, name: str, *extra: str) -> TrainingRun:
+    """One real 1-epoch run on the bundled sample data (plus ``extra`` arguments) that must
+    succeed: the shared start of the fixtures that test what a training job writes."""
+    run = run_training_subprocess(tmp_path_factory.mktemp(name), SAMPLE_DATA, "--epochs", "1",
+                                  *extra)
+    assert run.returncode == 0, run.log[-3000:]
+    return run
+
+
 @pytest.fixture(scope="session")
 def sample_data() -> Path:
     return SAMPLE_DATA
@@ -51,10 +65,7 @@ def sample_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TrainingRun:
     """One real 1-epoch run of the training code on the bundled sample data (5 classes)."""
-    run = run_training_subprocess(tmp_path_factory.mktemp("tiny_run"), SAMPLE_DATA,
-                                  "--epochs", "1")
-    assert run.returncode == 0, run.log[-3000:]
-    return run
+    return sample_run(tmp_path_factory, "tiny_run")
 
 
 @pytest.fixture(scope="session")

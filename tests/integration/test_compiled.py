@@ -17,20 +17,15 @@ from model_artifact.compiled import COMPILED_FILE, COMPILED_FORMAT, load_compile
 from model_artifact.manifest import COMPILED, MANIFEST_FILE, ArtifactError, Manifest
 from model_artifact.network import load_artifact
 from model_artifact.quantize import image_batches
-from tests.conftest import SAMPLE_DATA, TrainingRun, run_training_subprocess
+from tests.conftest import HELD_OUT, TrainingRun, sample_run
 
 pytestmark = pytest.mark.slow
 
-HELD_OUT = sorted((SAMPLE_DATA / "test").glob("*/*.jpg")) + sorted(
-    (SAMPLE_DATA / "valid").glob("*/*.jpg"))
 
 
 @pytest.fixture(scope="module")
 def compiled_run(tmp_path_factory: pytest.TempPathFactory) -> TrainingRun:
-    run = run_training_subprocess(tmp_path_factory.mktemp("compiled_run"), SAMPLE_DATA,
-                                  "--epochs", "1", "--compile", "true")
-    assert run.returncode == 0, run.log[-3000:]
-    return run
+    return sample_run(tmp_path_factory, "compiled_run", "--compile", "true")
 
 
 def _copy(artifact: Path, to: Path) -> Path:

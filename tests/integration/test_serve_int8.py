@@ -23,22 +23,17 @@ from container_serve import inference
 from model_artifact.manifest import INT8, MANIFEST_FILE, Manifest
 from model_artifact.network import load_artifact
 from model_artifact.quantize import INT8_FILE, INT8_FORMAT, image_batches, load_int8
-from tests.conftest import SAMPLE_DATA, TrainingRun, run_training_subprocess
+from tests.conftest import HELD_OUT, TrainingRun, sample_run
 from tests.integration.test_serve_mms import Server, run_serve, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
-HELD_OUT = sorted((SAMPLE_DATA / "test").glob("*/*.jpg")) + sorted(
-    (SAMPLE_DATA / "valid").glob("*/*.jpg"))
 MIN_AGREEMENT = 0.9
 
 
 @pytest.fixture(scope="module")
 def int8_run(tmp_path_factory: pytest.TempPathFactory) -> TrainingRun:
-    run = run_training_subprocess(tmp_path_factory.mktemp("int8_run"), SAMPLE_DATA,
-                                  "--epochs", "1", "--int8", "true")
-    assert run.returncode == 0, run.log[-3000:]
-    return run
+    return sample_run(tmp_path_factory, "int8_run", "--int8", "true")
 
 
 @pytest.fixture(scope="module")
