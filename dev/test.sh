@@ -13,6 +13,24 @@ start=$(date +%s)
 # A full run writes about 5 GB of checkpoints and artifacts under $TMPDIR (pytest keeps only
 # failed tests' directories) and needs room for the images; a full disk otherwise shows up as
 # an obscure "iostream error" from torch.save in the middle of the run.
+# What the tests need beyond `make demo` (the host tests run multi-model-server on Java, nginx
+# and Chromium; the container tests a local registry and docker-compose), said before any
+# long step: as root on Debian/Ubuntu the set-up below installs the missing ones.
+step "prerequisites"
+missing=()
+for tool in java nginx chromium g++ shellcheck docker-compose docker-registry; do
+    command -v "$tool" >/dev/null || [[ -x "/usr/sbin/$tool" ]] || missing+=("$tool")
+done
+if [[ ${#missing[@]} -eq 0 ]]; then
+    echo "make test: everything it needs is installed"
+elif [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null; then
+    echo "make test: will install ${missing[*]} with apt-get (root), and Docker if no daemon answers"
+else
+    echo "make test needs ${missing[*]}: run it as root on Debian/Ubuntu (it installs them)," \
+         "or install them first; \`make demo\` needs only Docker and curl" >&2
+    exit 1
+fi
+
 step "free disk"
 tmp=$(python3 -c 'import tempfile; print(tempfile.gettempdir())')
 free_gb=$(df -P --block-size=1G "$tmp" | awk 'NR == 2 {print $4}')
@@ -42,7 +60,7 @@ step "contract tests (drivers against captured AWS requests)"
 
 if [[ "${SKIP_CONTAINER:-0}" != 1 ]]; then
     step "docker daemon and images"
-    bash dev/setup_docker.sh
+    bash dev/setup_docker.sh --for-tests
     step "container tests (real images, run as SageMaker runs them)"
     # Required here: a missing daemon or image fails the run instead of skipping tests.
     CONTAINER_TESTS_REQUIRED=1 .venv/bin/python -m pytest tests/container -q -p no:cacheprovider
