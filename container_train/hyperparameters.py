@@ -69,8 +69,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("image-size", "int", 224, "side of the square crop fed to the network", low=32,
          high=1024),
     Spec("weights", "str", "imagenet",
-         "imagenet (torchvision weights from the local torch cache), none (random init), or "
-         "a file name in the 'pretrained' channel"),
+         "imagenet (torchvision weights from the local torch cache), none (random init), auto "
+         "(imagenet when the image holds those weights, else none; the manifest records which), "
+         "or a file name in the 'pretrained' channel"),
     Spec("augment", "bool", True,
          "random resized crop + horizontal flip on training images (false: evaluation "
          "preprocessing only)"),

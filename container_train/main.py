@@ -33,6 +33,7 @@ from container_train.model import (
     count_parameters,
     create_model,
     initial_weights_path,
+    resolve_auto_weights,
     set_train_mode,
 )
 from model_artifact.manifest import ArtifactError, Manifest
@@ -186,7 +187,8 @@ def run(config: JobConfig, callbacks: list[Callback] | None = None,
     pre = EvalPreprocessing.for_image_size(hp.image_size)
     classes, splits = _load_splits(config, pre, workers)
 
-    net = create_model(len(classes), initial_weights_path(hp.weights, config.pretrained_dir))
+    weights = resolve_auto_weights(hp.weights)  # the manifest records what auto became
+    net = create_model(len(classes), initial_weights_path(weights, config.pretrained_dir))
     params = apply_freezing(net, hp.trainable_stages)
     trainable, total = count_parameters(net)
     log.info("resnet50, %d classes, trainable-layers=%s: %d of %d parameters train",
@@ -195,7 +197,7 @@ def run(config: JobConfig, callbacks: list[Callback] | None = None,
     criterion = nn.CrossEntropyLoss()
     optimizer = _make_optimizer(params, hp)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=hp.epochs)
-    hp_dict = hp.to_dict()
+    hp_dict = {**hp.to_dict(), "weights": weights}
     state = checkpoint.load_if_compatible(
         config.checkpoint_dir, model=net, optimizer=optimizer, scheduler=scheduler,
         class_names=classes, hyperparameters=hp_dict) or checkpoint.TrainingState()

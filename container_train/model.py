@@ -52,8 +52,22 @@ def _load_backbone(model: nn.Module, path: Path) -> None:
     log.info("loaded backbone weights from %s", path)
 
 
+def resolve_auto_weights(weights: str) -> str:
+    """weights=auto -> imagenet when the image holds the ImageNet weights, else none (logged:
+    a model trained from random init on a small data set predicts little)."""
+    if weights != "auto":
+        return weights
+    if imagenet_weights_path() is not None:
+        log.info("weights=auto: using the ImageNet weights baked into the image")
+        return "imagenet"
+    log.warning("weights=auto: this image has no ImageNet weights, training from random init "
+                "(predictions on a small data set will not be meaningful)")
+    return "none"
+
+
 def initial_weights_path(weights: str, pretrained_dir: Path | None) -> Path | None:
     """Resolve the `weights` hyperparameter to a file (None = random init)."""
+    weights = resolve_auto_weights(weights)
     if weights == "none":
         return None
     if weights == "imagenet":
@@ -69,7 +83,7 @@ def initial_weights_path(weights: str, pretrained_dir: Path | None) -> Path | No
     if pretrained_dir is None:
         raise TrainingError(
             f"weights={weights!r} names a file, but the job has no 'pretrained' channel "
-            "(valid values: imagenet, none, or a file name in the 'pretrained' channel)"
+            "(valid values: auto, imagenet, none, or a file name in the 'pretrained' channel)"
         )
     path = pretrained_dir / weights
     if not path.is_file():
