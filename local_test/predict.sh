@@ -13,7 +13,7 @@ FILE="${1:?usage: predict.sh FILE [CONTENT_TYPE]}"
 if [[ $# -ge 2 ]]; then
     TYPE="$2"
 else
-    case "${FILE,,}" in
+    case "$(printf '%s' "$FILE" | tr '[:upper:]' '[:lower:]')" in
         *.jpg|*.jpeg) TYPE=image/jpeg ;;
         *.png) TYPE=image/png ;;
         *.webp) TYPE=image/webp ;;
