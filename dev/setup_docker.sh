@@ -65,7 +65,7 @@ start_dockerd() {
 ensure_docker() {
     docker info >/dev/null 2>&1 && return 0
     local why=""
-    command -v docker >/dev/null && why="$(docker info 2>&1 | grep -iE 'permission denied|cannot connect' | head -1)"
+    command -v docker >/dev/null && why="$(docker info 2>&1 | grep -iE 'permission denied|cannot connect' | head -1 || true)"
     if [[ "$why" == *"ermission denied"* ]]; then
         die "you may not use the Docker daemon's socket: add yourself to the docker group" \
             "(sudo usermod -aG docker \$USER, then log in again) or use Docker Desktop"
