@@ -231,7 +231,7 @@ def wait_in_service(ctx: driver.Context, endpoint: Any, timeout: int) -> None:
             f"endpoint {endpoint.endpoint_name} is {described.get('EndpointStatus')}: "
             f"{described.get('FailureReason', 'no reason given')} (see the CloudWatch log group "
             f"/aws/sagemaker/Endpoints/{endpoint.endpoint_name}); tear down with "
-            f"python scripts/deploy.py --delete {endpoint.endpoint_name}") from None
+            f"python scripts/deploy.py --delete {endpoint.endpoint_name} --yes") from None
     except TimeoutExceededError:
         raise driver.DriverError(f"endpoint {endpoint.endpoint_name} not InService after "
                                  f"{timeout}s; it keeps being created") from None

@@ -160,7 +160,7 @@ def test_failed_endpoint_reports_the_reason(run_driver, monkeypatch):
     result = run_driver(deploy, [*AWS_SETTINGS, "--name", "ep-1", "--model-data", MODEL_DATA],
                         live_responses(endpoint("Failed", reason)))
     assert result.rc == 1
-    assert reason in result.err and "--delete ep-1" in result.err
+    assert reason in result.err and "--delete ep-1 --yes" in result.err
 
 
 ARN = {"endpoint": f"arn:aws:sagemaker:{REGION}:1:endpoint/ep-1",
