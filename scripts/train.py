@@ -342,14 +342,15 @@ def debugger_refusal(exc: Exception) -> str | None:
     if not isinstance(exc, ClientError):
         return None
     err = exc.response.get("Error", {})
-    message = str(err.get("Message", ""))
+    message = " ".join(str(err.get("Message", "")).split())
     if err.get("Code") not in DEBUGGER_REFUSAL_CODES:
         return None
-    if not any(word in message for word in ("Debugger", "Profiler", *DEBUGGER_FIELDS)):
+    words = ("debugger", "profiler", *(f.lower() for f in DEBUGGER_FIELDS))
+    if not any(word in message.lower() for word in words):
         return None
     return (f"SageMaker refused the Debugger part of the request ({err.get('Code')}: "
-            f"{' '.join(message.split())}): this account cannot use SageMaker Debugger, run "
-            "again without --debugger (report.html, findings and TensorBoard need nothing "
+            f"{message}); SageMaker Debugger is closed to accounts opened after 2026-07-30: "
+            "run again without --debugger (report.html, findings and TensorBoard need nothing "
             "from it)")
 
 

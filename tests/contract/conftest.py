@@ -11,7 +11,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from scripts.requests_log import ApiRecorder
 REQUIRED_ENV = "CONTRACT_TESTS_REQUIRED"
 
 
-def contract_tests_required(env: dict[str, str] | os._Environ[str] = os.environ) -> bool:
+def contract_tests_required(env: Mapping[str, str] = os.environ) -> bool:
     """CONTRACT_TESTS_REQUIRED=1 (dev/test.sh) or CI=true: no silent skip."""
     return env.get(REQUIRED_ENV) == "1" or env.get("CI", "").lower() in ("true", "1")
 

@@ -105,6 +105,7 @@ def refused(message: str, code: str = "ValidationException") -> dict:
                             "Remove DebugHookConfig and DebugRuleConfigurations."),
     ("AccessDeniedException", "Access to SageMaker Debugger is denied for new customers"),
     ("ValidationException", "ProfilerConfig is not supported for this account"),
+    ("AccessDenied", "The account is not allow-listed\nfor the debugger feature"),
 ])
 def test_debugger_refusal_says_in_one_line_to_drop_the_flag(run_driver, code, message):
     result = run_driver(train, [*AWS_SETTINGS, "--data", DATA, "--job-name", "train-1",
