@@ -56,7 +56,7 @@ step "unit + integration tests"
 .venv/bin/python -m pytest tests/unit tests/integration -q -p no:cacheprovider
 
 step "contract tests (drivers against captured AWS requests)"
-.venv-drivers/bin/python -m pytest tests/contract -q -p no:cacheprovider
+CONTRACT_TESTS_REQUIRED=1 .venv-drivers/bin/python -m pytest tests/contract -q -p no:cacheprovider
 
 if [[ "${SKIP_CONTAINER:-0}" != 1 ]]; then
     step "docker daemon and images"

@@ -4,10 +4,12 @@
     python scripts/deploy.py --training-job resnet-train-261127-2015
     python scripts/deploy.py --model-data s3://BUCKET/.../model.tar.gz --serverless 4096:5
     python scripts/deploy.py --from-best best_training_job.json --autoscale 1:4
-    python scripts/deploy.py --delete resnet-serve-261127-2040
+    python scripts/deploy.py --delete resnet-serve-261127-2040 --yes
 
 Waits until the endpoint is InService (or reports why it failed), then prints its name and a
-ready-to-run ``aws sagemaker-runtime invoke-endpoint`` command.
+ready-to-run ``aws sagemaker-runtime invoke-endpoint`` command. The model, endpoint config and
+endpoint carry the tag ``sagemaker-resnet50:created-by``; ``--delete`` removes only what carries
+it, after ``--yes`` or a yes on the terminal.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import re
 import shlex
 import sys
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,11 @@ SERVERLESS_MEMORY = (1024, 2048, 3072, 4096, 5120, 6144)
 # Accelerated families: container_serve runs the model on the CPU, so these pay for an idle chip.
 ACCELERATED_FAMILY = re.compile(r"^ml\.(g\d|p\d|inf\d|trn\d)")
 CAPTURE_JSON_TYPES = ["application/json"]
+# Set on everything deploy.py creates; --delete touches nothing without it.
+OWNER_TAG = {"Key": "sagemaker-resnet50:created-by", "Value": "scripts/deploy.py"}
+# The serving container checks the artifact's manifest.json against this sha256 (docs/artifact.md).
+MANIFEST_SHA256_ENV = "SERVE_MANIFEST_SHA256"
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 def _pair(text: str, what: str) -> tuple[int, int]:
@@ -65,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--env", action="append", metavar="NAME=VALUE",
                    help="environment of the serving container (e.g. SAGEMAKER_MODEL_SERVER_"
                         "WORKERS=2); repeatable")
+    m.add_argument("--manifest-sha256", type=sha256_type, metavar="HEX",
+                   help=f"pin the artifact: sets {MANIFEST_SHA256_ENV}, the serving container "
+                        "refuses a model.tar.gz whose manifest.json has another sha256 (the "
+                        "training job logs manifest_sha256=HEX)")
+    m.add_argument("--yes", action="store_true",
+                   help="with --delete: delete without asking (needed when not on a terminal)")
     e = p.add_argument_group("endpoint")
     e.add_argument("--name", help="endpoint, config and model name (default resnet-serve-TIME)")
     e.add_argument("--instance-count", type=int, default=1)
@@ -82,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="return once the endpoint is being created")
     e.add_argument("--timeout", type=int, default=1800, help="seconds to wait for InService")
     return p
+
+
+def sha256_type(text: str) -> str:
+    value = text.strip().lower()
+    if not SHA256_RE.match(value):
+        raise argparse.ArgumentTypeError(f"--manifest-sha256 takes 64 hex digits, got {text!r}")
+    return value
 
 
 def default_name() -> str:
@@ -108,6 +129,23 @@ def check_args(args: argparse.Namespace) -> None:
         raise SettingsError("--capture-percent must be 1-100")
     if args.instance_count < 1:
         raise SettingsError("--instance-count must be at least 1")
+    container_environment(args)  # --env / --manifest-sha256 conflicts, before any call
+    if args.delete and not (args.yes or args.dry_run or sys.stdin.isatty()):
+        raise SettingsError(f"--delete {args.delete} deletes an endpoint: add --yes (nothing "
+                            "asks for confirmation when not on a terminal; --dry-run shows "
+                            "what would be deleted)")
+
+
+def container_environment(args: argparse.Namespace) -> dict[str, str]:
+    """--env pairs, plus the manifest pin of --manifest-sha256."""
+    env = driver.parse_key_values(args.env, "--env")
+    if args.manifest_sha256:
+        given = env.get(MANIFEST_SHA256_ENV, args.manifest_sha256).lower()
+        if given != args.manifest_sha256:
+            raise SettingsError(f"--manifest-sha256 and --env {MANIFEST_SHA256_ENV}=... "
+                                "disagree: give one")
+        env[MANIFEST_SHA256_ENV] = args.manifest_sha256
+    return env
 
 
 def instance_note(instance_type: str) -> str | None:
@@ -164,19 +202,22 @@ def create_all(ctx: driver.Context, args: argparse.Namespace, name: str, data_ur
 
     s = ctx.settings
     common = {"session": ctx.boto_session, "region": ctx.region}
+    tags = [shapes.Tag(key=OWNER_TAG["Key"], value=OWNER_TAG["Value"])]
     Model.create(
         model_name=name,
         primary_container=shapes.ContainerDefinition(
             image=s.serve_image, model_data_url=data_url,
-            environment=driver.parse_key_values(args.env, "--env")),
+            environment=container_environment(args)),
         execution_role_arn=s.role,
+        tags=tags,
         **common,
     )
     # CreateEndpointConfig goes through boto3: SDK v3 3.27 serializes the serverless
     # memory_size_in_mb as "MemorySizeInMb" (the API wants "MemorySizeInMB"), which boto3
     # rejects, so EndpointConfig.create cannot make a serverless endpoint.
-    ctx.client("sagemaker").create_endpoint_config(**endpoint_config_request(args, name, s))
-    return Endpoint.create(endpoint_name=name, endpoint_config_name=name, **common)
+    ctx.client("sagemaker").create_endpoint_config(**endpoint_config_request(args, name, s),
+                                                   Tags=[dict(OWNER_TAG)])
+    return Endpoint.create(endpoint_name=name, endpoint_config_name=name, tags=tags, **common)
 
 
 def wait_in_service(ctx: driver.Context, endpoint: Any, timeout: int) -> None:
@@ -190,7 +231,7 @@ def wait_in_service(ctx: driver.Context, endpoint: Any, timeout: int) -> None:
             f"endpoint {endpoint.endpoint_name} is {described.get('EndpointStatus')}: "
             f"{described.get('FailureReason', 'no reason given')} (see the CloudWatch log group "
             f"/aws/sagemaker/Endpoints/{endpoint.endpoint_name}); tear down with "
-            f"python scripts/deploy.py --delete {endpoint.endpoint_name}") from None
+            f"python scripts/deploy.py --delete {endpoint.endpoint_name} --yes") from None
     except TimeoutExceededError:
         raise driver.DriverError(f"endpoint {endpoint.endpoint_name} not InService after "
                                  f"{timeout}s; it keeps being created") from None
@@ -222,31 +263,100 @@ def autoscale(ctx: driver.Context, endpoint: str, low: int, high: int, target: f
     )
 
 
-def delete_all(ctx: driver.Context, name: str) -> None:
+@dataclass
+class Teardown:
+    """What --delete removes (only resources tagged OWNER_TAG) and what it keeps."""
+
+    endpoint: str
+    config: str | None = None
+    models: tuple[str, ...] = ()
+    targets: tuple[dict[str, Any], ...] = ()
+    kept: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        parts = [f"endpoint {self.endpoint}"]
+        parts += [f"endpoint config {self.config}"] if self.config else []
+        parts += [f"model {m}" for m in self.models]
+        parts += [f"autoscaling of {t['ResourceId']}" for t in self.targets]
+        return ", ".join(parts)
+
+
+def created_here(ctx: driver.Context, arn: str) -> bool:
+    """Whether the resource carries OWNER_TAG (a dry run reads no tags: assumed, and said)."""
+    if ctx.dry_run:
+        return True
+    pages = ctx.client("sagemaker").get_paginator("list_tags").paginate(ResourceArn=arn)
+    return any(t.get("Key") == OWNER_TAG["Key"] for page in pages for t in page.get("Tags", []))
+
+
+def plan_teardown(ctx: driver.Context, name: str) -> Teardown:
+    """Read the endpoint, its config, models and autoscaling; refuse an endpoint deploy.py did
+    not create, keep a config or model it did not create."""
+    sm = ctx.client("sagemaker")
+    endpoint = sm.describe_endpoint(EndpointName=name)
+    if not created_here(ctx, endpoint["EndpointArn"]):
+        raise driver.DriverError(
+            f"refusing to delete endpoint {name}: deploy.py did not create it (no tag "
+            f"{OWNER_TAG['Key']}); delete it the way it was made (console, aws sagemaker "
+            "delete-endpoint)")
+    config_name = endpoint.get("EndpointConfigName") or name  # (a dry run knows no config)
+    config = sm.describe_endpoint_config(EndpointConfigName=config_name)
+    # a dry run reads placeholder variants: deploy.py names model and config alike
+    names = sorted({v["ModelName"] for v in config.get("ProductionVariants", [])}) or \
+        ([config_name] if ctx.dry_run else [])
+    kept = []
+    ours_config = created_here(ctx, config["EndpointConfigArn"])
+    if not ours_config:
+        kept.append(f"endpoint config {config_name}")
+    models = []
+    for model in names:
+        if created_here(ctx, sm.describe_model(ModelName=model)["ModelArn"]):
+            models.append(model)
+        else:
+            kept.append(f"model {model}")
+    pages = ctx.client("application-autoscaling").get_paginator(
+        "describe_scalable_targets").paginate(ServiceNamespace="sagemaker",
+                                              ResourceIds=[resource_id(name)])
+    targets = tuple(t for page in pages for t in page.get("ScalableTargets", []))
+    return Teardown(name, config_name if ours_config else None, tuple(models), targets,
+                    tuple(kept))
+
+
+def confirm(plan: Teardown) -> None:
+    """Ask on the terminal (check_args made sure there is one when --yes is missing)."""
+    answer = input(f"delete {plan.describe()}? [y/N] ").strip().lower()
+    if answer not in ("y", "yes"):
+        raise driver.DriverError("nothing deleted (answer y to delete, or pass --yes)")
+
+
+def delete_all(ctx: driver.Context, name: str, yes: bool) -> None:
     """Autoscaling target, endpoint, endpoint config, models; each reported as it goes."""
     from botocore.exceptions import ClientError
 
+    plan = plan_teardown(ctx, name)
+    if ctx.dry_run:
+        ctx.log(f"would check that each carries the tag {OWNER_TAG['Key']} (an untagged "
+                "endpoint is refused, an untagged config or model kept)")
+    elif not yes:
+        confirm(plan)
+    for kept in plan.kept:
+        ctx.log(f"{kept} kept: deploy.py did not create it (no tag {OWNER_TAG['Key']})")
     sm = ctx.client("sagemaker")
-    endpoint = sm.describe_endpoint(EndpointName=name)
-    config_name = endpoint.get("EndpointConfigName") or name  # (a dry run knows no config)
-    config = sm.describe_endpoint_config(EndpointConfigName=config_name)
-    models = sorted({v["ModelName"] for v in config.get("ProductionVariants", [])})
     aas = ctx.client("application-autoscaling")
-    targets = aas.describe_scalable_targets(ServiceNamespace="sagemaker",
-                                            ResourceIds=[resource_id(name)])
-    for target in targets.get("ScalableTargets", []):
+    for target in plan.targets:
         aas.deregister_scalable_target(ServiceNamespace="sagemaker",
                                        ResourceId=target["ResourceId"],
                                        ScalableDimension=target["ScalableDimension"])
-        ctx.log(f"deregistered autoscaling of {target['ResourceId']}")
+        ctx.did("deregister", f"autoscaling of {target['ResourceId']}")
     sm.delete_endpoint(EndpointName=name)
-    ctx.log(f"deleted endpoint {name}")
-    sm.delete_endpoint_config(EndpointConfigName=config_name)
-    ctx.log(f"deleted endpoint config {config_name}")
-    for model in models:
+    ctx.did("delete", f"endpoint {name}")
+    if plan.config:
+        sm.delete_endpoint_config(EndpointConfigName=plan.config)
+        ctx.did("delete", f"endpoint config {plan.config}")
+    for model in plan.models:
         try:
             sm.delete_model(ModelName=model)
-            ctx.log(f"deleted model {model}")
+            ctx.did("delete", f"model {model}")
         except ClientError as exc:  # shared with another endpoint, or already gone
             ctx.log(f"model {model} kept: {exc.response['Error'].get('Message')}")
 
@@ -272,21 +382,23 @@ def main(argv: list[str] | None = None) -> int:
         settings = resolve(args, required, image="serve")
         ctx = driver.open_context(settings, args.dry_run)
         if args.delete:
-            delete_all(ctx, args.delete)
+            delete_all(ctx, args.delete, args.yes)
             driver.finish(ctx)
             return 0
         name = args.name or default_name()
         note = None if args.serverless else instance_note(settings.serve_instance_type)
         if note:
             ctx.log(note)
+        driver.complete_settings(ctx, ["role"])
         endpoint = create_all(ctx, args, name, model_data_url(ctx, args))
-        ctx.log(f"creating endpoint {name}")
+        ctx.did("create", f"model, endpoint config and endpoint {name} (tagged "
+                f"{OWNER_TAG['Key']})")
         if args.wait and not ctx.dry_run:
             wait_in_service(ctx, endpoint, args.timeout)
         if args.autoscale:
             autoscale(ctx, name, *args.autoscale, args.target_invocations)
-            ctx.log(f"autoscaling {args.autoscale[0]}-{args.autoscale[1]} instances at "
-                    f"{args.target_invocations:g} invocations/instance/minute")
+            ctx.did("register", f"autoscaling {args.autoscale[0]}-{args.autoscale[1]} "
+                    f"instances at {args.target_invocations:g} invocations/instance/minute")
         if ctx.dry_run:
             driver.finish(ctx)
             return 0

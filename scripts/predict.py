@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as `python scripts/predict.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scripts.requests_log import to_jsonable
-from scripts.settings import SettingsError
+from scripts.settings import SettingsError, add_profile_argument
 
 ACCEPT = "application/json"
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
@@ -61,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--endpoint", help="SageMaker endpoint name (needs boto3 and a region)")
     target.add_argument("--url", help="a local server, e.g. http://localhost:8080 "
                                       "(/invocations is added when the path is empty)")
-    p.add_argument("--region", help="AWS region (env AWS_REGION / AWS_DEFAULT_REGION)")
+    p.add_argument("--region", help="AWS region (env AWS_REGION / AWS_DEFAULT_REGION; else "
+                                    "the profile's region)")
+    add_profile_argument(p)
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--content-type", help="override the content type of every file")
     p.add_argument("--json", action="store_true", help="print the raw responses as JSON")

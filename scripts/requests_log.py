@@ -196,11 +196,14 @@ class ApiRecorder:
         return json.dumps(self.requests(include_reads=include_reads), indent=2, sort_keys=False)
 
 
-def make_session(region: str, recorder: ApiRecorder, guard: NetworkGuard | None = None) -> Any:
-    """A boto3 session for ``region`` whose every call goes through ``recorder``.
+def make_session(region: str, recorder: ApiRecorder, guard: NetworkGuard | None = None,
+                 profile: str | None = None) -> Any:
+    """A boto3 session for ``region`` (credentials of ``profile``, else boto3's usual chain)
+    whose every call goes through ``recorder``.
 
-    In dry-run mode the session gets placeholder credentials (nothing is signed or sent) and
-    a guard that refuses any request made outside it.
+    In dry-run mode the session gets placeholder credentials (nothing is signed or sent, so
+    the profile's credentials are not needed) and a guard that refuses any request made
+    outside it.
     """
     import boto3
 
@@ -209,6 +212,6 @@ def make_session(region: str, recorder: ApiRecorder, guard: NetworkGuard | None 
                                         aws_secret_access_key="dry-run")
         (guard or NetworkGuard()).install()
     else:
-        session = boto3.session.Session(region_name=region)
+        session = boto3.session.Session(region_name=region, profile_name=profile)
     recorder.attach(session)
     return session

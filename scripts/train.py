@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
-"""One SageMaker training job on the training image, with Debugger, profiling and TensorBoard.
+"""One SageMaker training job on the training image, with TensorBoard output and, on request,
+SageMaker Debugger.
 
     python scripts/train.py --data s3://BUCKET/photos --set epochs=10 --wait
     python scripts/train.py --data s3://BUCKET/photos --from-best best_training_job.json --wait
+    python scripts/train.py --data s3://BUCKET/photos --debugger --wait   # accounts with Debugger
     python scripts/train.py --attach resnet-train-261127-2015 --analyze   # plot its losses
 
-Debugger (closed to new customers since 2026-07-30): a hook config that saves the losses every
-step and weights and gradients every ``--tensor-interval`` steps, the built-in rules
-LossNotDecreasing, Overfit and VanishingGradient, and the profiler (system metrics plus the
-ProfilerReport rule). ``--no-debugger`` sends none of that. TensorBoard files written by the
-job to /opt/ml/output/tensorboard are uploaded either way.
+By default the request holds what every account can use: TensorBoard files written by the job
+to /opt/ml/output/tensorboard are uploaded, and the job's own report.html, findings and step
+timings land in its output (docs/debugging.md). ``--debugger`` adds SageMaker Debugger (closed
+to accounts opened after 2026-07-30): a hook config that saves the losses every step and
+weights and gradients every ``--tensor-interval`` steps, the built-in rules LossNotDecreasing,
+Overfit and VanishingGradient, and the profiler (system metrics plus the ProfilerReport rule).
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -28,13 +30,15 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python scripts/train.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from container_train.hyperparameters import canonical_name, parse_value
+from container_train.hyperparameters import SPECS_BY_NAME, canonical_name, parse_value
 from container_train.metrics import METRIC_DEFINITIONS
 from scripts import driver
 from scripts.settings import (
     REPO_ROOT,
     SettingsError,
     add_common_arguments,
+    add_image_weights_argument,
+    check_imagenet_weights,
     check_s3_uri,
     resolve,
 )
@@ -52,8 +56,15 @@ DEBUGGER_RULES = {
     "VanishingGradient": "vanishing_gradient",
 }
 PROFILER_RULES = {"ProfilerReport": "ProfilerReport"}
+# The request fields --debugger adds; a refusal that names one of them (or Debugger/Profiler)
+# is the account being closed to Debugger.
+DEBUGGER_FIELDS = ("DebugHookConfig", "DebugRuleConfigurations", "ProfilerConfig",
+                   "ProfilerRuleConfigurations")
+DEBUGGER_REFUSAL_CODES = {"ValidationException", "AccessDeniedException", "AccessDenied"}
 SMDEBUG_PYTHON_ENV = "SMDEBUG_PYTHON"
-TERMINAL = {"Completed", "Failed", "Stopped"}
+# Time a job spends outside its MaxRuntime (starting, downloading, uploading) that a default
+# --timeout allows for.
+WAIT_SLACK_S = 3600
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,9 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--max-wait", type=int, default=8 * 3600, help="seconds, with --spot")
     j.add_argument("--checkpoint-s3", metavar="S3_URI",
                    help="checkpoint location (default s3://BUCKET/PREFIX/checkpoints/JOB)")
-    d = p.add_argument_group("debugger and profiler")
-    d.add_argument("--no-debugger", dest="debugger", action="store_false",
-                   help="no Debugger hook, rules or profiler (accounts without Debugger)")
+    add_network_arguments(j)
+    d = p.add_argument_group("SageMaker Debugger and profiler (accounts that have them)")
+    d.add_argument("--debugger", action=argparse.BooleanOptionalAction, default=False,
+                   help="add the Debugger hook, built-in rules and profiler to the request "
+                        "(default off: Debugger is closed to accounts opened after 2026-07-30)")
     d.add_argument("--tensor-interval", type=int, default=100,
                    help="save weights and gradients every N steps (losses: every step)")
     d.add_argument("--profiler-interval-ms", type=int, default=500,
@@ -91,11 +104,27 @@ def build_parser() -> argparse.ArgumentParser:
     f = p.add_argument_group("following and analysis")
     f.add_argument("--attach", metavar="TRAINING_JOB", help="use an existing job, create none")
     f.add_argument("--wait", action="store_true", help="stream the job's logs until it ends")
+    f.add_argument("--timeout", type=int, metavar="SECONDS",
+                   help="stop waiting after this long (the job keeps running; default: its "
+                        f"MaxWait or MaxRuntime plus {WAIT_SLACK_S} s)")
     f.add_argument("--analyze", action="store_true",
                    help="after the job: download the debug output and plot train vs eval loss")
     f.add_argument("--analyze-dir", type=Path, default=Path("debug"),
                    help="where the debug output and plot go (default ./debug/JOB)")
     return p
+
+
+def add_network_arguments(group: argparse._ArgumentGroup) -> None:
+    """--network-isolation and the image-weights statement (train.py and tune.py)."""
+    group.add_argument("--network-isolation", action="store_true",
+                       help="run the training containers without network access "
+                            "(EnableNetworkIsolation); channels and outputs still move")
+    add_image_weights_argument(group)
+
+
+def initial_weights(hps: dict[str, Any]) -> str:
+    """The weights hyperparameter the job will run with (the image's default if unset)."""
+    return str(hps.get("weights", SPECS_BY_NAME["weights"].default))
 
 
 def load_best(path: Path) -> dict[str, Any]:
@@ -216,9 +245,12 @@ def start_training_job(ctx: driver.Context, args: argparse.Namespace,
         stopping.max_wait_time_in_seconds = args.max_wait
         extra["enable_managed_spot_training"] = True
     if args.spot or args.checkpoint_s3:
-        uri = check_s3_uri(args.checkpoint_s3 or s.s3("checkpoints", name), "--checkpoint-s3")
+        uri = (check_s3_uri(args.checkpoint_s3, "--checkpoint-s3") if args.checkpoint_s3
+               else s.s3("checkpoints", name))
         extra["checkpoint_config"] = shapes.CheckpointConfig(
             s3_uri=uri, local_path=CHECKPOINT_LOCAL_PATH)
+    if args.network_isolation:
+        extra["enable_network_isolation"] = True
     if args.debugger:
         extra.update(debugger_configs(ctx, name, args.tensor_interval,
                                       args.profiler_interval_ms))
@@ -249,23 +281,77 @@ def start_training_job(ctx: driver.Context, args: argparse.Namespace,
     return name
 
 
-def wait_for_job(ctx: driver.Context, name: str, poll: float = 30.0) -> dict[str, Any]:
-    from sagemaker.core.resources import TrainingJob
-    from sagemaker.core.utils.exceptions import FailedStatusError
+def default_timeout(described: dict[str, Any]) -> int:
+    """How long to wait by default: what SageMaker itself lets the job run, plus slack."""
+    stop = described.get("StoppingCondition") or {}
+    limit = stop.get("MaxWaitTimeInSeconds") or stop.get("MaxRuntimeInSeconds") or 24 * 3600
+    return int(limit) + WAIT_SLACK_S
 
+
+def wait_for_job(ctx: driver.Context, name: str, timeout: int | None) -> dict[str, Any]:
+    """Stream the logs with the SDK's wait; without access to them, boto3's waiter."""
+    from sagemaker.core.resources import TrainingJob
+    from sagemaker.core.utils.exceptions import FailedStatusError, TimeoutExceededError
+
+    sm = ctx.client("sagemaker")
+    timeout = timeout or default_timeout(sm.describe_training_job(TrainingJobName=name))
     job = TrainingJob.get(training_job_name=name, session=ctx.boto_session, region=ctx.region)
     try:
-        job.wait(poll=30, logs=True)
+        job.wait(poll=30, timeout=timeout, logs=True)
     except FailedStatusError:
         pass  # the describe below gives the reason
-    except Exception as exc:  # e.g. no access to the CloudWatch logs: poll without them
-        ctx.log(f"cannot stream the logs ({exc}); polling the job's status")
-    sm = ctx.client("sagemaker")
-    while True:
-        described = sm.describe_training_job(TrainingJobName=name)
-        if described["TrainingJobStatus"] in TERMINAL:
-            return described
-        time.sleep(poll)
+    except TimeoutExceededError:
+        raise still_running(name, timeout) from None
+    except Exception as exc:  # e.g. no access to the CloudWatch logs: wait without them
+        ctx.log(f"cannot stream the logs ({exc}); waiting for the job's status")
+        wait_with_waiter(sm, name, timeout)
+    return sm.describe_training_job(TrainingJobName=name)
+
+
+def still_running(name: str, timeout: int) -> driver.DriverError:
+    return driver.DriverError(f"training job {name} has not ended after {timeout} s of waiting; "
+                              "it keeps running: python scripts/train.py --attach "
+                              f"{name} --wait")
+
+
+def wait_with_waiter(sm: Any, name: str, timeout: int, delay: int = 30) -> None:
+    """boto3's training_job_completed_or_stopped waiter; a failed job returns (report says
+    why), running past ``timeout`` raises."""
+    from botocore.exceptions import WaiterError
+
+    try:
+        sm.get_waiter("training_job_completed_or_stopped").wait(
+            TrainingJobName=name,
+            WaiterConfig={"Delay": delay, "MaxAttempts": max(1, -(-timeout // delay))})
+    except WaiterError as exc:
+        last = exc.last_response or {}
+        if last.get("TrainingJobStatus") == "Failed":
+            return
+        if "Error" in last:
+            err = last["Error"]
+            raise driver.DriverError(f"AWS said {err.get('Code')}: {err.get('Message')}") \
+                from None
+        raise still_running(name, timeout) from None
+
+
+def debugger_refusal(exc: Exception) -> str | None:
+    """The one line to print when SageMaker refused the request because the account cannot
+    use Debugger (closed to accounts opened after 2026-07-30), else None."""
+    from botocore.exceptions import ClientError
+
+    if not isinstance(exc, ClientError):
+        return None
+    err = exc.response.get("Error", {})
+    message = " ".join(str(err.get("Message", "")).split())
+    if err.get("Code") not in DEBUGGER_REFUSAL_CODES:
+        return None
+    words = ("debugger", "profiler", *(f.lower() for f in DEBUGGER_FIELDS))
+    if not any(word in message.lower() for word in words):
+        return None
+    return (f"SageMaker refused the Debugger part of the request ({err.get('Code')}: "
+            f"{message}); SageMaker Debugger is closed to accounts opened after 2026-07-30: "
+            "run again without --debugger (report.html, findings and TensorBoard need nothing "
+            "from it)")
 
 
 def report(ctx: driver.Context, job: dict[str, Any]) -> None:
@@ -295,7 +381,8 @@ def download_debug_output(ctx: driver.Context, job: dict[str, Any], dest: Path) 
     hook = job.get("DebugHookConfig")
     if not hook:
         raise driver.DriverError(f"{job['TrainingJobName']} ran without a Debugger hook "
-                                 "(--no-debugger?): there is no debug output to analyze")
+                                 "(train.py without --debugger): there is no Debugger output "
+                                 "to analyze; its own report.html is in the job's output")
     bucket, prefix = split_s3(hook["S3OutputPath"].rstrip("/"))
     prefix = f"{prefix}/{job['TrainingJobName']}/debug-output/".lstrip("/")
     s3 = ctx.client("s3")
@@ -351,6 +438,24 @@ def analyze(ctx: driver.Context, job: dict[str, Any], root: Path) -> Path:
     return png
 
 
+def create_job(ctx: driver.Context, args: argparse.Namespace, hps: dict[str, str],
+               inputs: str | dict[str, str]) -> str:
+    """Resolve the bucket and role, then send CreateTrainingJob; a Debugger refusal is said
+    in one line."""
+    from botocore.exceptions import ClientError
+
+    driver.complete_settings(ctx, ["bucket", "role"])
+    try:
+        name = start_training_job(ctx, args, hps, inputs)
+    except ClientError as exc:
+        refusal = debugger_refusal(exc) if args.debugger else None
+        if refusal:
+            raise driver.DriverError(refusal) from None
+        raise
+    ctx.did("create", f"training job {name}")
+    return name
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
@@ -358,17 +463,20 @@ def main(argv: list[str] | None = None) -> int:
         required = ["region"] if args.attach else ["region", "role", "bucket", "train_image"]
         settings = resolve(args, required, image="train")
         if not args.attach:
+            if args.analyze and not args.debugger:
+                raise SettingsError("--analyze plots the Debugger output: add --debugger "
+                                    "(or read report.html in the job's output)")
             hps = hyperparameters(args)
             inputs = data_channels(args)
+            check_imagenet_weights([initial_weights(hps)], settings,
+                                   args.image_has_imagenet_weights)
         ctx = driver.open_context(settings, args.dry_run)
-        name = args.attach or start_training_job(ctx, args, hps, inputs)
-        if not args.attach:
-            ctx.log(f"started training job {name}")
+        name = args.attach or create_job(ctx, args, hps, inputs)
         if ctx.dry_run:
             driver.finish(ctx)
             return 0
         if args.wait or args.analyze:
-            job = wait_for_job(ctx, name)
+            job = wait_for_job(ctx, name, args.timeout)
             report(ctx, job)
             if job["TrainingJobStatus"] != "Completed":
                 return driver.EXIT_FAILED

@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # run as `python scripts/tune.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from container_train.hyperparameters import (
+    SPECS_BY_NAME,
     HyperparameterError,
     canonical_name,
     parse_value,
@@ -44,6 +45,8 @@ from scripts.search_space import (  # one search space for SageMaker and --local
 from scripts.settings import (
     SettingsError,
     add_common_arguments,
+    add_image_weights_argument,
+    check_imagenet_weights,
     check_s3_uri,
     resolve,
 )
@@ -51,6 +54,7 @@ from scripts.settings import (
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
 TERMINAL = {"Completed", "Failed", "Stopped"}
 VALIDATE_ROLE_ENV = "SAGEMAKER_VALIDATE_ROLE"
+WAIT_SLACK_S = 3600  # starting, downloading, uploading: time outside each trial's MaxRuntime
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,10 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-run", type=int, default=2 * 3600, help="seconds per trial")
     c.add_argument("--max-wait", type=int, default=4 * 3600,
                    help="seconds per trial including spot waits (>= --max-run)")
+    c.add_argument("--network-isolation", action="store_true",
+                   help="run the trials' containers without network access "
+                        "(EnableNetworkIsolation); channels and outputs still move")
+    add_image_weights_argument(c)
     r = p.add_argument_group("following and results")
     r.add_argument("--attach", metavar="TUNING_JOB", help="follow an existing job, create none")
     r.add_argument("--wait", action="store_true", help="show a live table of the trials")
     r.add_argument("--poll", type=float, default=30.0, help="seconds between polls")
+    r.add_argument("--timeout", type=int, metavar="SECONDS",
+                   help="stop waiting after this long (the job keeps running; default: what "
+                        "its trials may take in rounds of --max-parallel-jobs, plus "
+                        f"{WAIT_SLACK_S} s per round)")
     return p
 
 
@@ -102,6 +114,13 @@ def data_channels(args: argparse.Namespace) -> str | dict[str, str]:
     return channels
 
 
+def trial_weights(static: dict[str, Any], ranges: dict[str, Range]) -> list[str]:
+    """Every weights value a trial may run with: fixed, tuned, or the image's default."""
+    if "weights" in ranges:
+        return list(ranges["weights"].values)
+    return [str(static.get("weights", SPECS_BY_NAME["weights"].default))]
+
+
 def default_job_name() -> str:
     return "resnet-hpo-" + datetime.now(timezone.utc).strftime("%y%m%d-%H%M%S")
 
@@ -111,7 +130,6 @@ def start_tuning_job(ctx: driver.Context, args: argparse.Namespace,
                      inputs: str | dict[str, str]) -> str:
     """Build the tuning job with the SDK (ModelTrainer + HyperparameterTuner) and start it."""
     from sagemaker.core.shapes import CheckpointConfig, StoppingCondition
-    from sagemaker.train.tuner import HyperparameterTuner
 
     s = ctx.settings
     name = args.job_name or default_job_name()
@@ -123,9 +141,9 @@ def start_tuning_job(ctx: driver.Context, args: argparse.Namespace,
         if args.max_wait < args.max_run:
             raise SettingsError("--max-wait must be at least --max-run with --spot")
         stopping.max_wait_time_in_seconds = args.max_wait
-        uri = args.checkpoint_s3 or s.s3("checkpoints", name)
-        checkpoint = CheckpointConfig(s3_uri=check_s3_uri(uri, "--checkpoint-s3"),
-                                      local_path=CHECKPOINT_LOCAL_PATH)
+        uri = (check_s3_uri(args.checkpoint_s3, "--checkpoint-s3") if args.checkpoint_s3
+               else s.s3("checkpoints", name))
+        checkpoint = CheckpointConfig(s3_uri=uri, local_path=CHECKPOINT_LOCAL_PATH)
     # ModelTrainer checks the role with IAM (iam:SimulatePrincipalPolicy, iam:GetRole) unless
     # SAGEMAKER_VALIDATE_ROLE=false; many CI identities may pass a role but not simulate it.
     previous = os.environ.get(VALIDATE_ROLE_ENV)
@@ -137,7 +155,7 @@ def start_tuning_job(ctx: driver.Context, args: argparse.Namespace,
             os.environ.pop(VALIDATE_ROLE_ENV, None)
         else:
             os.environ[VALIDATE_ROLE_ENV] = previous
-    tuner = HyperparameterTuner(
+    tuner = tuner_class()(
         model_trainer=trainer,
         objective_metric_name=args.objective,
         objective_type=OBJECTIVES[args.objective],
@@ -152,10 +170,27 @@ def start_tuning_job(ctx: driver.Context, args: argparse.Namespace,
     return name
 
 
+def tuner_class() -> type:
+    """The SDK's HyperparameterTuner, passing network isolation on: SDK 3.27 copies only the
+    VPC part of ModelTrainer.networking into the tuning job's training definition and drops
+    enable_network_isolation."""
+    from sagemaker.train.tuner import HyperparameterTuner
+
+    class Tuner(HyperparameterTuner):
+        def _build_training_job_definition(self, inputs: Any) -> Any:
+            definition = super()._build_training_job_definition(inputs)
+            networking = getattr(self.model_trainer, "networking", None)
+            if networking is not None and networking.enable_network_isolation:
+                definition.enable_network_isolation = True
+            return definition
+
+    return Tuner
+
+
 def _model_trainer(ctx: driver.Context, args: argparse.Namespace, static: dict[str, Any],
                    stopping: Any, checkpoint: Any, name: str) -> Any:
     from sagemaker.core.shapes import OutputDataConfig
-    from sagemaker.core.training.configs import Compute
+    from sagemaker.core.training.configs import Compute, Networking
     from sagemaker.train.model_trainer import ModelTrainer
 
     s = ctx.settings
@@ -170,6 +205,7 @@ def _model_trainer(ctx: driver.Context, args: argparse.Namespace, static: dict[s
         checkpoint_config=checkpoint,
         output_data_config=OutputDataConfig(s3_output_path=s.s3("tuning", name, "output")),
         hyperparameters={k: str(v) for k, v in static.items()},
+        networking=Networking(enable_network_isolation=True) if args.network_isolation else None,
         base_job_name="resnet-hpo",
     )
 
@@ -195,8 +231,8 @@ def clean_hyperparameters(raw: dict[str, str]) -> dict[str, Any]:
     return clean
 
 
-def trials_table(summaries: list[dict[str, Any]], tuned: list[str]) -> str:
-    header = ["trial", "status", *tuned, "objective"]
+def trial_rows(summaries: list[dict[str, Any]], tuned: list[str]) -> list[list[str]]:
+    """One row per trial: name, status, tuned values, objective (as text)."""
     rows = []
     for t in summaries:
         hps = clean_hyperparameters(t.get("TunedHyperParameters", {}))
@@ -207,49 +243,106 @@ def trials_table(summaries: list[dict[str, Any]], tuned: list[str]) -> str:
         rows.append([t.get("TrainingJobName", "?"), status,
                      *(_fmt(hps.get(n, "")) for n in tuned),
                      "" if objective is None else _fmt(objective)])
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
-    lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False))
-             for row in [header, *rows]]
-    return "\n".join(lines)
+    return rows
 
 
 def list_trials(sm: Any, name: str) -> list[dict[str, Any]]:
-    trials: list[dict[str, Any]] = []
-    kwargs: dict[str, Any] = {"HyperParameterTuningJobName": name, "MaxResults": 100,
-                              "SortBy": "CreationTime", "SortOrder": "Ascending"}
-    while True:
-        page = sm.list_training_jobs_for_hyper_parameter_tuning_job(**kwargs)
-        trials.extend(page.get("TrainingJobSummaries", []))
-        if not page.get("NextToken"):
-            return trials
-        kwargs["NextToken"] = page["NextToken"]
+    """Every trial of the tuning job, oldest first, read page by page (boto3's paginator)."""
+    pages = sm.get_paginator("list_training_jobs_for_hyper_parameter_tuning_job").paginate(
+        HyperParameterTuningJobName=name, SortBy="CreationTime", SortOrder="Ascending")
+    return [t for page in pages for t in page.get("TrainingJobSummaries", [])]
 
 
-def follow(ctx: driver.Context, name: str, poll: float, out: Any = None) -> dict[str, Any]:
-    """Poll the tuning job until it ends, redrawing the trials table when it changes."""
-    out = out or sys.stderr
+def tuned_names(job: dict[str, Any]) -> list[str]:
+    ranges = job["HyperParameterTuningJobConfig"].get("ParameterRanges", {})
+    return [r["Name"] for kind in ("ContinuousParameterRanges", "IntegerParameterRanges",
+                                   "CategoricalParameterRanges")
+            for r in ranges.get(kind, [])]
+
+
+class TrialsView:
+    """The trials table while a tuning job runs: a live table (rich) on a terminal; elsewhere
+    (a log file, CI) one plain line per change: the job's status, then each trial whose row
+    changed. No escape codes outside a terminal."""
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+        self.live: Any = None
+        self.shown: dict[str, list[str]] = {}
+        self.last_status = ""
+
+    def update(self, status: str, header: list[str], rows: list[list[str]]) -> None:
+        if hasattr(self.out, "isatty") and self.out.isatty():
+            self._draw(status, header, rows)
+            return
+        lines = [status] if status != self.last_status else []
+        for row in rows:
+            if self.shown.get(row[0]) != row:
+                named = [f"{h}={v}" for h, v in zip(header[2:], row[2:], strict=True)]
+                lines.append("  ".join(["", *row[:2], *named]))
+                self.shown[row[0]] = row
+        self.last_status = status
+        if lines:
+            self.out.write("\n".join(lines) + "\n")
+            self.out.flush()
+
+    def _draw(self, status: str, header: list[str], rows: list[list[str]]) -> None:
+        from rich.console import Console
+        from rich.live import Live
+        from rich.table import Table
+
+        table = Table(*header, title=status, title_justify="left")
+        for row in rows:
+            table.add_row(*row)
+        if self.live is None:
+            self.live = Live(table, console=Console(file=self.out), auto_refresh=False)
+            self.live.start()
+        self.live.update(table, refresh=True)
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+
+
+def default_timeout(job: dict[str, Any]) -> int:
+    """What SageMaker lets the tuning job take: its trials in rounds of the parallel limit,
+    each up to its MaxWait (or MaxRuntime), plus slack per round."""
+    limits = job["HyperParameterTuningJobConfig"].get("ResourceLimits", {})
+    if limits.get("MaxRuntimeInSeconds"):
+        return int(limits["MaxRuntimeInSeconds"]) + WAIT_SLACK_S
+    stop = (job.get("TrainingJobDefinition") or {}).get("StoppingCondition", {})
+    per_trial = stop.get("MaxWaitTimeInSeconds") or stop.get("MaxRuntimeInSeconds") or 24 * 3600
+    trials = limits.get("MaxNumberOfTrainingJobs") or 1
+    rounds = -(-int(trials) // int(limits.get("MaxParallelTrainingJobs") or 1))
+    return rounds * (int(per_trial) + WAIT_SLACK_S)
+
+
+def follow(ctx: driver.Context, name: str, poll: float, timeout: int | None = None,
+           out: Any = None) -> dict[str, Any]:
+    """Poll the tuning job until it ends (boto3 has no waiter for tuning jobs, and the table
+    needs every poll), showing the trials as they change; DriverError past ``timeout``."""
     sm = ctx.client("sagemaker")
-    last = ""
-    redraw = hasattr(out, "isatty") and out.isatty()
-    while True:
-        job = sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
-        ranges = job["HyperParameterTuningJobConfig"].get("ParameterRanges", {})
-        tuned = [r["Name"] for kind in ("ContinuousParameterRanges", "IntegerParameterRanges",
-                                        "CategoricalParameterRanges")
-                 for r in ranges.get(kind, [])]
-        counters = job.get("TrainingJobStatusCounters", {})
-        text = (f"{name}: {job['HyperParameterTuningJobStatus']}  "
-                + " ".join(f"{k}={v}" for k, v in counters.items()) + "\n"
-                + trials_table(list_trials(sm, name), tuned))
-        if text != last:
-            if redraw:
-                out.write("\x1b[H\x1b[2J")
-            out.write(text + "\n\n")
-            out.flush()
-            last = text
-        if job["HyperParameterTuningJobStatus"] in TERMINAL:
-            return job
-        time.sleep(poll)
+    view = TrialsView(out or sys.stderr)
+    start = time.monotonic()
+    try:
+        while True:
+            job = sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
+            timeout = timeout or default_timeout(job)
+            tuned = tuned_names(job)
+            counters = job.get("TrainingJobStatusCounters", {})
+            status = (f"{name}: {job['HyperParameterTuningJobStatus']}  "
+                      + " ".join(f"{k}={v}" for k, v in counters.items()))
+            view.update(status, ["trial", "status", *tuned, "objective"],
+                        trial_rows(list_trials(sm, name), tuned))
+            if job["HyperParameterTuningJobStatus"] in TERMINAL:
+                return job
+            if time.monotonic() - start >= timeout:
+                raise driver.DriverError(
+                    f"tuning job {name} has not ended after {timeout} s of waiting; it keeps "
+                    f"running: python scripts/tune.py --attach {name} --wait")
+            time.sleep(poll)
+    finally:
+        view.close()
 
 
 def best_job(ctx: driver.Context, name: str) -> dict[str, Any]:
@@ -315,10 +408,13 @@ def main(argv: list[str] | None = None) -> int:
             static = parse_static(driver.parse_key_values(args.static, "--set"))
             ranges = build_ranges(driver.parse_key_values(args.range, "--range"), static)
             inputs = data_channels(args)
+            check_imagenet_weights(trial_weights(static, ranges), settings,
+                                   args.image_has_imagenet_weights)
         ctx = driver.open_context(settings, args.dry_run)
         if not args.attach:
+            driver.complete_settings(ctx, ["bucket", "role"])
             name = start_tuning_job(ctx, args, ranges, static, inputs)
-            ctx.log(f"started tuning job {name} ({args.max_jobs} trials, "
+            ctx.did("create", f"tuning job {name} ({args.max_jobs} trials, "
                     f"{args.max_parallel_jobs} at a time, objective {args.objective})")
         if ctx.dry_run:
             driver.finish(ctx)
@@ -326,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.wait:
             ctx.log(f"follow it with: python scripts/tune.py --attach {name} --wait")
             return 0
-        job = follow(ctx, name, args.poll)
+        job = follow(ctx, name, args.poll, args.timeout)
         best = best_job(ctx, name)
         print_best(best, out=sys.stdout)
         driver.write_json(args.best_out, best)

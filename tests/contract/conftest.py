@@ -10,7 +10,8 @@ import functools
 import json
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,26 @@ import pytest
 from scripts import driver
 from scripts.requests_log import ApiRecorder
 
+REQUIRED_ENV = "CONTRACT_TESTS_REQUIRED"
+
+
+def contract_tests_required(env: Mapping[str, str] = os.environ) -> bool:
+    """CONTRACT_TESTS_REQUIRED=1 (dev/test.sh) or CI=true: no silent skip."""
+    return env.get(REQUIRED_ENV) == "1" or env.get("CI", "").lower() in ("true", "1")
+
+
 try:  # the drivers' venv (.venv-drivers); elsewhere these tests are not collected
     import botocore.endpoint
     import sagemaker.train.tuner  # noqa: F401
 
     _real_make_request = botocore.endpoint.Endpoint.make_request
-except ImportError:
+except ImportError as exc:
+    if contract_tests_required():
+        raise pytest.UsageError(
+            f"contract tests are required ({REQUIRED_ENV}=1 or CI=true) but this interpreter "
+            f"({sys.executable}) lacks the drivers' packages ({exc}): run them with "
+            ".venv-drivers/bin/python -m pytest tests/contract (dev/setup_drivers_venv.sh "
+            "creates it)") from None
     collect_ignore_glob = ["test_*.py"]
 
 
@@ -53,17 +68,23 @@ ENV_TO_CLEAR = ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_ACCESS_K
 
 @pytest.fixture(autouse=True)
 def isolated_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """No AWS settings from the machine; image_uris.json as build_and_push.sh writes it.
-    Any request that would reach the network fails the test."""
+    """No AWS settings from the machine; image_uris.json as build_and_push.sh writes it (with
+    the ImageNet weights baked in); not on a SageMaker notebook. Any request that would reach
+    the network fails the test."""
     for name in ENV_TO_CLEAR:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     uris = tmp_path / "image_uris.json"
-    uris.write_text(json.dumps({"train": TRAIN_IMAGE, "serve": SERVE_IMAGE}))
+    uris.write_text(json.dumps({"train": TRAIN_IMAGE, "serve": SERVE_IMAGE,
+                                "imagenet_weights": True}))
     monkeypatch.setenv("IMAGE_URIS_FILE", str(uris))
     monkeypatch.chdir(tmp_path)
+    from sagemaker.core.helper import session_helper
+
+    monkeypatch.setattr(session_helper, "NOTEBOOK_METADATA_FILE",
+                        str(tmp_path / "no-notebook-metadata"))
 
     import botocore.endpoint
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 
 from scripts import deploy
 from tests.contract.conftest import AWS_SETTINGS, BUCKET, REGION, ROLE, SERVE_IMAGE
 
 MODEL_DATA = f"s3://{BUCKET}/resnet-byoc/training/train-1/output/model.tar.gz"
+# what a user sees in the console; deploy.py --delete touches nothing without it
+OWNER_TAG = {"Key": "sagemaker-resnet50:created-by", "Value": "scripts/deploy.py"}
 
 
 def dry(run_driver, *extra: str):
@@ -30,9 +34,11 @@ def test_instance_variant_and_endpoint(run_driver):
     config = result.only("CreateEndpointConfig")
     assert config == {"EndpointConfigName": "ep-1", "ProductionVariants": [{
         "VariantName": "AllTraffic", "ModelName": "ep-1", "InitialInstanceCount": 2,
-        "InstanceType": "ml.c6i.xlarge", "InitialVariantWeight": 1.0}]}
+        "InstanceType": "ml.c6i.xlarge", "InitialVariantWeight": 1.0}],
+        "Tags": [OWNER_TAG]}
     assert result.only("CreateEndpoint") == {"EndpointName": "ep-1",
-                                             "EndpointConfigName": "ep-1"}
+                                             "EndpointConfigName": "ep-1",
+                                             "Tags": [OWNER_TAG]}
     creates = [r["operation"] for r in result.requests() if r["operation"].startswith("Create")]
     assert creates == ["CreateModel", "CreateEndpointConfig", "CreateEndpoint"]
 
@@ -154,16 +160,57 @@ def test_failed_endpoint_reports_the_reason(run_driver, monkeypatch):
     result = run_driver(deploy, [*AWS_SETTINGS, "--name", "ep-1", "--model-data", MODEL_DATA],
                         live_responses(endpoint("Failed", reason)))
     assert result.rc == 1
-    assert reason in result.err and "--delete ep-1" in result.err
+    assert reason in result.err and "--delete ep-1 --yes" in result.err
 
 
-def test_delete_tears_down_scaling_endpoint_config_and_models(run_driver):
-    responses = {
-        "DescribeEndpoint": endpoint("InService"),
+ARN = {"endpoint": f"arn:aws:sagemaker:{REGION}:1:endpoint/ep-1",
+       "config": f"arn:aws:sagemaker:{REGION}:1:endpoint-config/ep-1",
+       "model": f"arn:aws:sagemaker:{REGION}:1:model/ep-1"}
+
+
+def test_everything_created_carries_the_project_tag(run_driver):
+    result = dry(run_driver, "--model-data", MODEL_DATA)
+    for operation in ("CreateModel", "CreateEndpointConfig", "CreateEndpoint"):
+        assert result.only(operation)["Tags"] == [OWNER_TAG], operation
+    assert "would create model, endpoint config and endpoint ep-1" in result.err
+    assert "creating endpoint" not in result.err and "created model" not in result.err
+
+
+HASH = "ab" * 32
+
+
+def test_manifest_sha256_pins_the_artifact_in_the_model_environment(run_driver):
+    model = dry(run_driver, "--model-data", MODEL_DATA, "--manifest-sha256", HASH.upper(),
+                "--env", "SAGEMAKER_MODEL_SERVER_WORKERS=2").only("CreateModel")
+    assert model["PrimaryContainer"]["Environment"] == {
+        "SAGEMAKER_MODEL_SERVER_WORKERS": "2", "SERVE_MANIFEST_SHA256": HASH}
+
+
+def test_manifest_sha256_must_be_a_sha256(run_driver, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        dry(run_driver, "--model-data", MODEL_DATA, "--manifest-sha256", "abc123")
+    assert exit_.value.code == 2 and "64 hex digits" in capsys.readouterr().err
+    result = dry(run_driver, "--model-data", MODEL_DATA, "--manifest-sha256", HASH,
+                 "--env", f"SERVE_MANIFEST_SHA256={'cd' * 32}")
+    assert result.rc == 2 and "disagree" in result.err and result.recorder.calls == []
+
+
+def tagged(*arns: str):
+    """ListTags answers: OWNER_TAG on the given ARNs only."""
+    return lambda params: {"Tags": [OWNER_TAG] if params["ResourceArn"] in arns else
+                           [{"Key": "team", "Value": "ml"}]}
+
+
+def teardown_responses(tags=None) -> dict:
+    return {
+        "DescribeEndpoint": {**endpoint("InService"), "EndpointArn": ARN["endpoint"]},
         "DescribeEndpointConfig": {
-            "EndpointConfigName": "ep-1", "EndpointConfigArn": "arn:x",
+            "EndpointConfigName": "ep-1", "EndpointConfigArn": ARN["config"],
             "CreationTime": "2026-11-27T20:00:00Z",
             "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": "ep-1"}]},
+        "DescribeModel": {"ModelName": "ep-1", "ModelArn": ARN["model"],
+                          "CreationTime": "2026-11-27T20:00:00Z"},
+        "ListTags": tags or tagged(*ARN.values()),
         "DescribeScalableTargets": {"ScalableTargets": [{
             "ServiceNamespace": "sagemaker", "ResourceId": "endpoint/ep-1/variant/AllTraffic",
             "ScalableDimension": "sagemaker:variant:DesiredInstanceCount", "MinCapacity": 1,
@@ -171,11 +218,21 @@ def test_delete_tears_down_scaling_endpoint_config_and_models(run_driver):
         "DeregisterScalableTarget": {}, "DeleteEndpoint": {}, "DeleteEndpointConfig": {},
         "DeleteModel": {},
     }
-    result = run_driver(deploy, ["--region", REGION, "--delete", "ep-1"], responses)
+
+
+def mutations(result) -> list:
+    reads = ("Describe", "List")
+    return [(c.operation, c.params) for c in result.recorder.calls
+            if not c.operation.startswith(reads)]
+
+
+def test_delete_tears_down_scaling_endpoint_config_and_models(run_driver):
+    result = run_driver(deploy, ["--region", REGION, "--delete", "ep-1", "--yes"],
+                        teardown_responses())
     assert result.rc == 0, result.err
-    mutations = [(c.operation, c.params) for c in result.recorder.calls
-                 if not c.operation.startswith("Describe")]
-    assert mutations == [
+    assert {c.params["ResourceArn"] for c in result.recorder.calls
+            if c.operation == "ListTags"} == set(ARN.values())
+    assert mutations(result) == [
         ("DeregisterScalableTarget", {"ServiceNamespace": "sagemaker",
                                       "ResourceId": "endpoint/ep-1/variant/AllTraffic",
                                       "ScalableDimension":
@@ -184,3 +241,55 @@ def test_delete_tears_down_scaling_endpoint_config_and_models(run_driver):
         ("DeleteEndpointConfig", {"EndpointConfigName": "ep-1"}),
         ("DeleteModel", {"ModelName": "ep-1"}),
     ]
+    assert "deleted endpoint ep-1" in result.err
+
+
+def test_delete_refuses_an_endpoint_the_project_did_not_create(run_driver):
+    result = run_driver(deploy, ["--region", REGION, "--delete", "ep-1", "--yes"],
+                        teardown_responses(tagged(ARN["config"], ARN["model"])))
+    assert result.rc == 1
+    assert "refusing to delete endpoint ep-1" in result.err
+    assert "sagemaker-resnet50:created-by" in result.err
+    assert mutations(result) == []
+
+
+def test_delete_keeps_an_untagged_model(run_driver):
+    result = run_driver(deploy, ["--region", REGION, "--delete", "ep-1", "--yes"],
+                        teardown_responses(tagged(ARN["endpoint"], ARN["config"])))
+    assert result.rc == 0, result.err
+    assert "DeleteModel" not in [op for op, _ in mutations(result)]
+    assert "DeleteEndpoint" in [op for op, _ in mutations(result)]
+    assert "model ep-1 kept" in result.err
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_delete_without_yes_refuses_off_a_terminal(run_driver, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))  # a pipe, not a person
+    result = run_driver(deploy, ["--region", REGION, "--delete", "ep-1"], teardown_responses())
+    assert result.rc == 2 and "--yes" in result.err
+    assert result.recorder.calls == []
+
+
+@pytest.mark.parametrize("answer, deleted", [("y\n", True), ("\n", False), ("no\n", False)])
+def test_delete_asks_on_a_terminal(run_driver, monkeypatch, answer, deleted):
+    monkeypatch.setattr("sys.stdin", Terminal(answer))
+    result = run_driver(deploy, ["--region", REGION, "--delete", "ep-1"], teardown_responses())
+    assert (result.rc == 0) is deleted, result.err
+    assert bool(mutations(result)) is deleted
+    assert "delete endpoint ep-1, endpoint config ep-1, model ep-1" in result.out + result.err
+
+
+def test_delete_dry_run_says_what_it_would_delete(run_driver, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # no --yes needed: nothing is sent
+    result = run_driver(deploy, ["--region", REGION, "--delete", "ep-1", "--dry-run"])
+    assert result.rc == 0, result.err
+    assert "would delete endpoint ep-1" in result.err
+    assert "would delete endpoint config ep-1" in result.err
+    assert "would delete model ep-1" in result.err
+    assert "deleted" not in result.err
+    deletes = [r["operation"] for r in result.requests() if r["operation"].startswith("Delete")]
+    assert deletes == ["DeleteEndpoint", "DeleteEndpointConfig", "DeleteModel"]

@@ -78,7 +78,9 @@ def test_training_definition_image_metrics_channels_spot(run_driver):
 
 
 def test_only_the_tuning_job_is_created_and_no_iam_call(run_driver):
-    result = run_driver(tune, [*AWS_SETTINGS, "--data", DATA, "--dry-run"])
+    result = run_driver(tune, [*AWS_SETTINGS, "--data", DATA, "--dry-run", "--job-name",
+                               "hpo-1"])
+    assert "would create tuning job hpo-1" in result.err and "started" not in result.err
     services = {(r["service"], r["operation"]) for r in result.requests()}
     assert services == {("sagemaker", "CreateHyperParameterTuningJob"),
                         ("sagemaker", "DescribeHyperParameterTuningJob")}
@@ -211,9 +213,8 @@ def test_wait_shows_trials_and_writes_typed_best_job(run_driver, tmp_path: Path)
     result = run_driver(tune, ["--region", REGION, "--attach", "hpo-3", "--wait",
                                "--poll", "0", "--best-out", str(out)], results_responses())
     assert result.rc == 0, result.err
-    # the live table: one row per trial with its tuned values and objective
-    assert "hpo-3-001-12345678" in result.err and "0.875" in result.err
-    assert "batch-size" in result.err.splitlines()[1]
+    # not a terminal: one line per trial with its tuned values and objective
+    assert f"{BEST}  Completed  lr=0.00031  batch-size=32  objective=0.875" in result.err
     best = json.loads(out.read_text())
     assert best["training_job_name"] == BEST
     assert best["objective"] == {"metric": "valid:accuracy", "type": "Maximize",
@@ -256,3 +257,131 @@ def test_failed_tuning_job_without_best_is_reported(run_driver, tmp_path: Path):
 def test_objective_value_is_finite_in_canned_results():
     assert math.isfinite(tuning_description("Completed")["BestTrainingJob"][
         "FinalHyperParameterTuningJobObjectiveMetric"]["Value"])
+
+
+def test_network_isolation(run_driver):
+    def definition(*extra: str) -> dict:
+        return run_driver(tune, [*AWS_SETTINGS, "--data", DATA, "--dry-run", *extra]) \
+            .only("CreateHyperParameterTuningJob")["TrainingJobDefinition"]
+
+    assert definition("--network-isolation")["EnableNetworkIsolation"] is True
+    assert definition().get("EnableNetworkIsolation") in (None, False)
+
+
+@pytest.mark.parametrize("extra, refused", [
+    ([], True),                                    # the image's default, weights=imagenet
+    (["--range", "weights=imagenet,none"], True),  # some trials would need them
+    (["--set", "weights=none"], False),
+    (["--image-has-imagenet-weights"], False),
+])
+def test_imagenet_weights_must_be_in_the_image(run_driver, isolated_aws, extra, refused):
+    isolated_aws.write_text(json.dumps({"train": TRAIN_IMAGE, "imagenet_weights": False}))
+    result = run_driver(tune, [*AWS_SETTINGS, "--data", DATA, "--dry-run",
+                               "--network-isolation", *extra])
+    if refused:
+        assert result.rc == 2 and result.recorder.calls == []
+        assert "weights=imagenet" in result.err and "build_and_push.sh" in result.err
+    else:
+        assert result.rc == 0, result.err
+
+
+def trial(name: str, status: str, lr: str, objective: float | None = None) -> dict:
+    summary = {"TrainingJobName": name, "TrainingJobArn": "arn:x",
+               "CreationTime": "2026-11-27T20:00:00Z", "TrainingJobStatus": status,
+               "TunedHyperParameters": {"lr": lr, "batch-size": "\"16\""}}
+    if objective is not None:
+        summary["FinalHyperParameterTuningJobObjectiveMetric"] = {
+            "MetricName": "valid:accuracy", "Value": objective}
+    return summary
+
+
+def changing_job(polls: list[tuple[str, list[dict]]]) -> dict:
+    """Answers for a tuning job whose status and trials change at each poll; the trials list
+    comes in pages of one (NextToken), as the paginator must follow."""
+    state = {"poll": -1}
+
+    def describe(params: dict) -> dict:
+        state["poll"] = min(state["poll"] + 1, len(polls) - 1)
+        return tuning_description(polls[state["poll"]][0])
+
+    def list_page(params: dict) -> dict:
+        trials = polls[state["poll"]][1]
+        i = int(params.get("NextToken", "0"))
+        page = {"TrainingJobSummaries": trials[i:i + 1]}
+        if i + 1 < len(trials):
+            page["NextToken"] = str(i + 1)
+        return page
+
+    return {"DescribeHyperParameterTuningJob": describe,
+            "ListTrainingJobsForHyperParameterTuningJob": list_page,
+            "DescribeTrainingJob": BEST_TRAINING_JOB}
+
+
+POLLS = [
+    ("InProgress", [trial("t-1", "InProgress", "0.001"), trial("t-2", "InProgress", "0.01")]),
+    ("InProgress", [trial("t-1", "Completed", "0.001", 0.5),
+                    trial("t-2", "InProgress", "0.01")]),
+    ("Completed", [trial("t-1", "Completed", "0.001", 0.5),
+                   trial("t-2", "Completed", "0.01", 0.75)]),
+]
+
+
+def test_wait_in_a_log_prints_one_line_per_change_and_no_escape_codes(run_driver, tmp_path):
+    result = run_driver(tune, ["--region", REGION, "--attach", "hpo-3", "--wait", "--poll", "0",
+                               "--best-out", str(tmp_path / "b.json")], changing_job(POLLS))
+    assert result.rc == 0, result.err
+    assert "\x1b" not in result.err
+    lines = result.err.splitlines()
+    t1 = [line for line in lines if line.strip().startswith("t-1 ")]
+    t2 = [line for line in lines if line.strip().startswith("t-2 ")]
+    # both pages of every poll were read; a row is printed when it changes, not every poll
+    assert [line.split()[1] for line in t1] == ["InProgress", "Completed"]
+    assert [line.split()[1] for line in t2] == ["InProgress", "Completed"]
+    assert t2[-1].endswith("objective=0.75")
+    assert sum("hpo-3: InProgress" in line for line in lines) == 1
+    assert sum("hpo-3: Completed" in line for line in lines) == 1
+    pages = [c.params for c in result.recorder.calls
+             if c.operation == "ListTrainingJobsForHyperParameterTuningJob"]
+    assert len(pages) == 6 and pages[1]["NextToken"] == "1"
+
+
+def test_wait_on_a_terminal_draws_a_live_table(run_driver, monkeypatch, tmp_path):
+    import io
+    import re
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    monkeypatch.setattr("sys.stderr", screen)
+    result = run_driver(tune, ["--region", REGION, "--attach", "hpo-3", "--wait", "--poll", "0",
+                               "--best-out", str(tmp_path / "b.json")], changing_job(POLLS))
+    assert result.rc == 0
+    drawn = screen.getvalue()
+    assert "\x1b[H\x1b[2J" not in drawn  # no clearing of the user's screen
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", drawn)
+    assert "objective" in text and "t-2" in text and "0.75" in text
+
+
+def test_wait_gives_up_after_the_timeout(run_driver, monkeypatch, tmp_path):
+    clock = {"now": 0.0}
+    monkeypatch.setattr(tune.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(tune.time, "sleep", lambda s: clock.update(now=clock["now"] + s))
+    stuck = changing_job([POLLS[0]])
+    result = run_driver(tune, ["--region", REGION, "--attach", "hpo-3", "--wait", "--poll", "30",
+                               "--timeout", "100", "--best-out", str(tmp_path / "b.json")],
+                        stuck)
+    assert result.rc == 1
+    assert "hpo-3 has not ended after 100 s" in result.err and "--attach hpo-3" in result.err
+    assert result.operations().count("DescribeHyperParameterTuningJob") == 5  # 0,30,60,90,120
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_default_timeout_follows_the_jobs_own_limits():
+    job = tuning_description("InProgress")
+    job["TrainingJobDefinition"] = {"StoppingCondition": {"MaxRuntimeInSeconds": 3600,
+                                                          "MaxWaitTimeInSeconds": 7200}}
+    job["HyperParameterTuningJobConfig"]["ResourceLimits"] = {
+        "MaxNumberOfTrainingJobs": 5, "MaxParallelTrainingJobs": 2}
+    assert tune.default_timeout(job) == 3 * (7200 + tune.WAIT_SLACK_S)
