@@ -4,8 +4,8 @@
 #   local_test/predict.sh FILE [CONTENT_TYPE]
 #
 # CONTENT_TYPE defaults from the file name (image/jpeg, image/png, ...). Environment: PORT
-# (default 8080), HOST (default localhost), TOP_K (sent as SageMaker's CustomAttributes
-# `top_k=N`; default: the server's). Exits non-zero on an HTTP error, printing its body.
+# (default 8080), HOST (default 127.0.0.1, where serve_local.sh publishes), TOP_K (sent as
+# SageMaker's CustomAttributes `top_k=N`; default: the server's). Exits non-zero on an HTTP error, printing its body.
 set -euo pipefail
 
 FILE="${1:?usage: predict.sh FILE [CONTENT_TYPE]}"
@@ -21,7 +21,7 @@ else
         *) TYPE=application/x-image ;;
     esac
 fi
-URL="http://${HOST:-localhost}:${PORT:-8080}/invocations"
+URL="http://${HOST:-127.0.0.1}:${PORT:-8080}/invocations"
 HEADERS=(-H "Content-Type: $TYPE" -H "Accept: application/json")
 if [[ -n "${TOP_K:-}" ]]; then
     HEADERS+=(-H "X-Amzn-SageMaker-Custom-Attributes: top_k=$TOP_K")
