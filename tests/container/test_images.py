@@ -231,6 +231,12 @@ def test_serve_runs_the_compiled_graph_from_a_read_only_model_dir(server):
     assert "serving /opt/ml/model: compiled graph" in logs.stdout + logs.stderr, logs.stdout[-3000:]
 
 
+def test_serve_local_publishes_on_loopback_only(server):
+    """serve_local.sh must not expose an unauthenticated model server to the network."""
+    published = _run(["docker", "port", _name("serve"), "8080/tcp"]).stdout.split()
+    assert published == [f"127.0.0.1:{server}"]
+
+
 def test_serve_answers_ping(server):
     status, _ = _request(server, "/ping")
     assert status == 200
