@@ -22,7 +22,7 @@ FAKE_DOCKER = """#!/usr/bin/env bash
 printf '%s\\n' "docker $*" >> "$CALLS"
 if [[ "$1" == login ]]; then printf '%s' "$(cat)" > "$CALLS.stdin"; echo "Login Succeeded"; fi
 if [[ "$1 $2" == "image inspect" && "$*" == *imagenet-weights* ]]; then echo "${FAKE_LABEL:-1}"; fi
-if [[ "$1" == build ]]; then echo "Step 1/2 : FROM base"; echo "Step 2/2 : RUN true"; fi
+if [[ "$1" == build ]]; then echo "Step 1/2 : FROM base"; echo "Step 2/2 : RUN true"; sleep "${FAKE_BUILD_SECONDS:-0}"; fi
 if [[ "$1" == push && -n "${TAKEN_TAG:-}" && "$2" == *":$TAKEN_TAG" ]]; then
   echo "tag invalid: The image tag '$TAKEN_TAG' already exists in the repository and cannot be" \\
        "overwritten because the repository is immutable." >&2
@@ -159,12 +159,13 @@ def test_other_push_failures_stop_the_script(tmp_path):
 
 
 def test_build_progress_names_each_step_and_the_log(tmp_path):
-    proc, _ = _run(tmp_path, "--no-push")
+    # A build long enough for the watcher: a new step is announced 5 s after the last line.
+    proc, _ = _run(tmp_path, "--no-push", env={"FAKE_BUILD_SECONDS": "7"})
     assert proc.returncode == 0, proc.stderr
     for name in ("base", "train", "serve"):
         assert f"(Dockerfile.{name}; full log: {tmp_path / 'logs' / name}.log)" in proc.stderr
         assert (tmp_path / "logs" / f"{name}.log").read_text().startswith("Step 1/2")
-    assert "Step 2/2 : RUN true" in proc.stderr or "Step 1/2 : FROM base" in proc.stderr
+    assert proc.stderr.count("] Step 2/2 : RUN true") == 3  # each build's step, as it runs
     quiet, _ = _run(tmp_path, "--no-push", "--quiet")
     assert quiet.returncode == 0 and "full log" not in quiet.stderr and "Step" not in quiet.stderr
 
