@@ -13,6 +13,7 @@ command is executed as given.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import sys
@@ -29,7 +30,12 @@ class _Forwarder:
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         self.received = True
+        # Not the toolkit's own helpers (the intermediate-output S3 sync runs until the
+        # script has exited): only the processes it started with Popen, i.e. the script.
+        helpers = {p.pid for p in multiprocessing.active_children()}
         for child in psutil.Process().children():
+            if child.pid in helpers:
+                continue
             try:
                 child.send_signal(signum)
             except psutil.NoSuchProcess:

@@ -33,8 +33,14 @@ class StopSignal:
         self.received = False
         self._deferring = False
 
-    def install(self) -> None:
-        signal.signal(signal.SIGTERM, self._handle)
+    @contextmanager
+    def installed(self) -> Iterator[StopSignal]:
+        """The SIGTERM handler for the duration of the job (the previous one restored)."""
+        previous = signal.signal(signal.SIGTERM, self._handle)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received:

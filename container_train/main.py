@@ -393,6 +393,7 @@ def run(config: JobConfig, callbacks: list[Callback] | None = None,
         hyperparameters=hp_dict,
         versions={"python": platform.python_version(), "torch": torch.__version__,
                   "torchvision": torchvision.__version__},
+        training={"device": describe_device(device), "precision": precision.short_name},
     )
     manifest = write_artifact(
         config.model_dir, net.to("cpu", memory_format=torch.contiguous_format), manifest)
@@ -454,11 +455,10 @@ def main(argv: list[str] | None = None) -> int:
         config = parse_config(args)  # bad arguments fail here, once, before any launch
         if distributed.needs_launcher():
             return distributed.launch(args)  # torchrun passes SIGTERM on to the workers
-        stop = StopSignal()
-        stop.install()
-        ctx = distributed.init()
-        run(config, profiling.make_callbacks(config, is_main=ctx.is_main, device=ctx.device),
-            ctx=ctx, stop=stop)
+        with StopSignal().installed() as stop:
+            ctx = distributed.init()
+            run(config, profiling.make_callbacks(config, is_main=ctx.is_main,
+                                                 device=ctx.device), ctx=ctx, stop=stop)
     except Interrupted as exc:
         if ctx is None or ctx.is_main:
             report_interruption(exc)

@@ -112,11 +112,8 @@ class SignalAtStep(Callback):
 
 @pytest.fixture
 def stop_signal():
-    stop = StopSignal()
-    previous = signal.getsignal(signal.SIGTERM)
-    stop.install()
-    yield stop
-    signal.signal(signal.SIGTERM, previous)
+    with StopSignal().installed() as stop:
+        yield stop
 
 
 @pytest.mark.parametrize(("layers", "mode", "step"), [
@@ -135,3 +132,31 @@ def test_stop_in_process_resumes_identically(color_data, tmp_path, stop_signal, 
     assert (mid["epoch"], mid["progress"][0]["steps"]) == (2, step if mode == "train" else 8)
     run(parse_config(_args(root, color_data, *extra)), stop=StopSignal())
     _assert_same_result(tmp_path / "straight", root)
+
+
+def test_image_entrypoint_passes_sigterm_through_the_toolkit(color_data, tmp_path):
+    """The training image's PID 1 (container_train.entrypoint) runs the real toolkit; SIGTERM
+    sent to it, as `docker stop` does, reaches the script, which checkpoints mid-epoch."""
+    from tests.integration.test_training_run import _opt_ml
+
+    base = tmp_path / "opt_ml"
+    hps = {"weights": "none", "image-size": "48", "epochs": "1", "num-workers": "0",
+           "batch-size": "4", "log-interval": "1", "compile": "false", "trainable-layers": "1"}
+    env = _opt_ml(base, hps, {"training": color_data})
+    proc = subprocess.Popen([sys.executable, "-m", "container_train.entrypoint", "train"],
+                            env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    log = []
+    for line in proc.stdout:
+        log.append(line)
+        if "[train] epoch 1/1 step 3/8" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    log += proc.stdout.readlines()
+    proc.wait(timeout=STOP_SECONDS)
+    assert proc.returncode == 128 + signal.SIGTERM, "".join(log)[-3000:]
+    saved = torch.load(base / "checkpoints" / "checkpoint-latest.pt", weights_only=True)
+    assert saved["mid_epoch"]["epoch"] == 1 and saved["mid_epoch"]["progress"][0]["steps"] >= 3
+    failure = (base / "output" / "failure").read_text().splitlines()[0]
+    assert failure.startswith("stopped by SIGTERM: stopped in epoch 1 after step"), failure
+    assert not (base / "output" / "success").exists()
