@@ -1,10 +1,14 @@
-"""Per-epoch checkpoints for resuming (managed spot training syncs the folder with S3).
+"""Checkpoints for resuming (managed spot training syncs the folder with S3): one after every
+epoch, and one mid-epoch when the job is stopped (SIGTERM, see interruption.py).
 
-A checkpoint holds everything the next epoch depends on: model, optimizer and scheduler
-state, the best weights so far, the history, and the early-stopping counter. Data order and
-augmentation are reseeded from (seed, epoch) at every epoch start, so a job resumed at an epoch
-boundary repeats exactly what an uninterrupted one would have done. Everything is plain data
-and tensors, so it loads with ``weights_only=True``.
+A checkpoint holds everything the next step depends on: model, optimizer, scheduler and
+gradient-scaler state, the best weights so far, the history, and the early-stopping counter.
+Data order and augmentation are reseeded from (seed, epoch) at every epoch start, so a job
+resumed at an epoch boundary repeats exactly what an uninterrupted one would have done. A
+mid-epoch checkpoint also records the steps done in the epoch (the sampler position), the
+epoch's running sums and the random number generators' states after the last step, so the
+resumed epoch skips those batches and draws the same augmentation as an uninterrupted one.
+Everything is plain data and tensors, so it loads with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -12,18 +16,20 @@ from __future__ import annotations
 import io
 import logging
 import os
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from container_train.engine import EpochProgress
 from container_train.errors import TrainingError
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint-latest.pt"
-FORMAT = 1
+FORMAT = 2  # 2: gradient scaler and mid-epoch progress
 # Hyperparameters that may change between a run and its resumption (none that shape the result).
 RESUMABLE_CHANGES = frozenset({"log-interval", "num-workers", "early-stopping-patience",
                                "profile-steps"})
@@ -37,11 +43,47 @@ class TrainingState:
     best_valid_loss: float = float("inf")
     best_state: dict[str, torch.Tensor] | None = None
     bad_epochs: int = 0  # epochs since the best one, for early stopping
+    mid_epoch: MidEpoch | None = None  # set when the job stopped inside epoch `epoch` + 1
+
+
+@dataclass
+class MidEpoch:
+    """Where a stopped epoch stands, one entry per process (rank) of the job that stopped."""
+
+    epoch: int
+    progress: list[EpochProgress]
+    rng: list[dict[str, Any]]
+
+
+def rng_states() -> dict[str, Any]:
+    """Every generator the training steps draw from (augmentation: torch's CPU generator)."""
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def restore_rng(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _mid_epoch_payload(mid: MidEpoch | None) -> dict[str, Any] | None:
+    if mid is None:
+        return None
+    return {"epoch": mid.epoch, "rng": mid.rng, "progress": [p.__dict__ for p in mid.progress]}
+
+
+def _mid_epoch(payload: dict[str, Any] | None) -> MidEpoch | None:
+    if payload is None:
+        return None
+    return MidEpoch(payload["epoch"], [EpochProgress(**p) for p in payload["progress"]],
+                    payload["rng"])
 
 
 def save(directory: Path, *, state: TrainingState, model: torch.nn.Module,
          optimizer: torch.optim.Optimizer, scheduler: Any, class_names: list[str],
-         hyperparameters: dict[str, Any]) -> Path:
+         hyperparameters: dict[str, Any], scaler: torch.amp.GradScaler | None = None) -> Path:
     """Write atomically (temp file + rename): a kill mid-write leaves the previous one."""
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / CHECKPOINT_FILE
@@ -54,9 +96,11 @@ def save(directory: Path, *, state: TrainingState, model: torch.nn.Module,
         "best_valid_loss": state.best_valid_loss,
         "best_state": state.best_state,
         "bad_epochs": state.bad_epochs,
+        "mid_epoch": _mid_epoch_payload(state.mid_epoch),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
         "class_names": list(class_names),
         "hyperparameters": hyperparameters,
     }
@@ -90,9 +134,11 @@ def _incompatibility(payload: dict[str, Any], class_names: list[str],
 
 def load_if_compatible(directory: Path | None, *, model: torch.nn.Module,
                        optimizer: torch.optim.Optimizer, scheduler: Any,
-                       class_names: list[str], hyperparameters: dict[str, Any]
-                       ) -> TrainingState | None:
-    """Restore the latest checkpoint into model/optimizer/scheduler, or None to start fresh."""
+                       class_names: list[str], hyperparameters: dict[str, Any],
+                       scaler: torch.amp.GradScaler | None = None) -> TrainingState | None:
+    """Restore the latest checkpoint into model/optimizer/scheduler/scaler, or None to start
+    fresh. The random generators of a mid-epoch checkpoint are restored by the caller, when
+    the epoch's loader exists (``restore_rng``)."""
     if directory is None or not (directory / CHECKPOINT_FILE).is_file():
         return None
     path = directory / CHECKPOINT_FILE
@@ -108,7 +154,14 @@ def load_if_compatible(directory: Path | None, *, model: torch.nn.Module,
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
-    log.info("resuming from %s after epoch %d", path, payload["epoch"])
+    if scaler is not None and payload["scaler"] is not None:
+        scaler.load_state_dict(payload["scaler"])
+    mid = _mid_epoch(payload["mid_epoch"])
+    if mid is None:
+        log.info("resuming from %s after epoch %d", path, payload["epoch"])
+    else:
+        log.info("resuming from %s in epoch %d after step %d", path, mid.epoch,
+                 mid.progress[0].steps)
     return TrainingState(
         epoch=payload["epoch"],
         history=payload["history"],
@@ -116,4 +169,5 @@ def load_if_compatible(directory: Path | None, *, model: torch.nn.Module,
         best_valid_loss=payload["best_valid_loss"],
         best_state=payload["best_state"],
         bad_epochs=payload["bad_epochs"],
+        mid_epoch=mid,
     )

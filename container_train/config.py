@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,3 +196,23 @@ def describe(config: JobConfig) -> str:
         "pretrained_dir": str(config.pretrained_dir) if config.pretrained_dir else None,
         "tensorboard_dir": str(config.tensorboard_dir) if config.tensorboard_dir else None,
     }, indent=None)
+
+
+def usage() -> str:
+    """``python -m container_train --help``: the arguments and the hyperparameter table."""
+    lines = [
+        "usage: python -m container_train --data-dir DIR --model-dir DIR --output-data-dir DIR",
+        "           [--checkpoint-dir DIR] [--pretrained-dir DIR] [--tensorboard-dir DIR]",
+        "           [--feature-cache-dir DIR] [--NAME VALUE ...]",
+        "",
+        "Trains the ResNet50 classifier as a SageMaker job does (docs/training.md). Under",
+        "SageMaker the paths come from SM_* variables; an argument wins over them.",
+        "",
+        "hyperparameters (--NAME VALUE or --NAME=VALUE; '_' equals '-'):",
+    ]
+    for spec in SPECS:
+        lines.append(f"  --{spec.name} ({spec.kind}, default {spec.default}; "
+                     f"valid: {spec.describe_range()})")
+        lines += textwrap.wrap(spec.help, width=92, initial_indent="      ",
+                               subsequent_indent="      ")
+    return "\n".join(lines)

@@ -71,6 +71,7 @@ def needs_launcher() -> bool:
 
 def launch(script_args: list[str]) -> int:
     from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
 
     topology = topology_from_env()
     argv = launcher_argv(topology, script_args)
@@ -81,6 +82,9 @@ def launch(script_args: list[str]) -> int:
         torchrun.main(argv)
     except SystemExit as exc:  # torchrun exits through sys.exit on worker failure
         return int(exc.code or 0)
+    except SignalException as exc:  # SIGTERM: the workers got it too and saved a checkpoint
+        log.warning("stopped by %s: the workers were asked to stop", exc.sigval.name)
+        return 128 + int(exc.sigval)
     except Exception as exc:  # ChildFailedError: the worker already reported its reason
         log.error("distributed workers failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
         return 1
@@ -128,6 +132,13 @@ def all_reduce_sums(ctx: Context, *values: float) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=ctx.device)
     dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def any_rank(ctx: Context, flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on one (all ranks call it at the same step)."""
+    if not ctx.distributed:
+        return flag
+    return all_reduce_sums(ctx, float(flag))[0] > 0
 
 
 def gather_lists(ctx: Context, items: list[Any]) -> list[Any]:

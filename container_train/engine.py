@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from container_train.errors import TrainingError
+
 log = logging.getLogger(__name__)
 
 
@@ -69,27 +71,62 @@ def _format_eta(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+NATIVE_BF16 = (8, 0)  # compute capability with bf16 in cuDNN's convolutions (Ampere on)
+
+
+def _gpu(device: torch.device) -> str:
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"{torch.cuda.get_device_name(device)}, compute capability {major}.{minor}"
+
+
+def describe_device(device: torch.device) -> str:
+    """For the log: ``cpu`` or ``cuda:0 (NVIDIA T4, compute capability 7.5)``."""
+    return f"{device} ({_gpu(device)})" if device.type == "cuda" else str(device)
+
+
 @dataclass(frozen=True)
 class Precision:
-    """Mixed precision on GPUs: bf16 where supported, else fp16 with a gradient scaler."""
+    """What the training steps compute in (the ``precision`` hyperparameter).
+
+    auto: bf16 autocast where the GPU has bf16 natively (compute capability >= 8.0); below
+    that, torch reports bf16 as supported but emulates it (no cuDNN bf16 convolutions), so
+    fp16 autocast with a gradient scaler; fp32 on CPU.
+    """
 
     dtype: torch.dtype | None = None  # None = fp32
     scaler: torch.amp.GradScaler | None = None
 
     @classmethod
-    def for_device(cls, device: torch.device) -> Precision:
+    def for_device(cls, device: torch.device, requested: str = "auto") -> Precision:
+        """Raises TrainingError (one line) when the device cannot do what was asked."""
         if device.type != "cuda":
+            if requested in ("fp16", "bf16"):
+                raise TrainingError(f"precision={requested} needs a CUDA GPU and this job runs "
+                                    f"on {device.type}: use precision=auto or fp32")
             return cls()
-        if torch.cuda.is_bf16_supported():
+        native_bf16 = torch.cuda.get_device_capability(device) >= NATIVE_BF16
+        if requested == "auto":
+            requested = "bf16" if native_bf16 else "fp16"
+        if requested == "bf16" and not native_bf16:
+            raise TrainingError(
+                f"precision=bf16 needs a GPU with compute capability 8.0 or higher (native "
+                f"bf16) and this one is {_gpu(device)}: use precision=fp16 or auto")
+        if requested == "bf16":
             return cls(torch.bfloat16)
-        return cls(torch.float16, torch.amp.GradScaler("cuda"))
+        if requested == "fp16":
+            return cls(torch.float16, torch.amp.GradScaler("cuda"))
+        return cls()
+
+    @property
+    def short_name(self) -> str:
+        """fp32, fp16 or bf16: what the manifest records."""
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
 
     @property
     def name(self) -> str:
         if self.dtype is None:
             return "fp32"
-        short = {torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
-        return f"{short} autocast" + (
+        return f"{self.short_name} autocast" + (
             " + grad scaler" if self.scaler is not None else "")
 
     def autocast(self, device: torch.device):
@@ -105,22 +142,47 @@ class Precision:
             self.scaler.update()
 
 
+@dataclass
+class EpochProgress:
+    """How far a training epoch got: a mid-epoch checkpoint stores it, a resumed epoch starts
+    from it (the sums continue, so the epoch's metric line equals an uninterrupted one)."""
+
+    steps: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+
+    def stats(self) -> EpochStats:
+        seen = max(self.seen, 1)
+        return EpochStats(self.loss_sum / seen, self.correct / seen, self.seen, self.seconds)
+
+
+def _never() -> bool:
+    return False
+
+
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                     loader: DataLoader, device: torch.device, *, epoch: int, epochs: int,
                     log_interval: int, callbacks: list[Callback],
                     set_mode: Callable[[], None] | None = None,
                     precision: Precision = Precision(),
-                    normalize: Normalize | None = None) -> EpochStats:
+                    normalize: Normalize | None = None,
+                    progress: EpochProgress | None = None,
+                    should_stop: Callable[[], bool] = _never) -> EpochStats | None:
     """``set_mode`` puts the model in train mode (default: all of it; see model.set_train_mode).
     ``normalize`` turns uint8 pixel batches into the model's input (EvalPreprocessing.normalize).
+    ``progress`` is updated after every step; a resumed epoch passes what was saved and a
+    ``loader`` over the remaining batches. When ``should_stop()`` turns true after a step,
+    returns None (``progress`` says where it stopped).
     """
+    progress = progress if progress is not None else EpochProgress()
     (set_mode or model.train)()
     for cb in callbacks:
         cb.on_mode("train")
-    total_loss, correct, seen = 0.0, 0, 0
-    steps = len(loader)
-    start = last = time.perf_counter()
-    for step, (images, labels) in enumerate(loader, 1):
+    steps = progress.steps + len(loader)
+    start = last = time.perf_counter() - progress.seconds
+    for step, (images, labels) in enumerate(loader, progress.steps + 1):
         data_seconds = time.perf_counter() - last
         images = _to_device(images, device, normalize)
         labels = labels.to(device, non_blocking=True)
@@ -131,26 +193,33 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         precision.step(loss, optimizer)
         batch_loss = loss.item()  # syncs the device, so compute time below is real
         now = time.perf_counter()
-        total_loss += batch_loss * labels.size(0)
-        correct += (outputs.argmax(1) == labels).sum().item()
-        seen += labels.size(0)
+        progress.loss_sum += batch_loss * labels.size(0)
+        progress.correct += (outputs.argmax(1) == labels).sum().item()
+        progress.seen += labels.size(0)
+        progress.steps, progress.seconds = step, now - start
         for cb in callbacks:
             cb.on_step_end("train", step, batch_loss, labels.size(0), data_seconds,
                            now - last - data_seconds)
         if step % log_interval == 0 or step == steps:
             elapsed = now - start
             log.info("[train] epoch %d/%d step %d/%d loss=%.4f acc=%.4f %.1f img/s eta %s",
-                     epoch, epochs, step, steps, total_loss / seen, correct / seen,
-                     seen / elapsed, _format_eta(elapsed / step * (steps - step)))
+                     epoch, epochs, step, steps, progress.loss_sum / progress.seen,
+                     progress.correct / progress.seen, progress.seen / elapsed,
+                     _format_eta(elapsed / step * (steps - step)))
+        if should_stop():
+            log.info("[train] epoch %d/%d stopped after step %d/%d", epoch, epochs, step, steps)
+            return None
         last = time.perf_counter()
-    seconds = time.perf_counter() - start
-    return EpochStats(total_loss / max(seen, 1), correct / max(seen, 1), seen, seconds)
+    progress.seconds = time.perf_counter() - start
+    return progress.stats()
 
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, criterion: nn.Module, loader: DataLoader, device: torch.device,
              callbacks: list[Callback], precision: Precision = Precision(),
-             normalize: Normalize | None = None) -> EpochStats:
+             normalize: Normalize | None = None,
+             should_stop: Callable[[], bool] = _never) -> EpochStats | None:
+    """None when ``should_stop()`` turned true (checked after every batch)."""
     model.eval()
     for cb in callbacks:
         cb.on_mode("eval")
@@ -174,6 +243,8 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader: DataLoader, device:
         for cb in callbacks:
             cb.on_step_end("eval", step, batch_loss, labels.size(0), data_seconds,
                            now - last - data_seconds)
+        if should_stop():
+            return None
         last = time.perf_counter()
     correct = sum(int(a == b) for a, b in zip(labels_all, preds_all, strict=True))
     return EpochStats(total_loss / max(seen, 1), correct / max(seen, 1), seen,

@@ -105,6 +105,11 @@ SPECS: tuple[Spec, ...] = (
          "also write the fp32 model compiled ahead of time (AOTInductor, x86-64-v3, batch 1), "
          "which fp32 serving on CPU runs about 1.2x faster than its TorchScript graph; adds "
          "20-40 s and needs a C++ compiler (the training image has one)"),
+    Spec("precision", "choice", AUTO,
+         "arithmetic of the training steps: auto = bf16 autocast on GPUs with native bf16 "
+         "(compute capability >= 8.0: A10G, A100, H100, L4), fp16 autocast + gradient scaler "
+         "on older GPUs (T4, V100), fp32 on CPU; fp16 and bf16 fail on a device without them",
+         choices=(AUTO, "fp32", "fp16", "bf16")),
 )
 
 SPECS_BY_NAME: dict[str, Spec] = {s.name: s for s in SPECS}
@@ -208,6 +213,7 @@ class Hyperparameters:
     profile_steps: int
     int8: bool
     compile: bool
+    precision: str
 
     @classmethod
     def from_mapping(cls, raw: dict[str, Any]) -> Hyperparameters:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import platform
 import sys
@@ -13,9 +14,16 @@ from pathlib import Path
 import torch
 import torchvision
 from torch import nn
+from torch.utils.data import DataLoader, Sampler
 
 from container_train import checkpoint, distributed, profiling, reports
-from container_train.config import JobConfig, describe, failure_file_path, parse_config
+from container_train.config import (
+    JobConfig,
+    describe,
+    failure_file_path,
+    parse_config,
+    usage,
+)
 from container_train.data import (
     Split,
     discover_classes,
@@ -23,10 +31,19 @@ from container_train.data import (
     resolve_num_workers,
     scan_split,
 )
-from container_train.engine import Callback, EpochStats, Precision, evaluate, train_one_epoch
+from container_train.engine import (
+    Callback,
+    EpochProgress,
+    EpochStats,
+    Precision,
+    describe_device,
+    evaluate,
+    train_one_epoch,
+)
 from container_train.errors import TrainingError
 from container_train.feature_cache import make_feature_loaders
 from container_train.hyperparameters import HyperparameterError, Hyperparameters
+from container_train.interruption import INTERRUPTED_EXIT_CODE, NEVER, Interrupted, StopSignal
 from container_train.metrics import format_metric_line
 from container_train.model import (
     apply_freezing,
@@ -160,12 +177,72 @@ def _reduce(stats: EpochStats, ctx: distributed.Context, gather: bool = False) -
                       stats.seconds, labels, preds)
 
 
+class _Skipping(Sampler[int]):
+    """The rest of an epoch's sampler: its first ``skip`` indices left out."""
+
+    def __init__(self, sampler: Sampler[int], skip: int):
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(len(self.sampler) - self.skip, 0)  # type: ignore[arg-type]
+
+
+def _remaining(loader: DataLoader, steps_done: int, seed: int) -> DataLoader:
+    """The batches of a stopped epoch after ``steps_done``, with the loader's settings. Its
+    own generator: starting its iterator draws a seed, which must not move the restored
+    global generator that the augmentation draws from."""
+    return DataLoader(loader.dataset, batch_size=loader.batch_size,
+                      sampler=_Skipping(loader.sampler, steps_done * (loader.batch_size or 1)),
+                      num_workers=loader.num_workers, pin_memory=loader.pin_memory,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+def _resume_point(state: checkpoint.TrainingState, ctx: distributed.Context,
+                  epoch: int) -> EpochProgress | None:
+    """This process's progress in ``epoch`` when the checkpoint stopped inside it (its random
+    generators restored), else None."""
+    mid = state.mid_epoch
+    if mid is None or mid.epoch != epoch:
+        return None
+    if len(mid.progress) != ctx.world_size:
+        log.warning("epoch %d was stopped with %d process(es) and this job has %d: it restarts "
+                    "from its first batch with the weights reached", epoch, len(mid.progress),
+                    ctx.world_size)
+        return None
+    checkpoint.restore_rng(mid.rng[ctx.rank])
+    return mid.progress[ctx.rank]
+
+
+def _save_stopped(config: JobConfig, ctx: distributed.Context, state: checkpoint.TrainingState,
+                  epoch: int, progress: EpochProgress, **objects) -> None:
+    """Mid-epoch checkpoint (every rank's progress and generators, written by rank 0), then
+    Interrupted."""
+    start = time.perf_counter()
+    ranks = distributed.gather_lists(ctx, [(progress, checkpoint.rng_states())])
+    state.mid_epoch = checkpoint.MidEpoch(epoch, [p for p, _ in ranks], [r for _, r in ranks])
+    if config.checkpoint_dir is None:
+        raise Interrupted(f"stopped in epoch {epoch} after step {progress.steps}, no "
+                          "checkpoint dir: the progress is lost")
+    if ctx.is_main:
+        path = checkpoint.save(config.checkpoint_dir, state=state, **objects)
+        log.info("checkpoint %s written in %.1f s: epoch %d stopped after step %d", path,
+                 time.perf_counter() - start, epoch, progress.steps)
+    raise Interrupted(f"stopped in epoch {epoch} after step {progress.steps}; "
+                      f"{config.checkpoint_dir / checkpoint.CHECKPOINT_FILE} holds the progress "
+                      "and a job started on it resumes there")
+
+
 def run(config: JobConfig, callbacks: list[Callback] | None = None,
         ctx: distributed.Context | None = None, figures: bool = True,
-        keep_model: Callable[[dict[str, float]], bool] | None = None) -> dict[str, float]:
+        keep_model: Callable[[dict[str, float]], bool] | None = None,
+        stop: StopSignal = NEVER) -> dict[str, float]:
     """One training job; ``figures=False`` leaves out the plots and report.html, and
     ``keep_model(final_metrics)`` returning False leaves out the artifact (local tuning keeps
-    both for its best trial only)."""
+    both for its best trial only). ``stop`` (installed by main) turns SIGTERM into a
+    mid-epoch checkpoint and :class:`Interrupted`."""
     callbacks = callbacks or []
     ctx = ctx or distributed.Context(
         device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
@@ -178,10 +255,11 @@ def run(config: JobConfig, callbacks: list[Callback] | None = None,
 
     torch.manual_seed(hp.seed)
     device = ctx.device
-    precision = Precision.for_device(device)
+    precision = Precision.for_device(device, hp.precision)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels once
-    log.info("device %s, precision %s", device, precision.name)
+    log.info("device %s, precision %s (precision=%s)", describe_device(device), precision.name,
+             hp.precision)
     workers = resolve_num_workers(hp.num_workers, device,
                                   procs_per_host=torch.cuda.device_count() or 1)
     pre = EvalPreprocessing.for_image_size(hp.image_size)
@@ -200,7 +278,8 @@ def run(config: JobConfig, callbacks: list[Callback] | None = None,
     hp_dict = {**hp.to_dict(), "weights": weights}
     state = checkpoint.load_if_compatible(
         config.checkpoint_dir, model=net, optimizer=optimizer, scheduler=scheduler,
-        class_names=classes, hyperparameters=hp_dict) or checkpoint.TrainingState()
+        class_names=classes, hyperparameters=hp_dict, scaler=precision.scaler,
+    ) or checkpoint.TrainingState()
     if hp.trainable_stages == 0 and hp.feature_cache:
         # Fast path: backbone features once, then only the head runs each epoch.
         loaders = make_feature_loaders(
@@ -225,46 +304,63 @@ def run(config: JobConfig, callbacks: list[Callback] | None = None,
     for cb in callbacks:
         cb.on_train_begin(step_module, criterion)  # the module whose forward runs each step
 
+    saved = dict(model=net, optimizer=optimizer, scheduler=scheduler, class_names=classes,
+                 hyperparameters=hp_dict, scaler=precision.scaler)
+
+    def should_stop() -> bool:  # every rank stops after the same step
+        return distributed.any_rank(ctx, stop.received)
+
     stopped_early = False
-    for epoch in range(state.epoch + 1, hp.epochs + 1):
-        torch.manual_seed(hp.seed + epoch)  # augmentation depends on (seed, epoch) only
-        loaders["train"].sampler.set_epoch(epoch)
-        if hasattr(loaders["train"].dataset, "set_epoch"):  # feature views per epoch
-            loaders["train"].dataset.set_epoch(epoch)
-        if ctx.distributed:
-            shard = list(loaders["train"].sampler)
-            log.info("epoch %d: train shard of %d images starts %s", epoch, len(shard), shard[:6])
-        train = _reduce(train_one_epoch(
-            model, criterion, optimizer, loaders["train"], device, epoch=epoch,
-            epochs=hp.epochs, log_interval=hp.log_interval, callbacks=callbacks,
-            set_mode=lambda: set_train_mode(net, hp.trainable_stages), precision=precision,
-            normalize=pre.normalize), ctx)
-        valid = _reduce(evaluate(step_module, criterion, loaders["valid"], device, callbacks,
-                                 precision, pre.normalize), ctx)
-        scheduler.step()
-        row = {"train_loss": train.loss, "train_accuracy": train.accuracy,
-               "valid_loss": valid.loss, "valid_accuracy": valid.accuracy,
-               "epoch_time": train.seconds + valid.seconds,
-               "images_per_sec": train.images_per_sec}
-        if ctx.is_main:
-            print(format_metric_line(row, tag=f"epoch={epoch}"), flush=True)
-        state.history.append({"epoch": epoch, **row})
-        if valid.loss < state.best_valid_loss:
-            state.best_epoch, state.best_valid_loss, state.bad_epochs = epoch, valid.loss, 0
-            state.best_state = {k: v.detach().to("cpu", copy=True)
-                                for k, v in net.state_dict().items()}
-        else:
-            state.bad_epochs += 1
-        state.epoch = epoch
-        if config.checkpoint_dir is not None and ctx.is_main:
-            checkpoint.save(config.checkpoint_dir, state=state, model=net, optimizer=optimizer,
-                            scheduler=scheduler, class_names=classes, hyperparameters=hp_dict)
-        for cb in callbacks:
-            cb.on_epoch_end(epoch, row)
-        if hp.early_stopping_patience and state.bad_epochs >= hp.early_stopping_patience:
-            log.info("early stopping: no better valid loss for %d epochs", state.bad_epochs)
-            stopped_early = True
-            break
+    with stop.deferred():
+        for epoch in range(state.epoch + 1, hp.epochs + 1):
+            torch.manual_seed(hp.seed + epoch)  # augmentation depends on (seed, epoch) only
+            loaders["train"].sampler.set_epoch(epoch)
+            if hasattr(loaders["train"].dataset, "set_epoch"):  # feature views per epoch
+                loaders["train"].dataset.set_epoch(epoch)
+            if ctx.distributed:
+                shard = list(loaders["train"].sampler)
+                log.info("epoch %d: train shard of %d images starts %s", epoch, len(shard),
+                         shard[:6])
+            progress = _resume_point(state, ctx, epoch)
+            train_loader = (loaders["train"] if progress is None else
+                            _remaining(loaders["train"], progress.steps, hp.seed + epoch))
+            progress = progress or EpochProgress()
+            trained = train_one_epoch(
+                model, criterion, optimizer, train_loader, device, epoch=epoch,
+                epochs=hp.epochs, log_interval=hp.log_interval, callbacks=callbacks,
+                set_mode=lambda: set_train_mode(net, hp.trainable_stages), precision=precision,
+                normalize=pre.normalize, progress=progress, should_stop=should_stop)
+            # Valid shards may differ by a batch across ranks: only one process stops in it.
+            validated = None if trained is None else evaluate(
+                step_module, criterion, loaders["valid"], device, callbacks, precision,
+                pre.normalize, should_stop=should_stop if not ctx.distributed else lambda: False)
+            if trained is None or validated is None:
+                _save_stopped(config, ctx, state, epoch, progress, **saved)
+            train, valid = _reduce(trained, ctx), _reduce(validated, ctx)
+            state.mid_epoch = None
+            scheduler.step()
+            row = {"train_loss": train.loss, "train_accuracy": train.accuracy,
+                   "valid_loss": valid.loss, "valid_accuracy": valid.accuracy,
+                   "epoch_time": train.seconds + valid.seconds,
+                   "images_per_sec": train.images_per_sec}
+            if ctx.is_main:
+                print(format_metric_line(row, tag=f"epoch={epoch}"), flush=True)
+            state.history.append({"epoch": epoch, **row})
+            if valid.loss < state.best_valid_loss:
+                state.best_epoch, state.best_valid_loss, state.bad_epochs = epoch, valid.loss, 0
+                state.best_state = {k: v.detach().to("cpu", copy=True)
+                                    for k, v in net.state_dict().items()}
+            else:
+                state.bad_epochs += 1
+            state.epoch = epoch
+            if config.checkpoint_dir is not None and ctx.is_main:
+                checkpoint.save(config.checkpoint_dir, state=state, **saved)
+            for cb in callbacks:
+                cb.on_epoch_end(epoch, row)
+            if hp.early_stopping_patience and state.bad_epochs >= hp.early_stopping_patience:
+                log.info("early stopping: no better valid loss for %d epochs", state.bad_epochs)
+                stopped_early = True
+                break
     for cb in callbacks:
         cb.on_train_end()
 
@@ -299,6 +395,7 @@ def run(config: JobConfig, callbacks: list[Callback] | None = None,
         hyperparameters=hp_dict,
         versions={"python": platform.python_version(), "torch": torch.__version__,
                   "torchvision": torchvision.__version__},
+        training={"device": describe_device(device), "precision": precision.short_name},
     )
     manifest = write_artifact(
         config.model_dir, net.to("cpu", memory_format=torch.contiguous_format), manifest)
@@ -334,18 +431,40 @@ def report_failure(exc: BaseException) -> None:
     print(details, file=sys.stderr, flush=True)
 
 
+def report_interruption(exc: Interrupted) -> None:
+    """A stop is not a failure of the job, but the toolkit writes a failure file for any
+    non-zero exit ("ExitCode 143"): this one says where the work is."""
+    reason = _one_line(f"stopped by SIGTERM: {exc}")
+    log.warning(reason)
+    path = failure_file_path()
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(reason[:FAILURE_REASON_CHARS] + "\n")
+        except OSError as write_error:
+            log.error("cannot write failure file %s: %s", path, write_error)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         stream=sys.stdout, force=True)
     args = sys.argv[1:] if argv is None else argv
+    if "--help" in args or "-h" in args:
+        print(usage())
+        return 0
     ctx = None
     try:
         config = parse_config(args)  # bad arguments fail here, once, before any launch
         if distributed.needs_launcher():
-            return distributed.launch(args)
-        ctx = distributed.init()
-        run(config, profiling.make_callbacks(config, is_main=ctx.is_main, device=ctx.device),
-            ctx=ctx)
+            return distributed.launch(args)  # torchrun passes SIGTERM on to the workers
+        with StopSignal().installed() as stop:
+            ctx = distributed.init()
+            run(config, profiling.make_callbacks(config, is_main=ctx.is_main,
+                                                 device=ctx.device), ctx=ctx, stop=stop)
+    except Interrupted as exc:
+        if ctx is None or ctx.is_main:
+            report_interruption(exc)
+        return INTERRUPTED_EXIT_CODE
     except Exception as exc:
         report_failure(exc)
         return 1

@@ -118,6 +118,8 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     # Optional; absent from the JSON when empty, and ignored by readers that predate it.
     variants: dict[str, Variant] = field(default_factory=dict)
+    # Optional, informative: how the weights were trained ({"device": ..., "precision": ...}).
+    training: dict[str, str] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -137,6 +139,7 @@ class Manifest:
             "versions": dict(self.versions),
             **({"variants": {name: v.to_dict() for name, v in self.variants.items()}}
                if self.variants else {}),
+            **({"training": dict(self.training)} if self.training else {}),
         }
 
     @classmethod
@@ -192,6 +195,7 @@ class Manifest:
             versions=dict(data.get("versions", {})),
             format_version=version,
             variants=variants,
+            training=dict(data.get("training", {})),
         )
 
     def write(self, model_dir: str | os.PathLike[str]) -> Path:

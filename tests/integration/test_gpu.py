@@ -43,3 +43,29 @@ def test_amp_training_on_gpu_gives_an_artifact_that_predicts_on_cpu(color_data, 
     gpu_accuracy = final["test_accuracy"]
     # bf16 on the GPU vs fp32 on the CPU may flip a borderline image, not more.
     assert abs(cpu_accuracy - gpu_accuracy) <= 1 / total + 1e-9, (cpu_accuracy, gpu_accuracy)
+
+
+def _expected(requested: str) -> str | None:
+    """What `precision` resolves to on this GPU (None: the job must refuse it)."""
+    native_bf16 = torch.cuda.get_device_capability() >= (8, 0)
+    if requested == "auto":
+        return "bf16" if native_bf16 else "fp16"
+    return None if requested == "bf16" and not native_bf16 else requested
+
+
+@pytest.mark.parametrize("requested", ["auto", "fp32", "fp16", "bf16"])
+def test_short_amp_run_per_precision(color_data, tmp_path, requested):
+    run = run_training_subprocess(tmp_path, color_data, "--epochs", "2",
+                                  "--trainable-layers", "all", "--precision", requested)
+    expected = _expected(requested)
+    if expected is None:
+        assert run.returncode == 1
+        assert "precision=bf16 needs a GPU with compute capability 8.0" in run.log
+        return
+    assert run.returncode == 0, run.log[-3000:]
+    manifest = json.loads((run.model_dir / "manifest.json").read_text())
+    assert manifest["training"]["precision"] == expected
+    assert "compute capability" in manifest["training"]["device"]
+    history = json.loads((run.output_data_dir / "metrics.json").read_text())["history"]
+    assert all(h["train_loss"] == h["train_loss"] for h in history)  # no NaN from overflow
+    print(requested, expected, [round(h["train_loss"], 4) for h in history])
