@@ -34,6 +34,8 @@ from model_artifact.manifest import COMPILED, INT8, ArtifactError, Manifest
 from model_artifact.network import load_artifact
 from model_artifact.preprocess import (
     FORMAT_NAMES,
+    HEADER_SIZE,
+    MAX_HEADER_PIXELS,
     ImageDecodeError,
     ImageTooLargeError,
     decode,
@@ -254,13 +256,21 @@ def _client_errors(where: str) -> Iterator[None]:
 
 def _check_request_pixels(images: list[Image], resize: int, settings: Settings) -> None:
     """The batch's cost from the headers, before anything is decoded: per image the larger of
-    the pixels decoded and the pixels Resize makes, summed. Each image passing its own limit
-    is not enough: 16 of them would cost 16 times as much."""
+    the pixels decoded and the pixels Resize makes, summed; and the pixels the headers claim,
+    summed (a JPEG's decoder reads all of them even at 1/8 scale: a progressive one buffers
+    ~3 bytes per header pixel). Each image passing its own limits is not enough: 16 of them
+    would cost 16 times as much."""
     total = sum(max(w * h, resized_pixels((w, h), resize)) for w, h in (i.size for i in images))
     if total > settings.max_request_pixels:
         raise PayloadTooLarge(
             f"the {len(images)} images would decode and resize to {total} pixels in all; the "
             f"limit per request is {settings.max_request_pixels} pixels ({MAX_REQUEST_PIXELS_ENV})"
+        )
+    claimed = sum(w * h for w, h in (i.info[HEADER_SIZE] for i in images))
+    if claimed > MAX_HEADER_PIXELS:
+        raise PayloadTooLarge(
+            f"the {len(images)} image headers claim {claimed} pixels in all; the limit per "
+            f"request is {MAX_HEADER_PIXELS} header pixels"
         )
 
 

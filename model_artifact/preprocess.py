@@ -25,6 +25,7 @@ DEFAULT_MAX_PIXELS = 40_000_000
 # 200 MP phone sensor (16320 x 12240). A progressive JPEG buffers all its DCT coefficients
 # (~3 bytes per header pixel) even when decoded at 1/8 scale, so this bounds that memory.
 MAX_HEADER_PIXELS = 1 << 28
+HEADER_SIZE = "header_size"  # open_image's key in Image.info: (width, height) of the header
 
 # Formats we decode, by magic bytes: the format is sniffed, never trusted from a file name or
 # a content type, and Pillow opens the bytes with that one plugin only (Image.open formats=).
@@ -103,6 +104,7 @@ def _check_size(image: Image.Image, min_side: int | None, max_pixels: int) -> No
     if width * height > MAX_HEADER_PIXELS:
         raise ImageTooLargeError(f"image header claims {width}x{height} pixels; the limit for "
                                  f"any image is {MAX_HEADER_PIXELS} pixels")
+    image.info[HEADER_SIZE] = (width, height)  # what decoding still reads, whatever draft keeps
     if min_side and image.format == "JPEG":
         image.draft("RGB", (min_side, min_side))  # sets the decode size; decodes nothing yet
     if image.size[0] * image.size[1] > max_pixels:

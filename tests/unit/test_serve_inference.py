@@ -363,3 +363,20 @@ def test_pillow_opens_only_the_sniffed_format(monkeypatch: pytest.MonkeyPatch) -
     for data, fmt in ((JPEG, "JPEG"), (PNG, "PNG"), (encode(photo(), "BMP"), "BMP")):
         preprocess.load_image(data)
         assert opened.pop() == [fmt]
+
+
+def test_header_pixels_are_budgeted_per_request(served: inference.ServedModel,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Draft mode makes a big JPEG cheap to hold, not to read: the decoder still reads every
+    coefficient. The hard header cap also bounds the sum over a batch."""
+    from model_artifact import preprocess
+
+    monkeypatch.setattr(inference, "MAX_HEADER_PIXELS", 60_000_000)
+    monkeypatch.setattr(preprocess, "MAX_HEADER_PIXELS", 60_000_000)
+    jpeg = encode(Image.new("RGB", (8000, 6000), (120, 30, 60)), "JPEG", quality=50)
+    decoded = _decode_spy(monkeypatch)
+    assert inference.predict_fn([jpeg], served).probabilities.shape == (1, 3)
+    decoded.clear()
+    with pytest.raises(PayloadTooLarge, match="headers claim 96000000 pixels in all; the limit"):
+        inference.predict_fn([jpeg, jpeg], served)
+    assert decoded == []
