@@ -257,9 +257,10 @@ class DockerServe(Target):
     kind = "docker"
 
     def __init__(self, image: str, model_dir: Path, env: dict[str, str],
-                 workers: int | None = None, memory: str | None = None) -> None:
+                 workers: int | None = None, memory: str | None = None,
+                 name_prefix: str = "") -> None:
         super().__init__(free_port())
-        self.name = f"fuzz-serve-{uuid.uuid4().hex[:8]}"
+        self.name = f"{name_prefix}fuzz-serve-{uuid.uuid4().hex[:8]}"
         cmd = ["docker", "run", "-d", "--rm", "--name", self.name,
                "-p", f"{HOST}:{self.port}:8080",
                "-v", f"{Path(model_dir).resolve()}:/opt/ml/model:ro"]
@@ -318,7 +319,7 @@ def start_target(args: argparse.Namespace, limits: Limits, good: bytes) -> Targe
         target = HostMMS(args.model_dir, env, workers=args.workers)
     else:
         target = DockerServe(args.image, args.model_dir, env, workers=args.workers,
-                             memory=args.memory or None)
+                             memory=args.memory or None, name_prefix=args.name_prefix)
     try:
         target.wait_ready(good, timeout=args.ready_timeout)
     except BaseException:
@@ -447,9 +448,9 @@ def build_pool(photos: list[Path], limits: Limits, resize: int
         "aspect_2x400000.png": _image(Image.new("1", (2, 400000)), "PNG"),
         # Phone photos: 48-50 MP headers that draft mode decodes at 1/8 scale.
         "phone_8000x6000.jpg": _image(Image.new("RGB", (8000, 6000), (90, 140, 60)), "JPEG",
-                                      quality=60),
+                                      quality=60, optimize=True),
         "phone_8160x6144.jpg": _image(Image.new("RGB", (6144, 8160), (30, 60, 200)), "JPEG",
-                                      quality=60),
+                                      quality=60, optimize=True),
     }
     return valid, bombs, at_limits(limits, resize)
 
@@ -1037,6 +1038,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="run python -m container_serve here instead of the image")
     parser.add_argument("--image", default=SERVE_IMAGE)
     parser.add_argument("--port", type=int, help="a server already listening on 127.0.0.1")
+    parser.add_argument("--name-prefix", default="",
+                        help="prefix of the container's name (a shared Docker daemon)")
     parser.add_argument("--memory", default="6g",
                         help="docker run --memory for the image ('' for none)")
     parser.add_argument("--requests", type=int, default=2000, help="hostile requests")

@@ -85,7 +85,7 @@ def _jpeg(size: tuple[int, int]) -> bytes:
 
     from bench.fuzz_serve import encode
 
-    return encode(Image.new("RGB", size, (90, 140, 60)), "JPEG", quality=60)
+    return encode(Image.new("RGB", size, (90, 140, 60)), "JPEG", quality=60, optimize=True)
 
 
 CASES = {  # name: (path, body, content type, status, fragment of the reason)
