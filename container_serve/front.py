@@ -77,6 +77,7 @@ def render_config(settings: Settings, runtime_dir: str, max_body_bytes: int) -> 
     too_large = _quoted(error_body(413, f"request body is more than {max_body_bytes} bytes; the "
                                         f"limit is {settings.max_request_bytes}"))
     down = _quoted(error_body(503, "the model server is starting or not running; retry shortly"))
+    bad_query = _quoted(error_body(400, "the query string has a % not followed by two hex digits"))
     return f"""# Written by container_serve/front.py for one server; see that module for why.
 daemon off;
 {_user_line()}worker_processes 1;
@@ -111,6 +112,9 @@ http {{
         }}
         location / {{
             if ($form_type) {{ return 415 {form_415}; }}
+            # MMS's Netty decoder answers 500 to a %-escape in the query string that is not two
+            # hex digits (bench/fuzz_serve.py found it); nothing reads the query, so refuse it.
+            if ($args ~ "%(?![0-9A-Fa-f]{{2}})") {{ return 400 {bad_query}; }}
             proxy_pass http://mms;
             proxy_http_version 1.1;
             proxy_set_header Connection "";

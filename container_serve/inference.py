@@ -12,11 +12,13 @@ import binascii
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from PIL.Image import Image
 from torch import nn
 
 from container_serve.errors import (
@@ -26,28 +28,27 @@ from container_serve.errors import (
     UnsupportedMediaType,
 )
 from container_serve.media import IMAGE_TYPES, JSON, unsupported
-from container_serve.settings import Settings
+from container_serve.settings import MAX_REQUEST_PIXELS_ENV, Settings
 from model_artifact.compiled import load_compiled
 from model_artifact.manifest import COMPILED, INT8, ArtifactError, Manifest
 from model_artifact.network import load_artifact
-from model_artifact.preprocess import ImageDecodeError, ImageTooLargeError, load_image
+from model_artifact.preprocess import (
+    FORMAT_NAMES,
+    HEADER_SIZE,
+    MAX_HEADER_PIXELS,
+    ImageDecodeError,
+    ImageTooLargeError,
+    decode,
+    open_image,
+    resized_pixels,
+    sniff,
+)
 from model_artifact.quantize import agreement_warning, load_int8, quiet
 
 logger = logging.getLogger(__name__)
 ACCEPTABLE = frozenset({JSON, "application/*", "*/*"})
 CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
 
-# Formats we let Pillow decode, by magic bytes: the format is sniffed, never trusted from the
-# header, and exotic decoders stay out of reach of untrusted input.
-_MAGIC = (
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-    (b"BM", "BMP"),
-)
 _Q_ZERO = re.compile(r"(^|;)\s*q\s*=\s*0(\.0*)?\s*$")
 
 
@@ -71,12 +72,6 @@ def media_type(content_type: str | None) -> str | None:
     if not content_type:
         return None
     return content_type.split(";", 1)[0].strip().lower() or None
-
-
-def sniff(data: bytes) -> str | None:
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WEBP"
-    return next((name for magic, name in _MAGIC if data.startswith(magic)), None)
 
 
 def check_accept(accept: str | None) -> None:
@@ -118,15 +113,27 @@ def _decode_base64(item: Any, where: str) -> bytes:
         raise BadRequest(f"{where} is not valid base64") from None
 
 
-def _images_from_json(raw: bytes, settings: Settings) -> list[bytes]:
+def _parse_json(raw: bytes) -> Any:
+    """UTF-8 JSON (RFC 8259) -> a Python value; anything the parser refuses is a 400."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in raw[:4]:
+        # json.loads(bytes) would sniff UTF-16/32 and accept them; the contract is UTF-8.
+        raise BadRequest("JSON body is UTF-16 or UTF-32, not UTF-8")
     try:
-        doc = json.loads(raw)
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest("JSON body is not UTF-8") from None
+    try:
+        return json.loads(text.removeprefix("\ufeff"))  # a UTF-8 BOM is tolerated
     except json.JSONDecodeError as exc:
         raise BadRequest(f"body is not valid JSON: {exc.msg} at position {exc.pos}") from None
     except RecursionError:  # '[[[[...' a few thousand deep: json's C parser recurses
         raise BadRequest("JSON body is nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits (int conversion)
+        raise BadRequest(f"body is not valid JSON: {str(exc).split(';')[0]}") from None
+
+
+def _images_from_json(raw: bytes, settings: Settings) -> list[bytes]:
+    doc = _parse_json(raw)
     if isinstance(doc, dict) and "image" in doc:
         items, where = [doc["image"]], "image"
     elif isinstance(doc, dict) and isinstance(doc.get("images"), list):
@@ -232,39 +239,57 @@ def input_fn(
         if not data:
             raise BadRequest(f"{where} is empty")
         if sniff(data) is None:
-            raise BadRequest(f"{where} is not a JPEG, PNG, WebP, GIF, BMP or TIFF file")
+            raise BadRequest(f"{where} is not a {FORMAT_NAMES} file")
     return images
 
 
-def _check_resized_pixels(
-    size: tuple[int, int], resize: int, max_pixels: int, where: str
-) -> None:
-    """Refuse extreme aspect ratios before Resize: a 1x200000 PNG is a few hundred bytes, but
-    resizing its short side to ``resize`` makes ``resize`` x (200000 * resize) pixels (GBs of
-    float tensors: the worker is OOM-killed). The limit is the same pixel budget as decoding."""
-    short, long = min(size), max(size)
-    resized = resize * int(resize * long / short)  # torchvision Resize(int)'s long side
-    if resized > max_pixels:
+@contextmanager
+def _client_errors(where: str) -> Iterator[None]:
+    """Decoding errors -> 413 (too large) or 400, the message prefixed with the image."""
+    try:
+        yield
+    except ImageTooLargeError as exc:
+        raise PayloadTooLarge(f"{where}{exc}") from None
+    except ImageDecodeError as exc:
+        raise BadRequest(f"{where}{exc}") from None
+
+
+def _check_request_pixels(images: list[Image], resize: int, settings: Settings) -> None:
+    """The batch's cost from the headers, before anything is decoded: per image the larger of
+    the pixels decoded and the pixels Resize makes, summed; and the pixels the headers claim,
+    summed (a JPEG's decoder reads all of them even at 1/8 scale: a progressive one buffers
+    ~3 bytes per header pixel). Each image passing its own limits is not enough: 16 of them
+    would cost 16 times as much."""
+    total = sum(max(w * h, resized_pixels((w, h), resize)) for w, h in (i.size for i in images))
+    if total > settings.max_request_pixels:
         raise PayloadTooLarge(
-            f"{where}image is {size[0]}x{size[1]} pixels; resizing its short side to {resize} "
-            f"would make {resized} pixels; the limit is {max_pixels} pixels"
+            f"the {len(images)} images would decode and resize to {total} pixels in all; the "
+            f"limit per request is {settings.max_request_pixels} pixels ({MAX_REQUEST_PIXELS_ENV})"
+        )
+    claimed = sum(w * h for w, h in (i.info[HEADER_SIZE] for i in images))
+    if claimed > MAX_HEADER_PIXELS:
+        raise PayloadTooLarge(
+            f"the {len(images)} image headers claim {claimed} pixels in all; the limit per "
+            f"request is {MAX_HEADER_PIXELS} header pixels"
         )
 
 
 def predict_fn(images: list[bytes], served: ServedModel) -> Prediction:
-    """Decode + preprocess exactly as evaluation does, then one forward pass for the batch."""
+    """Decode + preprocess exactly as evaluation does, then one forward pass for the batch.
+    Every header is read and checked (per image, then the request's total) before any image
+    is decoded."""
     pre = served.manifest.preprocessing
-    tensors = []
+    limit = served.settings.max_pixels
+    opened = []
     for i, data in enumerate(images):
-        where = f"image {i}: " if len(images) > 1 else ""
-        try:
-            image = load_image(data, min_side=pre.min_side, max_pixels=served.settings.max_pixels)
-        except ImageTooLargeError as exc:
-            raise PayloadTooLarge(f"{where}{exc}") from None
-        except ImageDecodeError as exc:
-            raise BadRequest(f"{where}{exc}") from None
-        _check_resized_pixels(image.size, pre.resize, served.settings.max_pixels, where)
-        tensors.append(served.transform(image))
+        with _client_errors(f"image {i}: " if len(images) > 1 else ""):
+            opened.append(open_image(data, min_side=pre.min_side, max_pixels=limit,
+                                     resize=pre.resize))
+    _check_request_pixels(opened, pre.resize, served.settings)
+    tensors = []
+    for i, image in enumerate(opened):
+        with _client_errors(f"image {i}: " if len(images) > 1 else ""):
+            tensors.append(served.transform(decode(image)))
     with torch.inference_mode():
         # One forward for the whole JSON batch.
         batch = torch.stack(tensors).contiguous(memory_format=torch.channels_last)

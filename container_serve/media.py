@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 JSON = "application/json"
-IMAGE_TYPES = frozenset(
-    {"image/jpeg", "image/png", "image/webp", "application/x-image", "application/octet-stream"}
-)
+# Every format we decode has its type; the format itself is always sniffed from the bytes
+# (model_artifact.preprocess.sniff), so these types only say "one encoded image".
+IMAGE_TYPES = frozenset({
+    "image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff",
+    "application/x-image", "application/octet-stream",
+})
 CONTENT_TYPES = (*sorted(IMAGE_TYPES), JSON)
 # Bodies that multi-model-server's Java front end form-decodes before any handler runs; bytes
 # that are not valid form encoding make it answer 500. The nginx front answers 415 for them.

@@ -24,6 +24,7 @@ THREADS_ENV = "SERVE_THREADS_PER_WORKER"
 MAX_REQUEST_BYTES_ENV = "SERVE_MAX_REQUEST_BYTES"
 MAX_IMAGES_ENV = "SERVE_MAX_IMAGES"
 MAX_PIXELS_ENV = "SERVE_MAX_PIXELS"
+MAX_REQUEST_PIXELS_ENV = "SERVE_MAX_REQUEST_PIXELS"
 TOP_K_ENV = "SERVE_TOP_K"
 TOP_K_MAX_ENV = "SERVE_TOP_K_MAX"
 RUNTIME_DIR_ENV = "SERVE_RUNTIME_DIR"
@@ -37,6 +38,9 @@ ARTIFACT_GATE_ENV = "SERVE_ARTIFACT_GATE"
 
 # MMS's own request limit when nobody raises it; matches SageMaker's ~6 MB real-time limit.
 MMS_DEFAULT_MAX_REQUEST_BYTES = 6_553_500
+# Pixels one request may decode and resize, summed over its images: a request costs at most
+# about twice the largest single image.
+REQUEST_PIXELS_PER_IMAGE_LIMIT = 2
 PRECISIONS = ("fp32", "int8")
 GRAPHS = ("auto", "compiled", "frozen", "eager")
 
@@ -89,6 +93,7 @@ class Settings:
     max_request_bytes: int = MMS_DEFAULT_MAX_REQUEST_BYTES
     max_images: int = 16
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_request_pixels: int = REQUEST_PIXELS_PER_IMAGE_LIMIT * DEFAULT_MAX_PIXELS
     top_k: int = 5
     top_k_max: int = 100
     runtime_dir: str | None = None
@@ -106,6 +111,7 @@ class Settings:
         max_payload_mb = _int(env, MAX_PAYLOAD_MB_ENV, 0, minimum=0)
         default_bytes = max_payload_mb * 1024 * 1024 or MMS_DEFAULT_MAX_REQUEST_BYTES
         top_k_max = _int(env, TOP_K_MAX_ENV, 100)
+        max_pixels = _int(env, MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS)
         settings = cls(
             port=_int(env, PORT_ENV, 8080),
             workers=workers,
@@ -113,7 +119,9 @@ class Settings:
             timeout_seconds=_int(env, TIMEOUT_SECONDS_ENV, 60),
             max_request_bytes=_int(env, MAX_REQUEST_BYTES_ENV, default_bytes),
             max_images=_int(env, MAX_IMAGES_ENV, 16),
-            max_pixels=_int(env, MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS),
+            max_pixels=max_pixels,
+            max_request_pixels=_int(env, MAX_REQUEST_PIXELS_ENV,
+                                    REQUEST_PIXELS_PER_IMAGE_LIMIT * max_pixels),
             top_k=min(_int(env, TOP_K_ENV, 5), top_k_max),
             top_k_max=top_k_max,
             runtime_dir=env.get(RUNTIME_DIR_ENV) or None,
@@ -134,6 +142,7 @@ class Settings:
             MAX_REQUEST_BYTES_ENV: str(self.max_request_bytes),
             MAX_IMAGES_ENV: str(self.max_images),
             MAX_PIXELS_ENV: str(self.max_pixels),
+            MAX_REQUEST_PIXELS_ENV: str(self.max_request_pixels),
             TOP_K_ENV: str(self.top_k),
             TOP_K_MAX_ENV: str(self.top_k_max),
             PRECISION_ENV: self.precision,

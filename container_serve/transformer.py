@@ -22,6 +22,7 @@ from container_serve.settings import ARTIFACT_GATE_ENV, MODEL_DIR_ENV
 from model_artifact.manifest import ArtifactError
 
 logger = logging.getLogger(__name__)
+MODEL_NOT_LOADED = "model not loaded: the artifact failed its check; see the endpoint's log"
 
 
 def _headers(context: Any, idx: int) -> dict[str, str]:
@@ -73,9 +74,10 @@ class ServeTransformer(Transformer):
             except ServeError as exc:
                 status, message = HTTPStatus(exc.status_code), exc.message
                 logger.info("refused with %d: %s", status, message)
-            except ArtifactError as exc:  # model_fn failed in initialize: say why, every time
-                status, message = HTTPStatus.INTERNAL_SERVER_ERROR, f"model not loaded: {exc}"
-                logger.error(one_line(message))
+            except ArtifactError as exc:  # model_fn failed in initialize: the log says why;
+                # the client is told only that, not the artifact's paths on this machine.
+                logger.error(one_line(f"model not loaded: {exc}"))
+                status, message = HTTPStatus.INTERNAL_SERVER_ERROR, MODEL_NOT_LOADED
             except Exception:  # a bug of ours: the client gets one line, the log the traceback
                 logger.exception("inference failed")
                 status, message = HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; see the logs"

@@ -14,12 +14,18 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import transforms
 
 from container_train.errors import TrainingError
-from model_artifact.preprocess import EvalPreprocessing, ImageDecodeError, load_image
+from model_artifact.preprocess import (
+    EvalPreprocessing,
+    ImageDecodeError,
+    ImageTooLargeError,
+    load_image,
+)
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 NAMED_BAD_FILES = 5  # how many unreadable files an error message names
+UNREADABLE = "unreadable"
 
 
 @dataclass(frozen=True)
@@ -60,32 +66,50 @@ def discover_classes(splits: dict[str, Path]) -> list[str]:
     return classes
 
 
-def _readable(path: Path, min_side: int | None) -> bool:
+def _check(path: Path, pre: EvalPreprocessing) -> str | None:
+    """None if the image decodes and resizes within the limits, else why not (one line).
+    The limits are serving's (``pre.load``): a 1x20000 PNG of 118 bytes would otherwise be
+    resized to GBs of pixels and get the job OOM-killed with no failure file."""
     try:
-        load_image(path, min_side=min_side)
-        return True
+        pre.load(path)
+        return None
+    except ImageTooLargeError as exc:
+        return f"too large: {exc}"
     except ImageDecodeError:
-        return False
+        return UNREADABLE
 
 
-def scan_split(name: str, split_dir: Path, classes: list[str], *, min_side: int | None,
+def _what(reasons: list[str]) -> str:
+    large = sum(r != UNREADABLE for r in reasons)
+    return ("too large" if large == len(reasons) else "unreadable" if not large
+            else "unreadable or too large")
+
+
+def scan_split(name: str, split_dir: Path, classes: list[str], *, pre: EvalPreprocessing,
                max_corrupt_fraction: float, workers: int) -> Split:
-    """Decode every image once; skip unreadable ones, fail when there are too many."""
+    """Decode every image once as evaluation will; skip unreadable and too large ones, fail
+    when there are too many."""
     candidates = [(path, index) for index, class_name in enumerate(classes)
                   for path in _image_files(split_dir / class_name)]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # Pillow releases the GIL
-        ok = list(pool.map(lambda item: _readable(item[0], min_side), candidates))
-    samples = [item for item, good in zip(candidates, ok, strict=True) if good]
-    skipped = [item[0] for item, good in zip(candidates, ok, strict=True) if not good]
+        checks = list(pool.map(lambda item: _check(item[0], pre), candidates))
+    samples = [item for item, why in zip(candidates, checks, strict=True) if why is None]
+    bad = [(item[0], why) for item, why in zip(candidates, checks, strict=True) if why]
+    skipped = [path for path, _ in bad]
     share = len(skipped) / len(candidates) if candidates else 0.0
+    what = _what([why for _, why in bad])
     if skipped:
-        log.warning("%s: skipped %d unreadable image(s) of %d (%.1f%%), e.g. %s", name,
-                    len(skipped), len(candidates), 100 * share, [str(p) for p in skipped[:3]])
+        log.warning("%s: skipped %d %s image(s) of %d (%.1f%%), e.g. %s", name, len(skipped),
+                    what, len(candidates), 100 * share, [str(p) for p in skipped[:3]])
+    for path, why in bad[:NAMED_BAD_FILES]:
+        if why != UNREADABLE:
+            log.warning("%s: %s: %s", name, path, why)
     if share > max_corrupt_fraction:
         raise TrainingError(
-            f"{len(skipped)} of {len(candidates)} images in '{name}' are unreadable "
+            f"{len(skipped)} of {len(candidates)} images in '{name}' are {what} "
             f"({100 * share:.1f}% > max-corrupt-fraction {100 * max_corrupt_fraction:.1f}%): "
-            + ", ".join(str(p) for p in skipped[:NAMED_BAD_FILES])
+            + ", ".join(str(p) if why == UNREADABLE else f"{p} ({why})"
+                        for p, why in bad[:NAMED_BAD_FILES])
         )
     log.info("%s: %d images in %d classes", name, len(samples), len(classes))
     return Split(name, samples, skipped)
@@ -93,17 +117,19 @@ def scan_split(name: str, split_dir: Path, classes: list[str], *, min_side: int 
 
 class ImageListDataset(Dataset):
     def __init__(self, samples: list[tuple[Path, int]], transform: Callable,
-                 min_side: int | None):
+                 min_side: int | None, resize: int | None = None):
         self.samples = samples
         self.transform = transform
         self.min_side = min_side
+        self.resize = resize  # scan_split's extreme-shape guard, again at load time
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
-        return self.transform(load_image(path, min_side=self.min_side)), label
+        image = load_image(path, min_side=self.min_side, resize=self.resize)
+        return self.transform(image), label
 
 
 def train_transform(pre: EvalPreprocessing) -> Callable:
@@ -152,7 +178,8 @@ def make_loader(split: Split, pre: EvalPreprocessing, *, train: bool, batch_size
     process) so data order depends only on (seed, epoch): resuming reproduces it, and rank r
     of W gets positions r, r+W, ... of the same permutation a single process would use."""
     transform = train_transform(pre) if train and augment else pre.pixels()
-    dataset = ImageListDataset(split.samples, transform, min_side=pre.min_side)
+    dataset = ImageListDataset(split.samples, transform, min_side=pre.min_side,
+                               resize=pre.resize)
     sampler: Sampler[int]
     if train:
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import transforms
 
 from container_train.data import ShardSampler, Split
-from model_artifact.preprocess import EvalPreprocessing, load_image
+from model_artifact.preprocess import EvalPreprocessing
 
 log = logging.getLogger(__name__)
 FORMAT = 1
@@ -61,7 +61,7 @@ class _ViewImages(Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         if self.view >= 2:
             torch.manual_seed(hash((self.seed, self.indices[i], self.view)) & 0x7FFFFFFF)
-        return self.transform(load_image(self.paths[i], min_side=self.pre.min_side))
+        return self.transform(self.pre.load(self.paths[i]))  # extreme shapes refused
 
 
 def backbone_fingerprint(net: nn.Module) -> str:

@@ -83,7 +83,7 @@ def _load_splits(config: JobConfig, pre: EvalPreprocessing, workers: int
                  ) -> tuple[list[str], dict[str, Split]]:
     classes = discover_classes(config.splits)
     splits = {
-        name: scan_split(name, path, classes, min_side=pre.min_side,
+        name: scan_split(name, path, classes, pre=pre,
                          max_corrupt_fraction=config.hyperparameters.max_corrupt_fraction,
                          workers=max(workers, 1))
         for name, path in config.splits.items()

@@ -11,16 +11,36 @@ import io
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from PIL import Image, ImageOps
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_RATIO = 256 / 224  # torchvision's reference: resize to 256, crop 224
-DEFAULT_MAX_PIXELS = 40_000_000  # about 6300 x 6300; larger headers are treated as bombs
+# Pixels an image may decode to (after JPEG draft mode): about 6300 x 6300. A 48-50 MP phone
+# JPEG decodes at 1/8 scale (~0.75 MP) and passes; a 40 Mpx PNG costs ~1 s and ~200 MiB.
+DEFAULT_MAX_PIXELS = 40_000_000
+# Pixels any image header may claim, whatever draft mode would keep: 16384 x 16384, above a
+# 200 MP phone sensor (16320 x 12240). A progressive JPEG buffers all its DCT coefficients
+# (~3 bytes per header pixel) even when decoded at 1/8 scale, so this bounds that memory.
+MAX_HEADER_PIXELS = 1 << 28
+HEADER_SIZE = "header_size"  # open_image's key in Image.info: (width, height) of the header
 
-# load_image checks the header's size against its own limit before decoding, with a message
+# Formats we decode, by magic bytes: the format is sniffed, never trusted from a file name or
+# a content type, and Pillow opens the bytes with that one plugin only (Image.open formats=).
+_MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+)
+FORMAT_NAMES = "JPEG, PNG, WebP, GIF, BMP or TIFF"
+
+# open_image checks the header's size against its own limits before decoding, with a message
 # that names the size; Pillow's global guard would fire first with a vaguer one.
 Image.MAX_IMAGE_PIXELS = None
 
@@ -30,7 +50,32 @@ class ImageDecodeError(ValueError):
 
 
 class ImageTooLargeError(ImageDecodeError):
-    """The image header claims more pixels than allowed (decompression bomb guard)."""
+    """The image would decode or resize to more pixels than allowed (bomb guard)."""
+
+
+def sniff(data: bytes) -> str | None:
+    """The Pillow format name from the magic bytes, or None for anything we do not decode."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return next((name for magic, name in _MAGIC if data.startswith(magic)), None)
+
+
+def resized_pixels(size: tuple[int, int], resize: int) -> int:
+    """Pixels of torchvision's Resize(resize) output: the short side becomes ``resize``."""
+    short, long = min(size), max(size)
+    return resize * int(resize * long / short)
+
+
+def check_resized_pixels(size: tuple[int, int], resize: int, max_pixels: int) -> None:
+    """Refuse extreme aspect ratios before Resize: a 1x200000 PNG is a few hundred bytes, but
+    resizing its short side to ``resize`` makes ``resize`` x (200000 * resize) pixels (GBs of
+    float tensors: the process is OOM-killed). The limit is the same pixel budget as decoding."""
+    resized = resized_pixels(size, resize)
+    if resized > max_pixels:
+        raise ImageTooLargeError(
+            f"image is {size[0]}x{size[1]} pixels; resizing its short side to {resize} "
+            f"would make {resized} pixels; the limit is {max_pixels} pixels"
+        )
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -51,47 +96,83 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _check_size(image: Image.Image, min_side: int | None, max_pixels: int) -> None:
+    """Header cap, then draft mode (JPEG), then the limit on what will really be decoded."""
+    width, height = image.size
+    if width == 0 or height == 0:
+        raise ImageDecodeError("image has no pixels")
+    if width * height > MAX_HEADER_PIXELS:
+        raise ImageTooLargeError(f"image header claims {width}x{height} pixels; the limit for "
+                                 f"any image is {MAX_HEADER_PIXELS} pixels")
+    image.info[HEADER_SIZE] = (width, height)  # what decoding still reads, whatever draft keeps
+    if min_side and image.format == "JPEG":
+        image.draft("RGB", (min_side, min_side))  # sets the decode size; decodes nothing yet
+    if image.size[0] * image.size[1] > max_pixels:
+        scaled = f" (decoded at {image.size[0]}x{image.size[1]})" if image.size != (
+            width, height) else ""
+        raise ImageTooLargeError(f"image is {width}x{height} pixels{scaled}; the limit is "
+                                 f"{max_pixels} decoded pixels")
+
+
+def open_image(
+    source: bytes | BinaryIO,
+    *,
+    min_side: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    resize: int | None = None,
+) -> Image.Image:
+    """Read an image's header only (nothing is decoded) and check what decoding it would cost.
+
+    ``min_side``: JPEGs are set to decode at the smallest DCT scale (1/2, 1/4, 1/8) that keeps
+    both sides at least this long (Pillow's draft mode), which makes large photos several
+    times cheaper to decode; ``image.size`` is then the size that will be decoded, and
+    ``max_pixels`` applies to it. ``resize``: also refuse shapes whose Resize(resize) output
+    would exceed ``max_pixels`` (:func:`check_resized_pixels`). :func:`decode` finishes it.
+    """
+    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    head = stream.read(16)
+    stream.seek(0)
+    fmt = sniff(head)
+    if fmt is None:
+        raise ImageDecodeError(f"not a {FORMAT_NAMES} file")
+    try:
+        image = Image.open(stream, formats=[fmt])
+    except Exception:  # Pillow raises many types for bad input
+        raise ImageDecodeError(f"not a decodable {fmt} image (corrupt header)") from None
+    _check_size(image, min_side, max_pixels)
+    if resize:
+        check_resized_pixels(image.size, resize, max_pixels)
+    return image
+
+
+def decode(image: Image.Image) -> Image.Image:
+    """An image from :func:`open_image` -> upright 8-bit RGB. Multi-frame images (GIF, WebP)
+    use their first frame."""
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return _to_rgb(image)
+    except Exception:
+        raise ImageDecodeError("image data is truncated or corrupt") from None
+
+
 def load_image(
     source: bytes | str | os.PathLike[str],
     *,
     min_side: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    resize: int | None = None,
 ) -> Image.Image:
-    """Decode an image file or bytes into upright 8-bit RGB.
-
-    ``min_side``: JPEGs are decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both
-    sides at least this long (Pillow's draft mode), which makes large photos several times
-    cheaper to decode. Evaluation passes the resize size, so serving decodes identically.
-    Multi-frame images (GIF, WebP) use their first frame.
-    """
+    """Decode an image file or bytes into upright 8-bit RGB: :func:`open_image` (checks, JPEG
+    draft mode at ``min_side``) then :func:`decode`. Evaluation passes the resize size as
+    ``min_side``, so serving decodes identically."""
     try:
         stream = io.BytesIO(source) if isinstance(source, bytes) else Path(source).open("rb")
     except OSError as exc:
         raise ImageDecodeError(f"cannot open image: {exc.strerror or exc}") from None
     with stream:
-        try:
-            image = Image.open(stream)
-        except Image.DecompressionBombError:
-            raise ImageTooLargeError("image has too many pixels") from None
-        except Exception:  # Pillow raises many types for bad input
-            raise ImageDecodeError("not a decodable image (unknown or corrupt format)") from None
-        width, height = image.size
-        if width * height > max_pixels:
-            raise ImageTooLargeError(
-                f"image is {width}x{height} pixels; the limit is {max_pixels} pixels"
-            )
-        if width == 0 or height == 0:
-            raise ImageDecodeError("image has no pixels")
-        try:
-            if min_side and image.format == "JPEG":
-                image.draft("RGB", (min_side, min_side))
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            return _to_rgb(image)
-        except Image.DecompressionBombError:
-            raise ImageTooLargeError("image has too many pixels") from None
-        except Exception:
-            raise ImageDecodeError("image data is truncated or corrupt") from None
+        return decode(open_image(stream, min_side=min_side, max_pixels=max_pixels,
+                                 resize=resize))
 
 
 @dataclass(frozen=True)
@@ -136,6 +217,13 @@ class EvalPreprocessing:
     @property
     def min_side(self) -> int | None:
         return self.resize if self.jpeg_draft else None
+
+    def load(self, source: bytes | str | os.PathLike[str],
+             max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+        """:func:`load_image` as this preprocessing needs it: JPEG draft at the resize size,
+        and shapes whose resize would exceed ``max_pixels`` refused (training and serving)."""
+        return load_image(source, min_side=self.min_side, max_pixels=max_pixels,
+                          resize=self.resize)
 
     def transform(self):  # -> torchvision.transforms.Compose (torchvision imported lazily)
         """PIL image -> normalised float CHW tensor: what serving runs per image."""

@@ -149,3 +149,16 @@ def test_kill_9_mid_epoch_resumes_to_identical_weights(color_data, tmp_path):
     a = torch.load(tmp_path / "straight" / "model" / "model.pt", weights_only=True)
     b = torch.load(root / "model" / "model.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_extreme_shape_fails_the_job_with_a_failure_file(tmp_path, monkeypatch):
+    """A 1x200000 PNG (a few hundred bytes) would be resized by evaluation to 37 x 7,400,000
+    pixels: serving's guard, now in scan_split, reports it as too large before any resize
+    (before, the job could be OOM-killed with no failure file)."""
+    data = _dataset(tmp_path / "data")
+    Image.new("L", (1, 200_000)).save(data / "train" / "a" / "thin.png")
+    line = _failure_line(tmp_path, monkeypatch, ["--data-dir", str(data), *_paths(tmp_path)])
+    assert line == (
+        f"1 of 7 images in 'train' are too large (14.3% > max-corrupt-fraction 5.0%): "
+        f"{data}/train/a/thin.png (too large: image is 1x200000 pixels; resizing its short side "
+        f"to 37 would make 273800000 pixels; the limit is 40000000 pixels)")

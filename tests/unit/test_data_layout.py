@@ -8,6 +8,9 @@ from PIL import Image
 from container_train.config import channels_from_env, resolve_splits
 from container_train.data import discover_classes, scan_split
 from container_train.errors import TrainingError
+from model_artifact.preprocess import EvalPreprocessing
+
+PRE = EvalPreprocessing(resize=8, crop_size=8)
 
 
 def _tree(root: Path, layout: dict[str, dict[str, int]]) -> Path:
@@ -92,7 +95,7 @@ def _corrupt(folder: Path, count: int) -> list[Path]:
 def test_corrupt_images_below_share_are_skipped_and_counted(tmp_path):
     root = _tree(tmp_path, {"train": {"a": 10, "b": 10}})
     bad = _corrupt(root / "train" / "a", 1)
-    split = scan_split("train", root / "train", ["a", "b"], min_side=8,
+    split = scan_split("train", root / "train", ["a", "b"], pre=PRE,
                        max_corrupt_fraction=0.1, workers=2)
     assert len(split.samples) == 20 and split.skipped == bad
     assert {label for _, label in split.samples} == {0, 1}
@@ -102,8 +105,53 @@ def test_corrupt_images_above_share_fail_naming_them(tmp_path):
     root = _tree(tmp_path, {"train": {"a": 4}})
     _corrupt(root / "train" / "a", 2)
     with pytest.raises(TrainingError) as info:
-        scan_split("train", root / "train", ["a"], min_side=8, max_corrupt_fraction=0.1,
+        scan_split("train", root / "train", ["a"], pre=PRE, max_corrupt_fraction=0.1,
                    workers=1)
     message = str(info.value)
     assert "2 of 6 images in 'train' are unreadable (33.3% > max-corrupt-fraction 10.0%)" in message
     assert "bad0.jpg" in message and "bad1.jpg" in message
+
+
+def test_extreme_shapes_are_too_large_not_unreadable(tmp_path):
+    """Serving's guard in training: a 1x200000 PNG (a few hundred bytes) would be resized to
+    8 x 1,600,000 pixels by evaluation's Resize(8); the limit (40 Mpx) is checked before."""
+    root = _tree(tmp_path, {"train": {"a": 3}})
+    Image.new("L", (1, 6_000_000)).save(root / "train" / "a" / "thin.png")
+    with pytest.raises(TrainingError) as info:
+        scan_split("train", root / "train", ["a"], pre=PRE, max_corrupt_fraction=0.05,
+                   workers=1)
+    message = str(info.value)
+    assert message.startswith("1 of 4 images in 'train' are too large (25.0% > ")
+    assert ("thin.png (too large: image is 1x6000000 pixels; resizing its short side to 8 "
+            "would make 384000000 pixels; the limit is 40000000 pixels)") in message
+
+
+def test_unreadable_and_too_large_are_told_apart(tmp_path):
+    root = _tree(tmp_path, {"train": {"a": 20}})
+    _corrupt(root / "train" / "a", 1)
+    Image.new("L", (6_000_000, 1)).save(root / "train" / "a" / "wide.png")
+    split = scan_split("train", root / "train", ["a"], pre=PRE, max_corrupt_fraction=0.1,
+                       workers=1)
+    assert len(split.samples) == 20 and len(split.skipped) == 2
+    with pytest.raises(TrainingError, match="are unreadable or too large"):
+        scan_split("train", root / "train", ["a"], pre=PRE, max_corrupt_fraction=0.05,
+                   workers=1)
+
+
+def test_phone_photo_sizes_are_readable(tmp_path):
+    """An 8000x6000 JPEG decodes at 1/8 scale (draft mode): under the pixel limit."""
+    root = _tree(tmp_path, {"train": {"a": 1}})
+    Image.new("RGB", (8000, 6000), (10, 80, 30)).save(root / "train" / "a" / "phone.jpg",
+                                                      quality=50)
+    split = scan_split("train", root / "train", ["a"], pre=PRE, max_corrupt_fraction=0.0,
+                       workers=1)
+    assert len(split.samples) == 2 and not split.skipped
+
+
+def test_feature_cache_loads_with_the_same_guard(tmp_path):
+    from container_train.feature_cache import _ViewImages
+    from model_artifact.preprocess import ImageTooLargeError
+
+    Image.new("L", (1, 6_000_000)).save(tmp_path / "thin.png")
+    with pytest.raises(ImageTooLargeError, match="resizing its short side to 8"):
+        _ViewImages([tmp_path / "thin.png"], PRE, 0, 0, [0])[0]

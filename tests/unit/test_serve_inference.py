@@ -24,7 +24,8 @@ from container_serve.settings import Settings
 from model_artifact.manifest import Manifest
 from model_artifact.preprocess import EvalPreprocessing
 
-SETTINGS = Settings(max_request_bytes=200_000, max_images=3, max_pixels=1_000_000, top_k=2)
+SETTINGS = Settings(max_request_bytes=200_000, max_images=3, max_pixels=1_000_000,
+                    max_request_pixels=1_500_000, top_k=2)
 CLASSES = ("a", "b", "c")
 
 
@@ -213,7 +214,7 @@ def test_predict_refuses_bad_images(served: inference.ServedModel) -> None:
     with pytest.raises(BadRequest, match=r"^image 1: .*corrupt"):
         inference.predict_fn([JPEG, JPEG[: len(JPEG) // 2]], served)
     bomb = encode(Image.new("L", (2000, 1000)), "PNG")  # 2 Mpx, a few KB compressed
-    with pytest.raises(PayloadTooLarge, match="limit is 1000000 pixels"):
+    with pytest.raises(PayloadTooLarge, match="limit is 1000000 decoded pixels"):
         inference.predict_fn([bomb], served)
 
 
@@ -240,3 +241,142 @@ def test_error_body_is_one_line_json() -> None:
     assert json.loads(body) == {
         "code": 413, "type": "Request Entity Too Large", "message": "too large really"
     }
+
+
+# --- issue 16: what an outside review broke ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"image": ' + b"9" * 4301 + b"}", "not valid JSON: Exceeds the limit"),  # int()
+        (b'{"images": [' + b"1" * 5000 + b"]}", "not valid JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),  # RecursionError
+        (b'{"a":' * 30_000 + b"1" + b"}" * 30_000, "nested too deeply"),
+    ],
+)
+def test_json_the_parser_refuses_is_a_400(body: bytes, message: str) -> None:
+    with pytest.raises(BadRequest, match=message) as caught:
+        inference.input_fn(body, "application/json", SETTINGS)
+    assert "\n" not in caught.value.message
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32",
+                                      "utf-32-le", "utf-32-be"])
+def test_json_must_be_utf8_as_documented(encoding: str) -> None:
+    body = json.dumps({"image": base64.b64encode(PNG).decode()}).encode(encoding)
+    with pytest.raises(BadRequest, match="UTF-8"):
+        inference.input_fn(body, "application/json", SETTINGS)
+
+
+def test_json_with_a_utf8_bom_is_utf8() -> None:
+    body = b"\xef\xbb\xbf" + json.dumps({"image": base64.b64encode(PNG).decode()}).encode()
+    assert inference.input_fn(body, "application/json", SETTINGS) == [PNG]
+
+
+def _decode_spy(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    decoded: list[object] = []
+    real = inference.decode
+
+    def spy(image: object) -> object:
+        decoded.append(image)
+        return real(image)
+
+    monkeypatch.setattr(inference, "decode", spy)
+    return decoded
+
+
+def test_batch_pixel_budget_is_checked_before_decoding(
+    served: inference.ServedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each image passes the per-image limit (0.81 of 1 Mpx); two exceed the request's 1.5."""
+    big = encode(Image.new("1", (900, 900)), "PNG")
+    decoded = _decode_spy(monkeypatch)
+    assert inference.predict_fn([big], served).probabilities.shape == (1, 3)
+    decoded.clear()
+    with pytest.raises(PayloadTooLarge) as caught:
+        inference.predict_fn([big, big], served)
+    assert "1620000 pixels in all" in caught.value.message
+    assert "limit per request is 1500000 pixels (SERVE_MAX_REQUEST_PIXELS)" in caught.value.message
+    assert decoded == []  # refused from the headers alone
+
+
+def test_batch_pixel_budget_counts_resized_pixels(served: inference.ServedModel) -> None:
+    # 2x600: 1,200 pixels decoded, but Resize(37) makes 37 x 11100 = 410,700; four of them
+    # (1.64 Mpx) exceed the budget although they decode to 4,800 pixels.
+    tall = encode(Image.new("L", (2, 600)), "PNG")
+    inference.predict_fn([tall, tall, tall], served)
+    with pytest.raises(PayloadTooLarge, match="limit per request"):
+        inference.predict_fn([tall] * 4, served)
+
+
+@pytest.mark.parametrize("size", [(8000, 6000), (8160, 6144), (6000, 8000)])
+def test_phone_photos_are_served_decoded_at_draft_scale(
+    served: inference.ServedModel, size: tuple[int, int]
+) -> None:
+    """48-50 MP JPEGs: 48x the per-image limit in the header, a 1/8-scale decode in fact."""
+    jpeg = encode(Image.new("RGB", size, (120, 30, 60)), "JPEG", quality=50)
+    prediction = inference.predict_fn([jpeg], served)
+    assert prediction.probabilities.shape == (1, 3)
+
+
+def test_pixel_limit_applies_to_what_is_decoded(served: inference.ServedModel) -> None:
+    png = encode(Image.new("1", (1100, 1000)), "PNG")  # no draft mode: 1.1 Mpx decoded
+    with pytest.raises(PayloadTooLarge, match="1100x1000 pixels; the limit is 1000000 decoded"):
+        inference.predict_fn([png], served)
+
+
+def test_header_dimensions_have_a_hard_cap(served: inference.ServedModel) -> None:
+    """A JPEG header of 20000x20000 would decode at 1/8 (6.25 Mpx) but its coefficients alone
+    are GBs: refused from the header, whatever draft mode would keep."""
+    jpeg = bytearray(encode(Image.new("RGB", (64, 48)), "JPEG"))
+    sof = jpeg.index(b"\xff\xc0")
+    jpeg[sof + 5:sof + 9] = (20000).to_bytes(2, "big") * 2
+    with pytest.raises(PayloadTooLarge, match="header claims 20000x20000 pixels; the limit for"):
+        inference.predict_fn([bytes(jpeg)], served)
+
+
+@pytest.mark.parametrize(("fmt", "content_type"), [
+    ("GIF", "image/gif"), ("BMP", "image/bmp"), ("TIFF", "image/tiff"),
+    ("GIF", "application/octet-stream"), ("TIFF", "image/jpeg"), ("BMP", None)])
+def test_every_decoded_format_is_accepted_under_its_type_and_any_image_type(
+    served: inference.ServedModel, fmt: str, content_type: str | None
+) -> None:
+    data = encode(photo(), fmt)
+    assert inference.input_fn(data, content_type, SETTINGS) == [data]
+    assert inference.predict_fn([data], served).probabilities.shape == (1, 3)
+
+
+def test_pillow_opens_only_the_sniffed_format(monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image as PILImage
+
+    from model_artifact import preprocess
+
+    opened: list[object] = []
+    real = PILImage.open
+
+    def spy(fp: object, mode: str = "r", formats: object = None) -> object:
+        opened.append(formats)
+        return real(fp, mode, formats)
+
+    monkeypatch.setattr(preprocess.Image, "open", spy)
+    for data, fmt in ((JPEG, "JPEG"), (PNG, "PNG"), (encode(photo(), "BMP"), "BMP")):
+        preprocess.load_image(data)
+        assert opened.pop() == [fmt]
+
+
+def test_header_pixels_are_budgeted_per_request(served: inference.ServedModel,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Draft mode makes a big JPEG cheap to hold, not to read: the decoder still reads every
+    coefficient. The hard header cap also bounds the sum over a batch."""
+    from model_artifact import preprocess
+
+    monkeypatch.setattr(inference, "MAX_HEADER_PIXELS", 60_000_000)
+    monkeypatch.setattr(preprocess, "MAX_HEADER_PIXELS", 60_000_000)
+    jpeg = encode(Image.new("RGB", (8000, 6000), (120, 30, 60)), "JPEG", quality=50)
+    decoded = _decode_spy(monkeypatch)
+    assert inference.predict_fn([jpeg], served).probabilities.shape == (1, 3)
+    decoded.clear()
+    with pytest.raises(PayloadTooLarge, match="headers claim 96000000 pixels in all; the limit"):
+        inference.predict_fn([jpeg, jpeg], served)
+    assert decoded == []

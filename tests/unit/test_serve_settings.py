@@ -87,3 +87,13 @@ def test_check_names_the_missing_manifest(
     err = capsys.readouterr().err
     assert "manifest.json: not found" in err
     assert "Traceback" not in err
+
+
+def test_request_pixel_budget_defaults_to_twice_the_image_limit() -> None:
+    assert Settings.from_env({}).max_request_pixels == 80_000_000
+    assert Settings.from_env({"SERVE_MAX_PIXELS": "1000"}).max_request_pixels == 2000
+    s = Settings.from_env({"SERVE_MAX_REQUEST_PIXELS": "123456"})
+    assert s.max_request_pixels == 123456
+    assert Settings.from_env(s.worker_env()).max_request_pixels == 123456
+    with pytest.raises(SettingsError, match="SERVE_MAX_REQUEST_PIXELS"):
+        Settings.from_env({"SERVE_MAX_REQUEST_PIXELS": "lots"})

@@ -75,10 +75,27 @@ def test_unexpected_error_is_a_generic_500(
     assert "secret internals" in caplog.text  # the traceback goes to the log
 
 
-def test_unloadable_model_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unloadable_model_hides_the_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setenv(MODEL_DIR_ENV, str(tmp_path))
     context = context_for({"Content-Type": "image/jpeg"})
     responses = ServeTransformer().transform([{"body": JPEG}], context)
     code, doc = answer(context, responses, 0)
-    assert code == 500
-    assert "model not loaded" in doc["message"] and "manifest.json: not found" in doc["message"]
+    assert code == 500 and "model not loaded" in doc["message"]
+    assert str(tmp_path) not in responses[0] and "manifest.json" not in responses[0]
+    assert f"{tmp_path}/manifest.json: not found" in caplog.text  # the log says which file
+
+
+def test_json_the_parser_refuses_is_a_400_not_a_500(
+    served: inference.ServedModel,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bodies = [b'{"image": ' + b"9" * 4301 + b"}", b"[" * 100_000 + b"]" * 100_000,
+              json.dumps({"image": "x"}).encode("utf-16")]
+    context = context_for(*[{"Content-Type": "application/json"}] * len(bodies))
+    responses = ready(served).transform([{"body": b} for b in bodies], context)
+    for idx in range(len(bodies)):
+        code, doc = answer(context, responses, idx)
+        assert code == 400 == doc["code"], doc
+        assert "\n" not in responses[idx]
+    assert "Traceback" not in caplog.text
