@@ -22,7 +22,9 @@ FAKE_DOCKER = """#!/usr/bin/env bash
 printf '%s\\n' "docker $*" >> "$CALLS"
 if [[ "$1" == login ]]; then printf '%s' "$(cat)" > "$CALLS.stdin"; echo "Login Succeeded"; fi
 if [[ "$1 $2" == "image inspect" && "$*" == *imagenet-weights* ]]; then echo "${FAKE_LABEL:-1}"; fi
-if [[ "$1" == build ]]; then echo "Step 1/2 : FROM base"; echo "Step 2/2 : RUN true"; sleep "${FAKE_BUILD_SECONDS:-0}"; fi
+if [[ "$1" == build ]]; then
+  echo "Step 1/2 : FROM base"; echo "Step 2/2 : RUN true"; sleep "${FAKE_BUILD_SECONDS:-0}"
+fi
 if [[ "$1" == push && -n "${TAKEN_TAG:-}" && "$2" == *":$TAKEN_TAG" ]]; then
   echo "tag invalid: The image tag '$TAKEN_TAG' already exists in the repository and cannot be" \\
        "overwritten because the repository is immutable." >&2
