@@ -124,6 +124,20 @@ def compile_package(model: nn.Module, crop_size: int, path: str | os.PathLike[st
     return Path(written)
 
 
+def _load_package(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The package's runner, loaded once. ``aoti_load_package`` first tries the newer pt2
+    reader, which loads the package and then, to compare this machine with the compiling one
+    for a warning, lists the CPU's ISAs; on a CPU with AVX512-BF16 or AMX that compiles probe
+    programs even under ``cpp.vec_isa_ok``. The serving image has no C++ compiler, so the
+    attempt failed after the load, logged "Loading outdated pt2 file. Please regenerate your
+    package." and loaded the same package again with the loader used here. Nothing is
+    outdated: the file is what torch 2.14's ``aoti_compile_and_package`` writes."""
+    from torch._inductor.package.package import AOTICompiledModel
+
+    loader = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
+    return AOTICompiledModel(loader)
+
+
 class BatchOne(nn.Module):
     """Runs a batch-1 package over a batch, one image at a time."""
 
@@ -166,7 +180,7 @@ def load_compiled(model_dir: str | os.PathLike[str], manifest: Manifest,
     path = verified_file(Path(model_dir) / variant.file, variant.sha256, "compiled model file")
     try:
         with quiet(), _isa_comparison_quieted():
-            runner = torch._inductor.aoti_load_package(str(path))
+            runner = _load_package(path)
     except Exception as exc:  # not a package, truncated zip, unresolved symbols
         raise ArtifactError(f"{path}: cannot be loaded as an AOTInductor package: "
                             f"{type(exc).__name__}: {str(exc)[:300]}") from None

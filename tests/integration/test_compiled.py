@@ -99,6 +99,31 @@ def test_loading_runs_no_compiler(compiled_run: TrainingRun,
         assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 5)
 
 
+def test_loading_needs_no_compiler_and_loads_the_package_once(
+        compiled_run: TrainingRun, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CPU with AVX512-BF16 or AMX, torch's newer pt2 reader compiles ISA probes after
+    loading the package; the serving image has no C++ compiler, so it failed, logged "Loading
+    outdated pt2 file" in every worker and loaded the package a second time. Stand-in: the
+    device-information step fails as it does there."""
+    from torch._inductor import codecache, exc
+
+    def amx_cpu_without_compiler(device_type: str) -> dict[str, str]:
+        raise exc.InvalidCxxCompiler
+    monkeypatch.setattr(codecache, "get_device_information", amx_cpu_without_compiler)
+    real = torch._C._aoti.AOTIModelPackageLoader
+    loads: list[str] = []
+
+    def counting(path: str, *args: object) -> object:
+        loads.append(path)
+        return real(path, *args)
+    counting.load_metadata_from_package = real.load_metadata_from_package  # type: ignore[attr-defined]
+    monkeypatch.setattr(torch._C._aoti, "AOTIModelPackageLoader", counting)
+    model = load_compiled(compiled_run.model_dir, Manifest.read(compiled_run.model_dir))
+    assert len(loads) == 1
+    with torch.inference_mode():
+        assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 5)
+
+
 @pytest.mark.parametrize(("fields", "reason"), [
     ({"torch": "1.0.0"}, "built by torch 1.0.0"),
     ({"sha256": "0" * 64}, "sha256 does not match"),
