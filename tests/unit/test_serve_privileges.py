@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from container_serve import privileges
 from container_serve.privileges import SERVE_USER, UNPRIVILEGED_PORT_START, why_stay_root
 
 
@@ -65,3 +66,37 @@ def test_a_privileged_port_keeps_root(model_dir: Path) -> None:
     if int(UNPRIVILEGED_PORT_START.read_text()) <= 80:
         pytest.skip("every port is unprivileged here (as in Docker containers)")
     assert why_stay_root(str(model_dir), 80, NOBODY) == "port 80 is privileged here"
+
+
+def test_drop_root_is_for_good_and_hands_over_the_runtime_dir(model_dir: Path,
+                                                              monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    """In a forked child (the test process keeps root): after drop_root every uid and gid is
+    the user's, root cannot be taken back, and the runtime dir (and what is in it) is theirs."""
+    monkeypatch.setattr(privileges, "SERVE_USER", "nobody")
+    runtime = model_dir / "runtime"
+    (runtime / "logs").mkdir(parents=True)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, never return into pytest
+        try:
+            line = privileges.drop_root(str(model_dir), str(runtime), 8080)
+            try:
+                os.setuid(0)
+                regained = "regained root"
+            except PermissionError:
+                regained = "root is gone"
+            report = f"{line}|{os.getresuid()}|{os.getresgid()}|{os.getgroups()}|{regained}"
+            os.write(write, report.encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as stream:
+        line, uids, gids, groups, regained = stream.read().split("|")
+    uid, gid = NOBODY.pw_uid, NOBODY.pw_gid
+    assert line == f"running as nobody (uid {uid}), not root"
+    assert (uids, gids, groups) == (str((uid,) * 3), str((gid,) * 3), "[]")
+    assert regained == "root is gone"
+    assert {(p.stat().st_uid, p.stat().st_gid) for p in (runtime, runtime / "logs")} == {
+        (uid, gid)}
