@@ -11,6 +11,10 @@ Only the layers above the OS base are scanned: the locally built OS image
 CAs on purpose so that pip works behind this machine's TLS-inspecting proxy; real builds use
 debian:bookworm-slim. Layers are recognised by their diff IDs (``docker image inspect``).
 
+``test_the_scan_finds_planted_secrets`` is the positive control: a throw-away build with a
+canary key pair, a top-level ``.netrc`` and credentials in a URL build argument, each of which
+the same scan must report.
+
 Skips cleanly without Docker or the images (CONTAINER_TESTS_REQUIRED=1 makes that a failure).
 Streams ``docker save`` (a few GB, no disk): a few minutes on a 2-core machine.
 """
