@@ -6,6 +6,8 @@ form encoding (bench/fuzz_serve.py found these). MMS is abandoned, so rather tha
 jar, nginx listens on the public port and:
 - answers 415 for those content types (the handler refuses them anyway), as our error JSON;
 - answers oversized bodies (above MMS's own limit) with a JSON 413;
+- keeps large bodies on disk, not in memory, cuts off clients that stall, and answers a JSON
+  503 beyond MAX_ACTIVE requests in progress (bounded memory under a flood of big bodies);
 - answers 503 JSON while MMS is starting or if it is gone, instead of a refused connection;
 - sends /ping to container_serve.health, which answers 503 while no worker has the model
   (MMS's own /ping answers 200 even then);
@@ -31,6 +33,19 @@ from container_serve.settings import Settings
 
 MMS_SOCKET = "mms.sock"
 _FORM_PLACEHOLDER = "@FORM_TYPE@"
+# Request bodies up to this size stay in memory; larger ones are spooled to a temp file in the
+# runtime dir (unlinked at once, gone when the request ends). Most photos fit; a 6 MiB body no
+# longer costs 6 MiB of RAM per connection. client_body_in_file_only would also write the small
+# bodies (a file per request) and, "on", keep them: no gain, more disk I/O.
+BODY_BUFFER_BYTES = 128 * 1024
+# A client that sends nothing for this long while nginx waits for its headers or body is cut
+# off (nginx's default is 60 s per read). SageMaker's front end forwards a body at network speed.
+CLIENT_TIMEOUT_S = 15
+# Requests in progress at once (headers read, body arriving or at MMS); one more gets a JSON
+# 503. Bounds nginx's body memory at MAX_ACTIVE x BODY_BUFFER_BYTES (16 MiB) and its temp files
+# at MAX_ACTIVE x the payload limit. MMS queues at most 100 jobs (job_queue_size) behind 1-2
+# busy workers per CPU: more in flight would only wait for a time-out.
+MAX_ACTIVE = 128
 
 
 class FrontError(RuntimeError):
@@ -78,6 +93,7 @@ def render_config(settings: Settings, runtime_dir: str, max_body_bytes: int) -> 
                                         f"limit is {settings.max_request_bytes}"))
     down = _quoted(error_body(503, "the model server is starting or not running; retry shortly"))
     bad_query = _quoted(error_body(400, "the query string has a % not followed by two hex digits"))
+    busy = _quoted(error_body(503, f"more than {MAX_ACTIVE} requests in progress; retry shortly"))
     return f"""# Written by container_serve/front.py for one server; see that module for why.
 daemon off;
 {_user_line()}worker_processes 1;
@@ -94,7 +110,11 @@ http {{
     uwsgi_temp_path {runtime_dir}/nginx-uwsgi;
     scgi_temp_path {runtime_dir}/nginx-scgi;
     client_max_body_size {max_body_bytes};
-    client_body_buffer_size {max_body_bytes};  # bodies stay in memory, never in temp files
+    client_body_buffer_size {BODY_BUFFER_BYTES};  # larger bodies go to client_body_temp_path
+    client_body_timeout {CLIENT_TIMEOUT_S}s;
+    client_header_timeout {CLIENT_TIMEOUT_S}s;
+    limit_conn_zone $server_name zone=active:1m;
+    limit_conn_status 429;  # an internal code, answered as a JSON 503 (@busy)
     keepalive_timeout 75s;
     map $content_type $form_type {{
         default "";
@@ -106,11 +126,13 @@ http {{
     }}
     server {{
         listen {settings.port} backlog=1024;
+        server_name serve;  # the limit_conn key: an empty key would not be counted
         location = /ping {{  # container_serve/health.py: 503 while no worker has the model
             proxy_pass http://unix:{os.path.join(runtime_dir, HEALTH_SOCKET)}:/ping;
             proxy_read_timeout 10s;
         }}
-        location / {{
+        location / {{  # not /ping: a busy server is not a dead one
+            limit_conn active {MAX_ACTIVE};
             if ($form_type) {{ return 415 {form_415}; }}
             # MMS's Netty decoder answers 500 to a %-escape in the query string that is not two
             # hex digits (bench/fuzz_serve.py found it); nothing reads the query, so refuse it.
@@ -122,8 +144,10 @@ http {{
             proxy_send_timeout {settings.timeout_seconds + 30}s;
         }}
         error_page 413 = @too_large;
+        error_page 429 = @busy;
         error_page 502 504 = @down;
         location @too_large {{ return 413 {too_large}; }}
+        location @busy {{ return 503 {busy}; }}
         location @down {{ return 503 {down}; }}
     }}
 }}

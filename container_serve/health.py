@@ -1,10 +1,13 @@
-"""An honest /ping: 200 only while at least one MMS worker has the model loaded.
+"""An honest /ping: 200 only while every configured MMS worker has the model loaded.
 
 MMS 1.1.11 answers its own /ping with HTTP 200 in every case and puts the truth in the body:
-``{"status": "Unhealthy"}`` while no worker has the model (before the first load, or after a
-worker died and before MMS restarted it). SageMaker reads only the status code. nginx sends
-/ping here instead (a Unix socket in the runtime dir, served by a thread of the long-lived
-``serve`` process); this asks MMS and turns "Unhealthy", or no answer, into a JSON 503.
+``{"status": "Unhealthy"}`` while no worker has the model, ``"Partial Healthy"`` while some
+but fewer than the configured number have it (before they have all loaded it, or after a
+worker died). MMS 1.1.11 never restarts a killed worker (docs/RELIABILITY.md), so "Partial"
+after start is permanent: the endpoint would serve at a fraction of its capacity, unseen.
+SageMaker reads only the status code. nginx sends /ping here instead (a Unix socket in the
+runtime dir, served by a thread of the long-lived ``serve`` process); this asks MMS and turns
+anything but "Healthy", or no answer, into a JSON 503, so SageMaker replaces the instance.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 from container_serve.errors import error_body
 
 HEALTH_SOCKET = "health.sock"
-HEALTHY = ("Healthy", "Partial Healthy")  # Partial: some workers serve, MMS restarts the rest
+HEALTHY = "Healthy"  # every configured worker has the model; MMS restarts none of them
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -54,8 +57,11 @@ def mms_status(mms_socket: str, timeout: float = 5.0) -> str:
 
 def ping(mms_socket: str) -> tuple[int, str]:
     status = mms_status(mms_socket)
-    if status in HEALTHY:
+    if status == HEALTHY:
         return 200, json.dumps({"status": status})
+    if status == "Partial Healthy":
+        return 503, error_body(503, "fewer workers have the model loaded than configured "
+                                    f"(multi-model-server: {status})")
     return 503, error_body(503, f"no worker has the model loaded: {status}")
 
 

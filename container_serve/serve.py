@@ -23,7 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from container_serve import front, health
+from container_serve import front, health, privileges
 from container_serve.settings import (
     ARTIFACT_GATE_ENV,
     GRAPH_ENV,
@@ -74,6 +74,23 @@ def check(model_dir: str, passed_file: str | None = None) -> int:
     if passed_file:
         Path(passed_file).touch()
     return 0
+
+
+def _pin_refusal(model_dir: str) -> str | None:
+    """Why the deployer's pinned manifest hash (SERVE_MANIFEST_SHA256) refuses this artifact,
+    or None. Checked before anything starts; every later reader checks it again."""
+    from model_artifact.manifest import (
+        ArtifactError,
+        expected_manifest_sha256,
+        pinned_manifest_bytes,
+    )
+
+    try:
+        if expected_manifest_sha256() is not None:
+            pinned_manifest_bytes(model_dir)
+    except ArtifactError as exc:
+        return f"cannot serve {model_dir}: {exc}"
+    return None
 
 
 def _start_check(model_dir: str) -> subprocess.Popen:
@@ -226,7 +243,14 @@ def serve(model_dir: str | None, port: int | None) -> int:
     from sagemaker_inference import environment, model_server
 
     model_dir = os.path.abspath(model_dir or environment.model_dir)
+    if (refusal := _pin_refusal(model_dir)) is not None:
+        log(refusal)
+        return 1
     runtime_dir = os.environ.get(RUNTIME_DIR_ENV) or tempfile.mkdtemp(prefix="serve-")
+    os.makedirs(runtime_dir, exist_ok=True)
+    # Before anything reads the artifact or a request: MMS, its workers, nginx and the check
+    # inherit the user (container_serve/privileges.py says what keeps root, and why).
+    log(privileges.drop_root(model_dir, runtime_dir, settings.port))
     _prepare_environment(settings, model_dir, runtime_dir)
     # Validate once, before the port opens: a broken artifact must stop the container with its
     # reason, not leave workers that fail forever. The check runs while MMS starts on its

@@ -53,7 +53,7 @@ from container_train.model import (
     resolve_auto_weights,
     set_train_mode,
 )
-from model_artifact.manifest import ArtifactError, Manifest
+from model_artifact.manifest import ArtifactError, Manifest, manifest_sha256
 from model_artifact.network import file_sha256
 from model_artifact.preprocess import EvalPreprocessing
 
@@ -403,6 +403,8 @@ def run(config: JobConfig, callbacks: list[Callback] | None = None,
         manifest = _write_int8(config.model_dir, net, manifest, splits, hp.seed)
     if hp.compile:
         _write_compiled(config.model_dir, net, manifest, splits, hp.seed)
+    # The value a deployer pins from outside the archive (scripts/deploy.py --manifest-sha256).
+    log.info("manifest_sha256=%s", manifest_sha256(config.model_dir))
     reports.write_reports(config.output_data_dir, class_names=classes, history=state.history,
                           final=final, eval_split=eval_split, labels=scored.labels,
                           predictions=scored.predictions, figures=figures)

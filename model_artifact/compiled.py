@@ -21,9 +21,10 @@ The package is tied to what compiled it, and serving checks each tie before load
   default, one thread per worker (``variants.compiled.threads``), and serving with another
   thread count uses TorchScript instead.
 
-The package is a shared library: loading it runs native code. Serving checks its sha256
-against the manifest, like every other file; trust it as much as the training job that wrote
-it, or serve with ``SERVE_GRAPH=frozen``, which never opens it.
+The package is a shared library: loading it runs native code. Serving refuses it unless the
+manifest gives its sha256 and the file matches; the manifest itself can be pinned from outside
+the archive (``SERVE_MANIFEST_SHA256``, docs/artifact.md "Trust model"). Trust it as much as
+the training job that wrote it, or serve with ``SERVE_GRAPH=frozen``, which never opens it.
 """
 
 from __future__ import annotations
@@ -177,7 +178,8 @@ def load_compiled(model_dir: str | os.PathLike[str], manifest: Manifest,
         raise ArtifactError(f"compiled variant needs AVX2; this CPU offers {capability}")
     from model_artifact.network import verified_file
 
-    path = verified_file(Path(model_dir) / variant.file, variant.sha256, "compiled model file")
+    path = verified_file(Path(model_dir) / variant.file, variant.required_sha256(COMPILED),
+                         "compiled model file")
     try:
         with quiet(), _isa_comparison_quieted():
             runner = _load_package(path)

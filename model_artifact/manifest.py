@@ -8,8 +8,11 @@ an older reader would misread.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,10 @@ ARCHITECTURES = ("resnet50",)
 INT8 = "int8"
 COMPILED = "compiled"
 VARIANT_NAMES = (INT8, COMPILED)  # optional extra forms of the same model, see docs/artifact.md
+# Set by the deployer (scripts/deploy.py --manifest-sha256): the sha256 of manifest.json's
+# bytes, known from outside the archive; every reader refuses any other manifest.
+MANIFEST_PIN_ENV = "SERVE_MANIFEST_SHA256"
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class ArtifactError(ValueError):
@@ -66,6 +73,15 @@ class Variant:
                if self.max_logit_difference is not None else {}),
             **({"threads": self.threads} if self.threads else {}),
         }
+
+    def required_sha256(self, name: str) -> str:
+        """The variant's sha256: mandatory, because the file is code (a TorchScript graph or a
+        shared library) and a missing hash would load whatever file sits there."""
+        if not _SHA256_HEX.fullmatch(self.sha256):
+            raise ArtifactError(f"{MANIFEST_FILE}: variants.{name}.sha256 is "
+                                f"{'missing' if not self.sha256 else 'not 64 hex digits'}: a "
+                                f"variant without its hash is never loaded")
+        return self.sha256
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> Variant:
@@ -205,11 +221,45 @@ class Manifest:
 
     @classmethod
     def read(cls, model_dir: str | os.PathLike[str]) -> Manifest:
+        """The manifest, after checking its bytes against the deployer's pin (if set)."""
         path = Path(model_dir) / MANIFEST_FILE
+        raw = pinned_manifest_bytes(model_dir)
         try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ArtifactError(f"{path}: not found (is this a model directory?)") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ArtifactError(f"{path}: not valid JSON: {exc}") from None
         return cls.from_dict(data, where=str(path))
+
+
+def manifest_sha256(model_dir: str | os.PathLike[str]) -> str:
+    """sha256 hex of manifest.json's bytes: the value a deployer pins (MANIFEST_PIN_ENV)."""
+    return hashlib.sha256((Path(model_dir) / MANIFEST_FILE).read_bytes()).hexdigest()
+
+
+def expected_manifest_sha256(env: Mapping[str, str] | None = None) -> str | None:
+    """The pinned hash from MANIFEST_PIN_ENV, None when unset; ArtifactError if malformed."""
+    raw = (os.environ if env is None else env).get(MANIFEST_PIN_ENV, "").strip()
+    if not raw:
+        return None
+    if not _SHA256_HEX.fullmatch(raw.lower()):
+        raise ArtifactError(f"{MANIFEST_PIN_ENV}={raw[:80]!r} is not a sha256 (64 hex digits)")
+    return raw.lower()
+
+
+def pinned_manifest_bytes(model_dir: str | os.PathLike[str]) -> bytes:
+    """manifest.json's bytes; ArtifactError if missing, unreadable, or not the pinned ones.
+    The bytes checked are the bytes parsed: no window to swap the file in between."""
+    path = Path(model_dir) / MANIFEST_FILE
+    expected = expected_manifest_sha256()
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: not found (is this a model directory?)") from None
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    if expected is not None:
+        actual = hashlib.sha256(raw).hexdigest()
+        if actual != expected:
+            raise ArtifactError(f"{path}: sha256 {actual} is not the deployed "
+                                f"{MANIFEST_PIN_ENV}={expected}: not the artifact that was pinned")
+    return raw

@@ -6,9 +6,10 @@ calibrated with the artifact's own *evaluation* preprocessing on training images
 ``torch.jit.trace`` + ``torch.jit.freeze``, saved with ``torch.jit.save``.
 
 Loading is ``torch.jit.load`` of that file: TorchScript is a graph format read by TorchScript's
-own deserializer (no Python pickle of arbitrary classes), and serving checks the file's sha256
-against the manifest before loading it. The file is still code in the TorchScript sense (a
-graph of operators), so only load artifacts you trust to the same degree as the manifest.
+own deserializer (no Python pickle of arbitrary classes), and serving refuses the file unless
+the manifest gives its sha256 and the file matches it. The file is still code in the
+TorchScript sense (a graph of operators), so only load artifacts you trust to the same degree
+as the manifest.
 
 The training job calls :func:`write_int8_variant` after :func:`write_artifact` when the
 hyperparameter ``int8`` is true; serving picks the variant with ``SERVE_PRECISION=int8``.
@@ -146,7 +147,8 @@ def load_int8(model_dir: str | os.PathLike[str], manifest: Manifest) -> torch.ji
         raise ArtifactError(f"int8 variant format {variant.format!r} is not {INT8_FORMAT!r}")
     from model_artifact.network import verified_file
 
-    path = verified_file(Path(model_dir) / variant.file, variant.sha256, "int8 model file")
+    path = verified_file(Path(model_dir) / variant.file, variant.required_sha256(INT8),
+                         "int8 model file")
     use_x86_engine()
     try:
         with quiet():

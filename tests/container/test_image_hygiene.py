@@ -11,6 +11,10 @@ Only the layers above the OS base are scanned: the locally built OS image
 CAs on purpose so that pip works behind this machine's TLS-inspecting proxy; real builds use
 debian:bookworm-slim. Layers are recognised by their diff IDs (``docker image inspect``).
 
+``test_the_scan_finds_planted_secrets`` is the positive control: a throw-away build with a
+canary key pair, a top-level ``.netrc`` and credentials in a URL build argument, each of which
+the same scan must report.
+
 Skips cleanly without Docker or the images (CONTAINER_TESTS_REQUIRED=1 makes that a failure).
 Streams ``docker save`` (a few GB, no disk): a few minutes on a 2-core machine.
 """
@@ -23,6 +27,8 @@ import os
 import re
 import subprocess
 import tarfile
+import uuid
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
@@ -62,6 +68,7 @@ HISTORY_PATTERNS = {
     "credential in a build argument": re.compile(
         rb"(AWS_SECRET_ACCESS_KEY|AWS_SESSION_TOKEN|PASSWORD|TOKEN)=\S{8,}", re.IGNORECASE),
     ".netrc": re.compile(rb"\.netrc"),
+    "credentials in a URL": re.compile(rb"\b[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@"),
 }
 
 pytestmark = pytest.mark.container
@@ -122,7 +129,7 @@ def _scan_layer(stream, cas: dict[str, bytes]) -> list[str]:
     findings = []
     with tarfile.open(fileobj=stream, mode="r|") as layer:
         for member in layer:
-            name = member.name.lstrip("./")
+            name = member.name.removeprefix("./")  # not lstrip: ".netrc" would lose its dot
             if BAD_PATHS.search(name):
                 findings.append(f"{name}: forbidden path")
             if not member.isfile() or member.size > CONTENT_LIMIT:
@@ -140,10 +147,10 @@ def _scan_layer(stream, cas: dict[str, bytes]) -> list[str]:
 
 
 @cache
-def scan_saved_layers() -> dict[str, list[str]]:
-    """Findings per diff ID, for every layer of both images (shared layers scanned once)."""
+def scan_saved_layers(images: tuple[str, ...] = IMAGES) -> dict[str, list[str]]:
+    """Findings per diff ID, for every layer of ``images`` (shared layers scanned once)."""
     cas = host_ca_bodies()
-    proc = subprocess.Popen(["docker", "save", *IMAGES], stdout=subprocess.PIPE)
+    proc = subprocess.Popen(["docker", "save", *images], stdout=subprocess.PIPE)
     results: dict[str, list[str]] = {}
     try:
         with tarfile.open(fileobj=proc.stdout, mode="r|") as saved:
@@ -164,15 +171,69 @@ def scan_saved_layers() -> dict[str, list[str]]:
     return results
 
 
-@pytest.mark.parametrize("image", IMAGES)
-def test_history_has_no_credentials(image: str) -> None:
+def history_findings(image: str) -> list[str]:
     proc = subprocess.run(["docker", "history", "--no-trunc", "--format", "{{.CreatedBy}}",
                            image], capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    findings = [f"{label}: {line[:200]!r}" for line in proc.stdout.splitlines()
-                for label, pattern in HISTORY_PATTERNS.items()
-                if pattern.search(line) and not ALLOWED_SECRETS.search(line)]
+    return [f"{label}: {line[:200]!r}" for line in proc.stdout.splitlines()
+            for label, pattern in HISTORY_PATTERNS.items()
+            if pattern.search(line) and not ALLOWED_SECRETS.search(line)]
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_history_has_no_credentials(image: str) -> None:
+    findings = history_findings(image)
     assert not findings, findings
+
+
+def _canary_base() -> str:
+    """A small local image to plant secrets on: the OS base, else debian:bookworm-slim."""
+    for image in (OS_IMAGE, "debian:bookworm-slim"):
+        if diff_ids(image):
+            return image
+    reason = f"neither {OS_IMAGE} nor debian:bookworm-slim is present to build a canary on"
+    if os.environ.get("CONTAINER_TESTS_REQUIRED") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def canary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A throw-away image built with what the scan must find: a canary AWS key pair in a
+    file, a top-level /.netrc, and credentials in a URL passed as a build argument."""
+    base, tag = _canary_base(), f"pytest-hygiene-canary-{uuid.uuid4().hex[:8]}:latest"
+    context = tmp_path_factory.mktemp("canary")
+    key_id = "AKIA" + uuid.uuid4().hex[:16].upper()  # made here: no literal key in the repo
+    secret = uuid.uuid4().hex + uuid.uuid4().hex[:8]
+    (context / "config").write_text(f"[default]\naws_access_key_id = {key_id}\n"
+                                    f"aws_secret_access_key = {secret}\n")
+    (context / "netrc").write_text("machine pypi.example login canary password canary\n")
+    (context / "Dockerfile").write_text(
+        "ARG BASE\nFROM ${BASE}\nARG INDEX_URL\nCOPY netrc /.netrc\n"
+        "COPY config /opt/canary/settings.ini\n"
+        'RUN test -n "$INDEX_URL" && mkdir -p /opt/canary/empty\n')
+    proc = subprocess.run(["docker", "build", "-q", "-t", tag, "--build-arg", f"BASE={base}",
+                           "--build-arg", "INDEX_URL=https://canary:n0t-a-real-pw@pypi.example/"
+                           "simple", str(context)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    try:
+        yield tag
+    finally:
+        subprocess.run(["docker", "image", "rm", "-f", tag], capture_output=True)
+
+
+def test_the_scan_finds_planted_secrets(canary: str) -> None:
+    """Positive control on a real build: the scan that passes the product images finds each
+    planted secret (a scan that finds nothing proves nothing)."""
+    base = set(diff_ids(_canary_base()))
+    results = scan_saved_layers((canary,))
+    findings = [f for layer in diff_ids(canary) if layer not in base
+                for f in results.get(layer, [])]
+    assert ".netrc: forbidden path" in findings, findings
+    assert "opt/canary/settings.ini: AWS access key id" in findings, findings
+    assert "opt/canary/settings.ini: aws_secret_access_key" in findings, findings
+    history = history_findings(canary)
+    assert any(f.startswith("credentials in a URL:") for f in history), history
 
 
 def test_host_ca_detection_works() -> None:

@@ -237,6 +237,42 @@ def test_serve_local_publishes_on_loopback_only(server):
     assert published == [f"127.0.0.1:{server}"]
 
 
+_PROCESSES = """
+import json, psutil
+rows = [p.info for p in psutil.process_iter(["pid", "ppid", "username", "cmdline"])]
+# Listening TCP sockets of the container's network namespace (state 0A), from /proc/net: a
+# process's own sockets would need ptrace rights over processes of another user.
+ports = sorted({int(line.split()[1].rsplit(":", 1)[1], 16)
+                for name in ("/proc/net/tcp", "/proc/net/tcp6")
+                for line in open(name).read().splitlines()[1:] if line.split()[3] == "0A"})
+print(json.dumps({"processes": rows, "listening": ports}))
+"""
+
+
+def test_serve_processes_run_unprivileged_and_only_nginx_listens(server):
+    """serve starts as root (SageMaker runs containers as root) and gives it up before anything
+    reads the artifact or a request: nginx (master and workers), MMS (java) and its Python
+    workers run as model-server. Only nginx listens on TCP (MMS's management API: Unix socket)."""
+    proc = _run(["docker", "exec", _name("serve"), "python", "-c", _PROCESSES], timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout)
+    rows = [r for r in found["processes"] if "psutil" not in " ".join(r["cmdline"] or [])]
+    kinds = {"nginx": [], "java": [], "worker": [], "serve": []}
+    for row in rows:
+        line = " ".join(row["cmdline"] or [])
+        kind = ("nginx" if line.startswith("nginx") else "java" if "ModelServer" in line
+                else "worker" if "model_service_worker" in line
+                else "serve" if row["pid"] == 1 else None)
+        if kind:
+            kinds[kind].append(row)
+    assert all(kinds.values()), kinds
+    owners = {kind: {r["username"] for r in procs} for kind, procs in kinds.items()}
+    assert owners == {kind: {"model-server"} for kind in kinds}, owners
+    logs = _run(["docker", "logs", _name("serve")])
+    assert "serve: running as model-server" in logs.stdout + logs.stderr
+    assert found["listening"] == [8080], found["listening"]  # nginx's; MMS: Unix sockets
+
+
 def test_serve_answers_ping(server):
     status, _ = _request(server, "/ping")
     assert status == 200

@@ -24,8 +24,9 @@ import torch
 from PIL import Image
 
 from bench.local_server import free_port, stop_session
+from container_serve.front import BODY_BUFFER_BYTES, CLIENT_TIMEOUT_S, MAX_ACTIVE
 from container_serve.serve import MMS_REQUEST_SLACK
-from model_artifact.manifest import MANIFEST_FILE
+from model_artifact.manifest import MANIFEST_FILE, manifest_sha256
 from model_artifact.network import load_artifact
 from model_artifact.preprocess import load_image
 from tests.conftest import SAMPLE_DATA, training_env
@@ -33,6 +34,7 @@ from tests.conftest import SAMPLE_DATA, training_env
 pytestmark = pytest.mark.slow
 
 MAX_BYTES, MAX_IMAGES, MAX_PIXELS = 400_000, 4, 4_000_000
+WORKERS = 2
 CUSTOM = "X-Amzn-SageMaker-Custom-Attributes"
 PHOTOS = sorted((SAMPLE_DATA / "test").glob("*/*.jpg"))
 
@@ -85,8 +87,17 @@ class Server:
         return mine
 
     def worker_pids(self) -> set[int]:
+        """MMS's Python side: its socket server (java's child) and the workers it forked."""
         return {p.pid for p in self.processes()
                 if any("model_service_worker" in part for part in p.info["cmdline"])}
+
+    def socket_server_and_workers(self) -> tuple[int, set[int]]:
+        """MMS 1.1.11 starts one Python socket server, which forks one worker per
+        connection from java; a worker that dies is forked again while that server lives."""
+        pids = self.worker_pids()
+        servers = [pid for pid in pids if psutil.Process(pid).ppid() not in pids]
+        assert len(servers) == 1, servers
+        return servers[0], pids - set(servers)
 
 
 def run_serve(model_dir: Path, tmp: Path, **env: str) -> tuple[list[str], dict[str, str], Path]:
@@ -111,8 +122,8 @@ def start_server(model_dir: Path, tmp: Path, good: bytes, **env: str) -> Server:
     while time.monotonic() < deadline:  # a real classification, not only /ping
         if proc.poll() is not None:
             raise AssertionError(f"serve exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if server.invoke(good).status == 200:
+        try:  # /ping: every configured worker has the model, not only the first one
+            if server.invoke(good).status == 200 and server.request("GET", "/ping").status == 200:
                 return server
         except OSError:
             pass
@@ -135,8 +146,10 @@ def photo() -> bytes:
 def server(serve_artifact: Path, tmp_path_factory: pytest.TempPathFactory,
            photo: bytes) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("serve")
+    # Pinned as deploy.py --manifest-sha256 pins it: the right hash serves.
     server = start_server(serve_artifact, tmp, photo, SERVE_MAX_REQUEST_BYTES=str(MAX_BYTES),
-                          SERVE_MAX_IMAGES=str(MAX_IMAGES), SERVE_MAX_PIXELS=str(MAX_PIXELS))
+                          SERVE_MAX_IMAGES=str(MAX_IMAGES), SERVE_MAX_PIXELS=str(MAX_PIXELS),
+                          SERVE_MANIFEST_SHA256=manifest_sha256(serve_artifact))
     server.workers_at_start = server.worker_pids()
     assert server.workers_at_start, "no MMS worker found"
     yield server
@@ -331,6 +344,114 @@ def test_parity_with_training_evaluation(server: Server, reference) -> None:
         assert max(abs(a - b) for a, b in zip(served, expected, strict=True)) < 1e-5, path
 
 
+def _nginx_workers(server: Server) -> list[psutil.Process]:
+    masters = [p for p in server.processes() if "nginx" in " ".join(p.info["cmdline"] or [])]
+    assert len(masters) == 1, [p.info["cmdline"] for p in masters]
+    return masters[0].children()
+
+
+def _open_paths(pid: int) -> list[str]:
+    """What the process's file descriptors point at, deleted files too (nginx unlinks its
+    temp files at once; psutil's open_files leaves those out)."""
+    paths = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            paths.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            continue
+    return paths
+
+
+def _stalled_upload(port: int, declared: int, sent: bytes) -> socket.socket:
+    """A POST that declares ``declared`` body bytes and sends only ``sent``, then waits."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                 b"Content-Length: %d\r\n\r\n" % declared + sent)
+    return sock
+
+
+def _answer(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_large_bodies_are_spooled_to_disk_not_held_in_memory(server: Server) -> None:
+    """Before: client_body_buffer_size was the whole payload limit, so every connection could
+    hold ~7 MiB of RAM in nginx (1,024 of them: 7.4 GiB). Now a body above BODY_BUFFER_BYTES
+    goes to a temp file in the runtime dir while it arrives."""
+    body_dir = server.runtime_dir / "nginx-body"
+    with _stalled_upload(server.port, MAX_BYTES, b"\xff" * (2 * BODY_BUFFER_BYTES)):
+        deadline, spooled = time.monotonic() + 10, []
+        while not spooled and time.monotonic() < deadline:
+            time.sleep(0.2)
+            spooled = [path for w in _nginx_workers(server) for path in _open_paths(w.pid)
+                       if path.startswith(str(body_dir))]
+        assert spooled, "nginx holds the partial body in memory, not in a temp file"
+    small = encode(Image.open(PHOTOS[1]).resize((64, 64)), "JPEG")
+    assert len(small) < BODY_BUFFER_BYTES and server.invoke(small).status == 200
+
+
+def test_a_stalled_body_is_cut_off_after_the_client_timeout(server: Server) -> None:
+    """nginx's default waits 60 s per read; a client that stops sending holds its connection
+    (and its spooled body) that long. Now CLIENT_TIMEOUT_S."""
+    start = time.monotonic()
+    with _stalled_upload(server.port, 10_000, b"\xff\xd8") as sock:
+        sock.settimeout(CLIENT_TIMEOUT_S + 20)
+        try:
+            _answer(sock)
+        except ConnectionResetError:
+            pass
+    seconds = time.monotonic() - start
+    print(f"stalled body cut off after {seconds:.1f} s")
+    assert CLIENT_TIMEOUT_S - 1 <= seconds <= CLIENT_TIMEOUT_S + 5, seconds
+
+
+def test_requests_in_progress_are_bounded_and_ping_still_answers(server: Server,
+                                                                 photo: bytes) -> None:
+    """MAX_ACTIVE requests whose bodies are arriving occupy nginx; one more gets a JSON 503
+    without its body being read, while /ping (not limited: busy is not dead) stays 200."""
+    stalled = [_stalled_upload(server.port, 10_000, b"\xff\xd8") for _ in range(MAX_ACTIVE)]
+    try:
+        time.sleep(1)  # nginx has read every header
+        reply = server.invoke(photo)
+        assert reply.status == 503, reply
+        assert f"more than {MAX_ACTIVE} requests in progress" in reply.json()["message"]
+        assert server.request("GET", "/ping").status == 200
+    finally:
+        for sock in stalled:
+            sock.close()
+    time.sleep(0.5)
+    assert server.invoke(photo).status == 200
+
+
+def test_only_nginx_listens_on_tcp(server: Server) -> None:
+    """MMS's inference and management APIs are on Unix sockets in the runtime dir: the
+    management API (register, scale, unregister models) must never be reachable over TCP."""
+    ours = {p.pid: p for top in server.processes() for p in [top, *top.children(True)]}
+    listening = {(p.name(), c.laddr.ip, c.laddr.port) for p in ours.values()
+                 for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+    ports = {port for _, _, port in listening}
+    assert ports == {server.port}, listening
+    assert all(name.startswith("nginx") for name, _, _ in listening), listening
+    props = (server.runtime_dir / "mms.properties").read_text()
+    mms_log = (server.runtime_dir / "logs" / "mms_log.log").read_text()
+    assert f"Management API bind to: unix:{server.runtime_dir}/" in mms_log, props
+
+
+def _ping_until_503(server: Server, fragment: str, within: float = 30
+                    ) -> tuple[Reply | None, float]:
+    """The first /ping 503 whose message has ``fragment`` (or the last reply), and when."""
+    start, reply = time.monotonic(), None
+    while time.monotonic() < start + within:
+        reply = server.request("GET", "/ping")
+        if reply.status == 503 and fragment in reply.json()["message"]:
+            break
+        time.sleep(0.1)
+    return reply, time.monotonic() - start
+
+
 def test_ping_is_503_when_the_workers_are_dead(server: Server) -> None:
     """MMS's own /ping says 200 {"status": "Unhealthy"} when its workers are dead (and MMS
     1.1.11 does not restart a killed worker: it keeps reconnecting to the dead socket), so
@@ -361,6 +482,61 @@ def test_sigterm_stops_server_and_workers(server: Server) -> None:
         time.sleep(0.5)
     assert not server.processes(), [p.info["cmdline"] for p in server.processes()]
     assert "serve: stopped" in server.log.read_text()
+
+
+def _ping_until_200(server: Server, within: float = 30) -> float:
+    start = time.monotonic()
+    while server.request("GET", "/ping").status != 200:
+        assert time.monotonic() < start + within, "no 200 from /ping"
+        time.sleep(0.1)
+    return time.monotonic() - start
+
+
+def test_ping_is_503_while_fewer_workers_serve_than_configured(
+        serve_artifact: Path, tmp_path: Path, photo: bytes) -> None:
+    """MMS's own /ping says 200 {"status": "Partial Healthy"} with one of two workers dead and
+    200 {"status": "Unhealthy"} with both dead. A killed worker is forked again by MMS's Python
+    socket server, but once that server is gone nothing replaces a worker, and the endpoint
+    would stay in service at half capacity, or none. Ours says 503 whenever fewer workers than
+    configured have the model. Its own server: two workers, eager graph (quicker to load), a
+    long MMS time-out so that a slow load on a busy machine is not killed."""
+    server = start_server(serve_artifact, tmp_path, photo, SERVE_GRAPH="eager",
+                          SAGEMAKER_MODEL_SERVER_WORKERS=str(WORKERS),
+                          SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS="600")
+    try:
+        _kill_workers_one_by_one(server)
+    finally:
+        stop_server(server)
+
+
+def _kill_workers_one_by_one(server: Server) -> None:
+    socket_server, workers = server.socket_server_and_workers()
+    assert len(workers) == WORKERS and server.request("GET", "/ping").status == 200
+    # 1. A worker dies while the socket server lives: MMS forks a new one (measured).
+    os.kill(min(workers), signal.SIGKILL)
+    reply, to_503 = _ping_until_503(server, "fewer workers have the model loaded", within=5)
+    back = _ping_until_200(server)
+    _, replaced = server.socket_server_and_workers()
+    seen = "503" if reply is not None and reply.status == 503 else "no 503 seen"
+    print(f"worker killed: /ping {seen} after {to_503:.2f} s, 200 again {back:.2f} s later "
+          f"(worker forked again by MMS)")
+    assert len(replaced) == WORKERS and min(workers) not in replaced
+    # 2. The socket server is gone, then a worker dies: nothing replaces it, /ping stays 503.
+    os.kill(socket_server, signal.SIGKILL)
+    time.sleep(1)
+    assert server.request("GET", "/ping").status == 200  # both workers still serve
+    doomed, survivor = sorted(replaced)
+    os.kill(doomed, signal.SIGKILL)
+    reply, seconds = _ping_until_503(server, "fewer workers have the model loaded")
+    print(f"worker killed, no socket server: /ping 503 after {seconds:.2f} s")
+    assert reply is not None and reply.status == 503, reply
+    time.sleep(5)
+    assert server.request("GET", "/ping").status == 503  # no replacement came
+    assert server.worker_pids() == {survivor}
+    # 3. The last worker dies.
+    os.kill(survivor, signal.SIGKILL)
+    reply, _ = _ping_until_503(server, "no worker has the model")
+    assert reply is not None and reply.status == 503, reply
 
 
 # --- artifacts that must stop `serve` before MMS opens a port ---------------------------------
@@ -417,6 +593,23 @@ def test_broken_artifact_exits_before_the_port_opens(serve_artifact: Path, tmp_p
     leftovers = Server(int(cmd[-1]), None, runtime, tmp_path / "unused").processes()
     assert not leftovers, [p.info["cmdline"] for p in leftovers]
     shutil.rmtree(runtime, ignore_errors=True)
+
+
+def test_a_pinned_manifest_hash_that_differs_stops_serve_before_anything_starts(
+        serve_artifact: Path, tmp_path: Path) -> None:
+    """SERVE_MANIFEST_SHA256 (deploy.py --manifest-sha256) pins the artifact from outside the
+    archive: another manifest.json (here: the right one, pinned to another hash) is refused
+    with one line, before MMS starts or a port opens."""
+    cmd, env, runtime = run_serve(serve_artifact, tmp_path,
+                                  SERVE_MANIFEST_SHA256="0" * 64)
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=180, start_new_session=True)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output
+    (line,) = [x for x in output.splitlines() if "SERVE_MANIFEST_SHA256" in x]
+    assert f"is not the deployed SERVE_MANIFEST_SHA256={'0' * 64}" in line, output
+    assert "starting MMS" not in output and "Traceback" not in output, output
+    assert not (runtime / "nginx.conf").exists()
 
 
 def test_a_stale_check_file_in_a_reused_runtime_dir_does_not_pass_a_broken_artifact(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -49,6 +51,12 @@ def test_artifact_and_reports(tiny_run, tiny_artifact):
     test_images = sum(1 for _ in (SAMPLE_DATA / "test").rglob("*.jpg"))
     assert matrix["split"] == "test" and sum(map(sum, matrix["matrix"])) == test_images
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_log_gives_the_manifest_hash_a_deployer_pins(tiny_run, tiny_artifact):
+    """deploy.py --manifest-sha256 takes the value from the job's log (outside the archive)."""
+    written = hashlib.sha256((tiny_artifact / "manifest.json").read_bytes()).hexdigest()
+    assert re.findall(r"manifest_sha256=([0-9a-f]{64})", tiny_run.log) == [written]
 
 
 def _config(data: Path, root: Path, *extra: str):

@@ -1,5 +1,6 @@
 """The artifact contract: manifest validation, image decoding, safe weight loading."""
 
+import hashlib
 import io
 import json
 import struct
@@ -9,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from model_artifact.manifest import ArtifactError, Manifest
+from model_artifact.manifest import MANIFEST_PIN_ENV, ArtifactError, Manifest, manifest_sha256
 from model_artifact.network import build_model, file_sha256, load_artifact
 from model_artifact.preprocess import (
     EvalPreprocessing,
@@ -86,6 +87,26 @@ def test_pickled_code_is_not_loaded(tmp_path):
     torch.save({"x": torch.nn.Linear(1, 1)}, tmp_path / "model.pt")  # a module, not tensors
     with pytest.raises(ArtifactError, match="cannot be loaded as a state_dict"):
         load_artifact(tmp_path)
+
+
+def test_pinned_manifest_hash_refuses_any_other_manifest(tmp_path, monkeypatch):
+    """SERVE_MANIFEST_SHA256 (set by the deployer, from outside the archive) pins manifest.json's
+    bytes, and with them every hash it lists: a changed manifest is refused by every reader."""
+    _artifact(tmp_path)
+    pinned = hashlib.sha256((tmp_path / "manifest.json").read_bytes()).hexdigest()
+    assert manifest_sha256(tmp_path) == pinned
+    monkeypatch.setenv(MANIFEST_PIN_ENV, pinned.upper())
+    load_artifact(tmp_path)
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps({**data, "class_names": ["x", "y"]}))
+    with pytest.raises(ArtifactError, match=f"manifest.json: sha256 [0-9a-f]{{64}} is not the "
+                                            f"deployed {MANIFEST_PIN_ENV}={pinned}"):
+        load_artifact(tmp_path)
+    monkeypatch.setenv(MANIFEST_PIN_ENV, "abc")
+    with pytest.raises(ArtifactError, match=f"{MANIFEST_PIN_ENV}='abc' is not a sha256"):
+        Manifest.read(tmp_path)
+    monkeypatch.setenv(MANIFEST_PIN_ENV, "")  # unset or empty: no pin
+    assert Manifest.read(tmp_path).class_names == ("x", "y")
 
 
 def test_missing_manifest(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -124,9 +125,33 @@ def test_int8_file_missing_or_tampered(tmp_path: Path) -> None:
     (tmp_path / INT8_FILE).write_bytes(b"not torchscript")
     with pytest.raises(ArtifactError, match="sha256 does not match"):
         load_int8(tmp_path, manifest)
-    manifest = write_manifest(tmp_path, variants={INT8: {**VARIANT, "sha256": ""}})
+    manifest = write_manifest(tmp_path, variants={INT8: {
+        **VARIANT, "sha256": hashlib.sha256(b"not torchscript").hexdigest()}})
     with pytest.raises(ArtifactError, match="cannot be loaded as TorchScript"):
         load_int8(tmp_path, manifest)
+
+
+@pytest.mark.parametrize("sha", ["", None, "AB" * 31])
+def test_a_variant_without_its_sha256_is_never_loaded(tmp_path: Path, sha: str | None) -> None:
+    """The variants are code (a TorchScript graph, a shared library): with the hash missing,
+    empty or malformed, the loader refuses the file instead of loading whatever is there."""
+    from model_artifact.compiled import COMPILED_FILE, COMPILED_FORMAT, load_compiled
+
+    compiled = {"file": COMPILED_FILE, "format": COMPILED_FORMAT, "torch": torch.__version__,
+                "threads": 1}
+    variants = {INT8: {**VARIANT, "sha256": sha}, COMPILED: {**compiled, "sha256": sha}}
+    for variant in variants.values():
+        if sha is None:
+            del variant["sha256"]
+    manifest = write_manifest(tmp_path, variants=variants)
+    (tmp_path / INT8_FILE).write_bytes(b"not torchscript")
+    (tmp_path / COMPILED_FILE).write_bytes(b"not a package")
+    with pytest.raises(ArtifactError, match="variants.int8.sha256 is (missing|not 64 hex)"):
+        load_int8(tmp_path, manifest)
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        pytest.skip("load_compiled refuses this CPU before it reads the hash")
+    with pytest.raises(ArtifactError, match="variants.compiled.sha256 is (missing|not 64 hex)"):
+        load_compiled(tmp_path, manifest)
 
 
 class SmallNet(torch.nn.Module):
