@@ -385,3 +385,15 @@ def test_default_timeout_follows_the_jobs_own_limits():
     job["HyperParameterTuningJobConfig"]["ResourceLimits"] = {
         "MaxNumberOfTrainingJobs": 5, "MaxParallelTrainingJobs": 2}
     assert tune.default_timeout(job) == 3 * (7200 + tune.WAIT_SLACK_S)
+
+
+def test_sagemaker_ranges_come_from_the_same_objects():
+    """The SDK's parameter ranges are built from the one search-space table (moved here from
+    tests/unit: the host venv has no SDK, so there it could only skip)."""
+    from sagemaker.core import parameter
+
+    from scripts.search_space import build_ranges
+
+    lr = build_ranges({}, {})["lr"].to_sdk()
+    assert isinstance(lr, parameter.ContinuousParameter)
+    assert (lr.min_value, lr.max_value) == (1e-5, 1e-2)

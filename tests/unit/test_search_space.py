@@ -104,14 +104,6 @@ def test_real_optuna_samples_stay_inside_the_ranges():
     assert dist["epochs"] == optuna.distributions.IntDistribution(3, 12)
 
 
-def test_sagemaker_ranges_come_from_the_same_objects():
-    parameter = pytest.importorskip("sagemaker.core.parameter")  # drivers venv only
-    ranges = build_ranges({}, {})
-    lr = ranges["lr"].to_sdk()
-    assert isinstance(lr, parameter.ContinuousParameter)
-    assert (lr.min_value, lr.max_value) == (1e-5, 1e-2)
-
-
 def test_enqueued_trials_are_checked_against_the_ranges():
     ranges = build_ranges({}, {})
     assert tune_local.enqueue_params("lr=0.001,batch-size=32,trainable-layers=all", ranges) == {
