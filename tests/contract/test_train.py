@@ -184,19 +184,24 @@ def test_bad_hyperparameter_is_refused_before_any_call(run_driver):
     assert result.rc == 2 and "batch-size" in result.err and result.recorder.calls == []
 
 
+def _described_job(name: str, status: str, artifact: str = "", **extra: object) -> dict:
+    """A DescribeTrainingJob response with the fields the driver reads."""
+    return {"TrainingJobName": name, "TrainingJobArn": "arn:x", "TrainingJobStatus": status,
+            "SecondaryStatus": "Training" if status == "InProgress" else status,
+            "CreationTime": "2026-11-27T20:00:00Z",
+            "ModelArtifacts": {"S3ModelArtifacts": artifact},
+            "AlgorithmSpecification": {"TrainingImage": TRAIN_IMAGE, "TrainingInputMode": "File"},
+            "ResourceConfig": {"InstanceType": "ml.g4dn.xlarge", "InstanceCount": 1,
+                               "VolumeSizeInGB": 50},
+            "StoppingCondition": {"MaxRuntimeInSeconds": 3600}, **extra}
+
+
 def test_wait_reports_failure_reason(run_driver):
-    failed = {
-        "TrainingJobName": "train-2", "TrainingJobArn": "arn:x", "TrainingJobStatus": "Failed",
-        "SecondaryStatus": "Failed", "CreationTime": "2026-11-27T20:00:00Z",
-        "FailureReason": "AlgorithmError: no class folders in /opt/ml/input/data/training/train",
-        "ModelArtifacts": {"S3ModelArtifacts": ""},
-        "AlgorithmSpecification": {"TrainingImage": TRAIN_IMAGE, "TrainingInputMode": "File"},
-        "ResourceConfig": {"InstanceType": "ml.g4dn.xlarge", "InstanceCount": 1,
-                           "VolumeSizeInGB": 50},
-        "StoppingCondition": {"MaxRuntimeInSeconds": 3600},
-        "DebugRuleEvaluationStatuses": [{"RuleConfigurationName": "LossNotDecreasing",
-                                         "RuleEvaluationStatus": "Stopped"}],
-    }
+    failed = _described_job(
+        "train-2", "Failed",
+        FailureReason="AlgorithmError: no class folders in /opt/ml/input/data/training/train",
+        DebugRuleEvaluationStatuses=[{"RuleConfigurationName": "LossNotDecreasing",
+                                      "RuleEvaluationStatus": "Stopped"}])
     result = run_driver(train, ["--region", REGION, "--attach", "train-2", "--wait"],
                         {"DescribeTrainingJob": failed})
     assert result.rc == 1
@@ -206,14 +211,7 @@ def test_wait_reports_failure_reason(run_driver):
 
 def test_wait_polls_until_the_job_ends_when_logs_cannot_be_read(run_driver, monkeypatch):
     monkeypatch.setattr("time.sleep", lambda s: None)
-    base = {"TrainingJobName": "train-3", "TrainingJobArn": "arn:x",
-            "SecondaryStatus": "Training", "CreationTime": "2026-11-27T20:00:00Z",
-            "ModelArtifacts": {"S3ModelArtifacts": f"s3://{BUCKET}/m/model.tar.gz"},
-            "AlgorithmSpecification": {"TrainingImage": TRAIN_IMAGE,
-                                       "TrainingInputMode": "File"},
-            "ResourceConfig": {"InstanceType": "ml.g4dn.xlarge", "InstanceCount": 1,
-                               "VolumeSizeInGB": 50},
-            "StoppingCondition": {"MaxRuntimeInSeconds": 3600}}
+    base = _described_job("train-3", "InProgress", f"s3://{BUCKET}/m/model.tar.gz")
     statuses = iter(["InProgress", "InProgress", "InProgress"])
     responses = {
         "DescribeTrainingJob": lambda p: {**base,
@@ -228,14 +226,7 @@ def test_wait_polls_until_the_job_ends_when_logs_cannot_be_read(run_driver, monk
 
 def test_wait_gives_up_after_the_timeout(run_driver, monkeypatch):
     monkeypatch.setattr("time.sleep", lambda s: None)
-    job = {"TrainingJobName": "train-4", "TrainingJobArn": "arn:x",
-           "TrainingJobStatus": "InProgress", "SecondaryStatus": "Training",
-           "CreationTime": "2026-11-27T20:00:00Z",
-           "ModelArtifacts": {"S3ModelArtifacts": ""},
-           "AlgorithmSpecification": {"TrainingImage": TRAIN_IMAGE, "TrainingInputMode": "File"},
-           "ResourceConfig": {"InstanceType": "ml.g4dn.xlarge", "InstanceCount": 1,
-                              "VolumeSizeInGB": 50},
-           "StoppingCondition": {"MaxRuntimeInSeconds": 3600}}
+    job = _described_job("train-4", "InProgress")
     responses = {
         "DescribeTrainingJob": job,
         "DescribeLogStreams": {"__status__": 400, "Error": {
