@@ -51,6 +51,24 @@ def _assert_same_result(a: Path, b: Path) -> None:
         [{k: v for k, v in h.items() if k not in drop} for h in history[1]]
 
 
+def _sigterm_at(cmd: list[str], env: dict[str, str], marker: str
+                ) -> tuple[subprocess.Popen, list[str], float | None]:
+    """Start a training process, send it SIGTERM when its log shows ``marker`` (and when),
+    then read the rest of its output."""
+    proc = subprocess.Popen(cmd, env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    log, signalled = [], None
+    for line in proc.stdout:
+        log.append(line)
+        if marker in line:
+            proc.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            break
+    log += proc.stdout.readlines()
+    return proc, log, signalled
+
+
 def test_sigterm_mid_epoch_then_restart_gives_identical_weights(color_data, tmp_path):
     extra = ("--trainable-layers", "1")
     straight = subprocess.run(_job(tmp_path / "straight", color_data, *extra),
@@ -58,17 +76,8 @@ def test_sigterm_mid_epoch_then_restart_gives_identical_weights(color_data, tmp_
     assert straight.returncode == 0, straight.stdout[-2000:]
 
     root = tmp_path / "stopped"
-    proc = subprocess.Popen(_job(root, color_data, *extra), env=training_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert proc.stdout is not None
-    log = []
-    for line in proc.stdout:
-        log.append(line)
-        if "[train] epoch 2/2 step 3/8" in line:
-            proc.send_signal(signal.SIGTERM)
-            signalled = time.monotonic()
-            break
-    log += proc.stdout.readlines()
+    proc, log, signalled = _sigterm_at(_job(root, color_data, *extra), training_env(),
+                                       "[train] epoch 2/2 step 3/8")
     proc.wait(timeout=60)
     stop_seconds = time.monotonic() - signalled
     text = "".join(log)
@@ -143,16 +152,8 @@ def test_image_entrypoint_passes_sigterm_through_the_toolkit(color_data, tmp_pat
     hps = {"weights": "none", "image-size": "48", "epochs": "1", "num-workers": "0",
            "batch-size": "4", "log-interval": "1", "compile": "false", "trainable-layers": "1"}
     env = _opt_ml(base, hps, {"training": color_data})
-    proc = subprocess.Popen([sys.executable, "-m", "container_train.entrypoint", "train"],
-                            env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert proc.stdout is not None
-    log = []
-    for line in proc.stdout:
-        log.append(line)
-        if "[train] epoch 1/1 step 3/8" in line:
-            proc.send_signal(signal.SIGTERM)
-            break
-    log += proc.stdout.readlines()
+    proc, log, _ = _sigterm_at([sys.executable, "-m", "container_train.entrypoint", "train"],
+                               env, "[train] epoch 1/1 step 3/8")
     proc.wait(timeout=STOP_SECONDS)
     assert proc.returncode == 128 + signal.SIGTERM, "".join(log)[-3000:]
     saved = torch.load(base / "checkpoints" / "checkpoint-latest.pt", weights_only=True)
