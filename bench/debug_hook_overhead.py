@@ -37,8 +37,6 @@ import torchvision
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from container_train.debugger import DebuggerCallback
 from container_train.engine import Callback, train_one_epoch
 

@@ -58,12 +58,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from bench.local_server import free_port, stop_session
+from container_serve.serve import MMS_REQUEST_SLACK
 
-from bench.local_server import free_port, stop_session  # noqa: E402
-from container_serve.serve import MMS_REQUEST_SLACK  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SAMPLE_PHOTOS = sorted((REPO / "sample_data" / "photos5" / "test").glob("*/*.jpg"))
 SERVE_IMAGE = os.environ.get("SERVE_IMAGE", "sagemaker-resnet50-serve:latest")

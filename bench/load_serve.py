@@ -28,9 +28,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from bench.fuzz_serve import (
     SAMPLE_PHOTOS,
     SERVE_IMAGE,

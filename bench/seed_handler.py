@@ -3,7 +3,8 @@
 Per request: PIL decode, resize to 224x224 (no aspect-preserving resize + crop), to-tensor,
 normalise, fp32 eager forward (no channels_last, no TorchScript), softmax, top-5 JSON. The model
 is the same artifact (state_dict + manifest) that ``container_serve`` serves. Used only by
-bench/serve.py; MMS loads it as the function-style handler ``bench.seed_handler`` (``handle``).
+bench/serving_speed.py; MMS loads it as the function-style handler ``bench.seed_handler``
+(``handle``).
 
 Started through the same MMS launcher as the product with default settings (one worker per
 CPU, one thread each, MMS's defaults):

@@ -23,14 +23,13 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from container_train.config import parse_config
+from container_train.engine import Precision
+from container_train.main import run
+from container_train.model import apply_freezing, create_model, set_train_mode
+from job_contract.hyperparameters import parse_value
 
-from container_train.config import parse_config  # noqa: E402
-from container_train.engine import Precision  # noqa: E402
-from container_train.hyperparameters import parse_value  # noqa: E402
-from container_train.main import run  # noqa: E402
-from container_train.model import apply_freezing, create_model, set_train_mode  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 TARGET = 0.90
 

@@ -23,13 +23,12 @@ import torch
 from torch import nn
 from torchvision import datasets, transforms
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from container_train.config import parse_config
+from container_train.main import run
+from container_train.model import create_model
+from model_artifact.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
-from container_train.config import parse_config  # noqa: E402
-from container_train.main import run  # noqa: E402
-from container_train.model import create_model  # noqa: E402
-from model_artifact.preprocess import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 TARGET_SPEEDUP = 8.0
 

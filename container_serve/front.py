@@ -13,7 +13,7 @@ jar, nginx listens on the public port and:
   (MMS's own /ping answers 200 even then);
 - passes everything else to MMS over a Unix socket in the runtime dir (no second port to pick,
   nothing else on the machine can reach MMS's inference port).
-The cost is one local hop per request (bench/serve.py measures the endpoint through it).
+The cost is one local hop per request (bench/serving_speed.py measures the endpoint through it).
 """
 
 from __future__ import annotations

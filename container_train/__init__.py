@@ -1,5 +1,5 @@
-"""Training code for the SageMaker training image (/opt/ml/code).
+"""Training code for the SageMaker training image: the job starts in ``main``.
 
-Importing the package is cheap and torch-free, so the drivers can read ``metrics`` and
-``hyperparameters`` on a laptop. The job itself starts in ``main``.
+What the drivers share with training (hyperparameters, metric definitions) lives in the
+torch-free ``job_contract`` package; this package may import torch anywhere.
 """

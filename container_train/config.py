@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from container_train.errors import TrainingError
-from container_train.hyperparameters import (
+from job_contract.hyperparameters import (
     SPECS,
     SPECS_BY_NAME,
     Hyperparameters,

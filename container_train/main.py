@@ -42,9 +42,7 @@ from container_train.engine import (
 )
 from container_train.errors import TrainingError
 from container_train.feature_cache import make_feature_loaders
-from container_train.hyperparameters import HyperparameterError, Hyperparameters
 from container_train.interruption import INTERRUPTED_EXIT_CODE, NEVER, Interrupted, StopSignal
-from container_train.metrics import format_metric_line
 from container_train.model import (
     apply_freezing,
     count_parameters,
@@ -53,6 +51,8 @@ from container_train.model import (
     resolve_auto_weights,
     set_train_mode,
 )
+from job_contract.hyperparameters import HyperparameterError, Hyperparameters
+from job_contract.metrics import format_metric_line
 from model_artifact.manifest import ArtifactError, Manifest, manifest_sha256
 from model_artifact.network import file_sha256
 from model_artifact.preprocess import EvalPreprocessing

@@ -19,13 +19,13 @@ fi
 wanted="$(sha256sum "${requirements}" | cut -d' ' -f1)"
 if [[ -f "${stamp}" && "$(cat "${stamp}")" == "${wanted}" ]]; then
     echo "${venv} is up to date"
+    bash "${repo_root}/dev/install_project.sh" "${venv}"
     exit 0
 fi
 
 "${venv}/bin/python" -m pip install --quiet --upgrade pip
 "${venv}/bin/python" -m pip install --quiet -r "${requirements}"
 "${venv}/bin/python" -m pip check
-# The drivers import container_train's torch-free modules from the repository root, which
-# scripts/settings.py puts on sys.path; no install of the project itself is needed.
+bash "${repo_root}/dev/install_project.sh" "${venv}"
 "${venv}/bin/python" -c "import sagemaker.train.tuner, boto3, moto; print('drivers venv ok')"
 echo "${wanted}" > "${stamp}"

@@ -20,10 +20,10 @@ if [ ${#packages[@]} -gt 0 ]; then
         --no-install-recommends "${packages[@]}" >/dev/null
 fi
 
-if [ -x "$venv/bin/python" ] && cmp -s "$lock" "$venv/.installed-requirements"; then
-    exit 0
+if ! { [ -x "$venv/bin/python" ] && cmp -s "$lock" "$venv/.installed-requirements"; }; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$lock"
+    cp "$lock" "$venv/.installed-requirements"
+    echo "host venv ready: $venv"
 fi
-python3 -m venv "$venv"
-"$venv/bin/pip" install --quiet --disable-pip-version-check -r "$lock"
-cp "$lock" "$venv/.installed-requirements"
-echo "host venv ready: $venv"
+bash dev/install_project.sh "$venv"

@@ -36,7 +36,7 @@ BACKEND = "x86"
 DEFAULT_CALIBRATION_IMAGES = 64
 CALIBRATION_BATCH = 16
 # Below this share of top-1 answers in common with fp32, int8 visibly changes what the
-# endpoint answers: training and serving both say so (bench/serve.py holds int8 to it).
+# endpoint answers: training and serving both say so (bench/serving_speed.py holds int8 to it).
 AGREEMENT_BAR = 0.99
 
 

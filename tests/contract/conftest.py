@@ -1,5 +1,5 @@
 """Contract tests of the drivers: the exact AWS requests they send, captured at the boto3
-event boundary (scripts.requests_log) with nothing ever leaving the machine.
+event boundary (drivers.requests_log) with nothing ever leaving the machine.
 
 Run in the drivers venv: ``.venv-drivers/bin/python -m pytest tests/contract``.
 """
@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from scripts import driver
-from scripts.requests_log import ApiRecorder
+from drivers import common as driver
+from drivers.requests_log import ApiRecorder
 
 REQUIRED_ENV = "CONTRACT_TESTS_REQUIRED"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from scripts import train
+from drivers import training_job as train
 from tests.contract.conftest import REGION, TRAIN_IMAGE, RealRun
 
 BUCKET = "debug-bucket"
@@ -79,7 +79,7 @@ def test_plot_debug_reads_train_and_eval_losses(real_run: RealRun, tmp_path: Pat
 
     assert_hook_worked(real_run)
     out, points = tmp_path / "loss.png", tmp_path / "loss.json"
-    script = Path(train.__file__).with_name("plot_debug.py")
+    script = train.PLOT_DEBUG_SCRIPT
     proc = subprocess.run([real_run.python, str(script), str(real_run.debug_output),
                            "--out", str(out), "--json", str(points)],
                           capture_output=True, text=True, timeout=300)

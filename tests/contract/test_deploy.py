@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from scripts import deploy
+from drivers import deploy
 from tests.contract.conftest import AWS_SETTINGS, BUCKET, REGION, ROLE, SERVE_IMAGE
 
 MODEL_DATA = f"s3://{BUCKET}/resnet-byoc/training/train-1/output/model.tar.gz"

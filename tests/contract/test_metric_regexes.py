@@ -12,8 +12,8 @@ import re
 
 import pytest
 
-from container_train.metrics import OBJECTIVES, format_metric_line
-from scripts import tune
+from drivers import tuning_job as tune
+from job_contract.metrics import OBJECTIVES, format_metric_line
 from tests.contract.conftest import AWS_SETTINGS, BUCKET, RealRun
 
 

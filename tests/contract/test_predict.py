@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import pytest
 
-from scripts import predict
+from drivers import predict
 from tests.contract.conftest import REGION
 
 SAMPLES = Path(__file__).resolve().parents[2] / "sample_data" / "photos5"

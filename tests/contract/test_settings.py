@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from scripts import deploy, predict, settings, train, tune
-from scripts.settings import SettingsError, resolve
+from drivers import aws_settings as settings
+from drivers import deploy, predict
+from drivers import training_job as train
+from drivers import tuning_job as tune
+from drivers.aws_settings import SettingsError, resolve
 from tests.contract.conftest import BUCKET, REGION, ROLE, SERVE_IMAGE, TRAIN_IMAGE
 
 DATA = ["--data", f"s3://{BUCKET}/photos"]
@@ -165,7 +168,7 @@ def test_on_a_notebook_its_execution_role_is_used(run_driver, on_a_notebook):
 @pytest.mark.parametrize("module", [train, tune, deploy, predict])
 @pytest.mark.parametrize("how", ["flag", "env"])
 def test_unknown_profile_is_refused_before_any_call(run_driver, monkeypatch, module, how):
-    extra = {"train": DATA, "tune": DATA, "deploy": ["--model-data", f"s3://{BUCKET}/m.tar.gz"],
+    extra = {"training_job": DATA, "tuning_job": DATA, "deploy": ["--model-data", f"s3://{BUCKET}/m.tar.gz"],
              "predict": ["--endpoint", "ep", "x.jpg"]}[module.__name__.rsplit(".", 1)[-1]]
     argv = [*FULL["region"], *FULL["role"], *FULL["bucket"], *extra, "--dry-run"]
     if module is predict:
@@ -193,7 +196,7 @@ def profile_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_profile_gives_region_and_credentials(profile_files, monkeypatch):
-    from scripts.requests_log import ApiRecorder, make_session
+    from drivers.requests_log import ApiRecorder, make_session
 
     s = resolve(ns(profile="dev"), ["region"], {})
     assert (s.profile, s.region, s.sources["profile"]) == ("dev", "ap-southeast-2", "flag")

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from container_train.metrics import METRIC_DEFINITIONS
-from scripts import train
+from drivers import training_job as train
+from job_contract.metrics import METRIC_DEFINITIONS
 from tests.contract.conftest import AWS_SETTINGS, BUCKET, REGION, SERVE_IMAGE, TRAIN_IMAGE
 
 DATA = f"s3://{BUCKET}/datasets/photos5"

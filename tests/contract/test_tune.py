@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from container_train.hyperparameters import SPECS_BY_NAME
-from container_train.metrics import DEFAULT_OBJECTIVE, METRIC_DEFINITIONS, OBJECTIVES
-from scripts import deploy, train, tune
+from drivers import deploy
+from drivers import training_job as train
+from drivers import tuning_job as tune
+from job_contract.hyperparameters import SPECS_BY_NAME
+from job_contract.metrics import DEFAULT_OBJECTIVE, METRIC_DEFINITIONS, OBJECTIVES
 from tests.contract.conftest import AWS_SETTINGS, BUCKET, REGION, ROLE, TRAIN_IMAGE
 
 DATA = f"s3://{BUCKET}/datasets/photos5"
@@ -392,7 +394,7 @@ def test_sagemaker_ranges_come_from_the_same_objects():
     tests/unit: the host venv has no SDK, so there it could only skip)."""
     from sagemaker.core import parameter
 
-    from scripts.search_space import build_ranges
+    from drivers.search_space import build_ranges
 
     lr = build_ranges({}, {})["lr"].to_sdk()
     assert isinstance(lr, parameter.ContinuousParameter)

@@ -3,7 +3,7 @@ fp32, served through real MMS with ``SERVE_PRECISION=int8``, and refused at star
 
 Agreement threshold on the tiny fixture (64 px, one epoch from random init, 49 held-out photos):
 0.9. A barely trained tiny model has small logit margins, so int8 rounding can flip a few
-near-ties that a trained 224 px model would not (bench/serve.py checks >= 0.99 at 224 px);
+near-ties that a trained 224 px model would not (bench/serving_speed.py checks >= 0.99 at 224 px);
 0.9 still fails a broken recipe (wrong preprocessing, no calibration, a mis-fused layer),
 which lands near chance, about 0.2-0.5 with 5 classes.
 """

@@ -17,7 +17,7 @@ import torch
 from container_train.config import parse_config
 from container_train.engine import Callback
 from container_train.main import main, run
-from container_train.metrics import METRIC_KEYS, parse_log
+from job_contract.metrics import METRIC_KEYS, parse_log
 from model_artifact.network import load_artifact
 from tests.conftest import REPO, SAMPLE_DATA, TINY_ARGS, training_env
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from container_train.metrics import OBJECTIVES
-from scripts.search_space import BEST_FILE_FORMAT
+from drivers.search_space import BEST_FILE_FORMAT
+from job_contract.metrics import OBJECTIVES
 from tests.conftest import REPO
 
 pytest.importorskip("optuna")
@@ -27,7 +27,7 @@ TRIALS = 4
 
 @pytest.fixture(scope="module")
 def search(color_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from scripts import tune
+    from drivers import tuning_job as tune
 
     root = tmp_path_factory.mktemp("tune_local")
     out, best = root / "out", root / "best.json"
@@ -170,7 +170,7 @@ def test_local_path_imports_no_sagemaker_sdk(search):
 
 
 def test_local_path_refuses_bad_arguments_before_training(tmp_path, capsys):
-    from scripts import tune
+    from drivers import tuning_job as tune
 
     assert tune.main(["--local", "--data", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
     assert "missing 'train' split" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from container_train.config import PATH_ARGS
-from container_train.hyperparameters import SPECS
+from job_contract.hyperparameters import SPECS
 from tests.conftest import training_env
 
 

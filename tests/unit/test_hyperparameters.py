@@ -4,7 +4,7 @@ import pytest
 
 from container_train.config import split_argv
 from container_train.errors import TrainingError
-from container_train.hyperparameters import (
+from job_contract.hyperparameters import (
     SPECS,
     HyperparameterError,
     Hyperparameters,

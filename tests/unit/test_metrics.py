@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from container_train.metrics import (
+from job_contract.metrics import (
     METRIC_DEFINITIONS,
     METRIC_KEYS,
     OBJECTIVES,

@@ -7,7 +7,7 @@ import pytest
 
 from container_train import model
 from container_train.errors import TrainingError
-from container_train.hyperparameters import Hyperparameters
+from job_contract.hyperparameters import Hyperparameters
 
 
 @pytest.mark.parametrize(("baked", "expected"), [(True, "imagenet"), (False, "none")])

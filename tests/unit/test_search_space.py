@@ -1,13 +1,15 @@
 """One search space for both tuning paths: the SageMaker request (scripts/tune.py) and the
-Optuna sampler (scripts/tune_local.py) read the same ranges, flags and defaults."""
+Optuna sampler (drivers/local_tuning.py) read the same ranges, flags and defaults."""
 
 from __future__ import annotations
 
 import pytest
 
-from container_train.hyperparameters import SPECS_BY_NAME, parse_value
-from scripts import search_space, tune, tune_local
-from scripts.search_space import DEFAULT_RANGES, Range, build_ranges
+from drivers import local_tuning as tune_local
+from drivers import search_space
+from drivers import tuning_job as tune
+from drivers.search_space import DEFAULT_RANGES, Range, build_ranges
+from job_contract.hyperparameters import SPECS_BY_NAME, parse_value
 
 
 class RecordingTrial:

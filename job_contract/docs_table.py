@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from container_train.hyperparameters import SPECS
+from job_contract.hyperparameters import SPECS
 
 
 def hyperparameter_table() -> str:

@@ -5,13 +5,13 @@ pruning on) costs at most 2x one trial alone. Both runs start from an empty feat
 the single trial computes every backbone feature once; in the search, trial 1 does the same
 and trials 2..20 read them back and only train the linear head. Both runs use the same sampler
 seed, so the single trial is the search's first trial. Times are wall-clock seconds of
-``scripts.tune_local.main`` in this process (imports excluded, plot and best file included).
+``drivers.local_tuning.main`` in this process (imports excluded, plot and best file included).
 The single trial runs before and after the search (each with its own empty cache; their mean
 is "one trial alone", so a change of load during the search counts on both sides), and the
 search's own first trial is a second reference measured in the same window. On a shared,
 loaded machine the two disagree, so the RESULT line takes the larger (worse) of the two ratios.
 
-    .venv/bin/python bench/tune_local.py [--image-size 224] [--trials 20] \\
+    .venv/bin/python bench/local_tuning_speed.py [--image-size 224] [--trials 20] \\
         [--data sample_data/photos5] [--weights auto]
 
 ``--weights auto``: imagenet when torchvision's weights are in the torch cache, else none
@@ -31,12 +31,11 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import container_train.main  # noqa: F401  (torch and the training code: imported once)
+from container_train.model import imagenet_weights_path
+from drivers import local_tuning as tune_local
 
-import container_train.main  # noqa: E402, F401  (torch and the training code: imported once)
-from container_train.model import imagenet_weights_path  # noqa: E402
-from scripts import tune_local  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 TARGET = 2.0
 

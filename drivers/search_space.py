@@ -1,7 +1,7 @@
 """The hyperparameter search space, defined once for both tuning paths.
 
 ``scripts/tune.py`` turns these ranges into a SageMaker tuning request (:meth:`Range.to_sdk`)
-and ``scripts/tune_local.py`` into Optuna suggestions (:meth:`Range.suggest`). The flags that
+and ``drivers/local_tuning.py`` into Optuna suggestions (:meth:`Range.suggest`). The flags that
 both paths share (``--range``, ``--set``, ``--objective``, ``--strategy``, ``--early-stopping``,
 ``--max-jobs``, ``--best-out``) are added by :func:`add_search_arguments`, and the best trial is
 written in one format (:data:`BEST_FILE_FORMAT`) that ``train.py`` / ``deploy.py --from-best``
@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from container_train.hyperparameters import (
+from job_contract.hyperparameters import (
     SPECS_BY_NAME,
     HyperparameterError,
     canonical_name,
     parse_value,
 )
-from container_train.metrics import DEFAULT_OBJECTIVE, OBJECTIVES
+from job_contract.metrics import DEFAULT_OBJECTIVE, OBJECTIVES
 
 BEST_FILE_FORMAT = "resnet-byoc/best-training-job@1"
 DEFAULT_BEST_FILE = "best_training_job.json"

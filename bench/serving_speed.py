@@ -8,9 +8,9 @@ AOTInductor, batch 1, channels_last; model_artifact/compiled.py) and int8
 to them by ridge regression (a linear probe on random features, so predictions depend on the
 image), int8 variant calibrated on 64 of those photos by model_artifact.quantize.
 
-    .venv/bin/python bench/serve.py                # docker image if present, else host MMS
-    .venv/bin/python bench/serve.py --host-mms     # python -m container_serve on this machine
-    .venv/bin/python bench/serve.py --quick        # shorter phases, for a smoke run
+    .venv/bin/python bench/serving_speed.py             # docker image if present, else host MMS
+    .venv/bin/python bench/serving_speed.py --host-mms  # python -m container_serve on this machine
+    .venv/bin/python bench/serving_speed.py --quick     # shorter phases, for a smoke run
 
 Target ``image`` (default when the image exists): ``docker run -p PORT:8080 -v ART:/opt/ml/model
 IMAGE serve``, with this checkout's code mounted at /opt/src (on PYTHONPATH, so the image's
@@ -49,10 +49,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from bench.local_server import free_port
 
-from bench.local_server import free_port  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 PHOTOS = REPO / "sample_data" / "photos5"
 IMAGE = "sagemaker-resnet50-serve:latest"

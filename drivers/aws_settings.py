@@ -12,7 +12,7 @@ Order, first found wins (documented in docs/drivers.md):
 4. for the region: the AWS profile configuration (``~/.aws/config``, ``AWS_PROFILE``), read
    locally by boto3 without any call;
 5. defaults, only for values that have a safe one (prefix, instance types);
-6. the bucket and role only, resolved by ``scripts.driver.complete_settings`` with AWS calls
+6. the bucket and role only, resolved by ``drivers.common.complete_settings`` with AWS calls
    once a session is open: the SDK's default bucket (``sagemaker-REGION-ACCOUNT``) and, on a
    SageMaker Studio/notebook, its execution role (:data:`DEFERRED`).
 
@@ -26,15 +26,12 @@ import argparse
 import json
 import os
 import re
-import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # container_train is imported from the repository root
-    sys.path.insert(0, str(REPO_ROOT))
 
 IMAGE_URIS_FILE_ENV = "IMAGE_URIS_FILE"
 DEFAULT_IMAGE_URIS_FILE = REPO_ROOT / "image_uris.json"

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from scripts.requests_log import ApiRecorder, NetworkGuard, make_session
-from scripts.settings import Settings, SettingsError
+from drivers.aws_settings import Settings, SettingsError
+from drivers.requests_log import ApiRecorder, NetworkGuard, make_session
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -134,7 +134,7 @@ def _execution_role(ctx: Context) -> str:
 
 def run(main: Callable[[], int]) -> int:
     """Run a driver's body, turning the expected failures into a message and an exit code."""
-    from container_train.hyperparameters import HyperparameterError
+    from job_contract.hyperparameters import HyperparameterError
 
     try:
         return main()

@@ -4,7 +4,7 @@
     python scripts/tune.py --local --data sample_data/photos5 --max-jobs 20 \\
         --set trainable-layers=0 --set weights=none --output tune-local
 
-Same ranges (``scripts/search_space.py``), ``--range``/``--set`` syntax, objective and best-job
+Same ranges (``drivers/search_space.py``), ``--range``/``--set`` syntax, objective and best-job
 file (``resnet-byoc/best-training-job@1``: ``train.py --from-best`` reads it; its model_data is
 null, the artifact being local) as ``scripts/tune.py``. Each trial runs the training code in
 this process (``container_train.main.run``) with its own folder under ``--output``
@@ -36,23 +36,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-if __package__ in (None, ""):  # run as `python scripts/tune_local.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from container_train.hyperparameters import (
-    SPECS_BY_NAME,
-    HyperparameterError,
-    canonical_name,
-    parse_value,
-)
-from container_train.metrics import METRIC_KEYS, OBJECTIVES
-from scripts.search_space import (
+from drivers.search_space import (
     BEST_FILE_FORMAT,
     Range,
     add_search_arguments,
     build_ranges,
     parse_static,
 )
+from job_contract.hyperparameters import (
+    SPECS_BY_NAME,
+    HyperparameterError,
+    canonical_name,
+    parse_value,
+)
+from job_contract.metrics import METRIC_KEYS, OBJECTIVES
 
 OPTUNA_PIN = "optuna==5.0.0"
 METRIC_TO_KEY = {name: key for key, name in METRIC_KEYS.items()}  # valid:loss -> valid_loss
