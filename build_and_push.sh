@@ -26,7 +26,7 @@
 #   BAKE_IMAGENET_WEIGHTS   auto: torchvision's ImageNet ResNet50 weights in the training image
 #                           when download.pytorch.org answers (1: always, 0: never)
 #   TORCH_INDEX_URL, LOCK_SUFFIX   CPU-only torch variant (see docker/Dockerfile.base)
-#   TRAIN_REPO, SERVE_REPO  sagemaker-resnet50-train, sagemaker-resnet50-serve
+#   TRAIN_REPO, SERVE_REPO  sagemaker-resnet50-train, sagemaker-resnet50-serve (docker/images.env)
 #   BASE_IMAGE              sagemaker-resnet50-base:latest (local only, never pushed)
 #   IMAGE_URIS_FILE         image_uris.json in this folder
 #   DOCKER_BUILD_ARGS       extra `docker build` arguments (e.g. --pull, --no-cache)
@@ -52,9 +52,11 @@ while [[ $# -gt 0 ]]; do
 done
 
 os_image="${OS_IMAGE:-auto}"
-base_image="${BASE_IMAGE:-sagemaker-resnet50-base:latest}"
-train_repo="${TRAIN_REPO:-sagemaker-resnet50-train}"
-serve_repo="${SERVE_REPO:-sagemaker-resnet50-serve}"
+# shellcheck source=docker/images.env
+source "$repo/docker/images.env"
+base_image="${BASE_IMAGE:-$DEFAULT_BASE_REPO:$LOCAL_TAG}"
+train_repo="${TRAIN_REPO:-$DEFAULT_TRAIN_REPO}"
+serve_repo="${SERVE_REPO:-$DEFAULT_SERVE_REPO}"
 uris_file="${IMAGE_URIS_FILE:-$repo/image_uris.json}"
 bake="${BAKE_IMAGENET_WEIGHTS:-auto}"
 log_dir="${BUILD_LOG_DIR:-$repo/.build-logs}"
@@ -87,7 +89,7 @@ version="$(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/pyproject.toml" | head -1)
 [[ -n "$version" ]] || die "no version in pyproject.toml"
 # What the Dockerfiles COPY (.dockerignore): a change there, committed or not, tracked or
 # not, changes the images, so it must show in the tag.
-shipped=(docker pyproject.toml model_artifact container_train container_serve)
+shipped=(docker pyproject.toml job_contract model_artifact container_train container_serve)
 if sha="$(git -C "$repo" rev-parse --short=12 HEAD 2>/dev/null)"; then
     changed="$(git -C "$repo" status --porcelain --untracked-files=all -- "${shipped[@]}")"
     if [[ -n "$changed" ]]; then

@@ -60,11 +60,12 @@ from typing import Any
 
 from bench.local_server import free_port, stop_session
 from container_serve.serve import MMS_REQUEST_SLACK
+from job_contract.images import local_image
 
 REPO = Path(__file__).resolve().parents[1]
 
 SAMPLE_PHOTOS = sorted((REPO / "sample_data" / "photos5" / "test").glob("*/*.jpg"))
-SERVE_IMAGE = os.environ.get("SERVE_IMAGE", "sagemaker-resnet50-serve:latest")
+SERVE_IMAGE = local_image("serve")
 HOST = "127.0.0.1"  # the only address this script ever connects to
 CUSTOM = "X-Amzn-SageMaker-Custom-Attributes"
 # Lines MMS writes when a backend worker dies or is restarted.

@@ -50,11 +50,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.local_server import free_port
+from job_contract.images import local_image
 
 REPO = Path(__file__).resolve().parent.parent
 
 PHOTOS = REPO / "sample_data" / "photos5"
-IMAGE = "sagemaker-resnet50-serve:latest"
+IMAGE = local_image("serve")
 CONCURRENCY = (1, 4, 8)
 
 

@@ -9,7 +9,7 @@
 #   dev/setup_docker.sh --for-tests  # also docker-compose and docker-registry (container tests)
 #   dev/setup_docker.sh --no-build   # only the daemon
 #
-# Environment (defaults):
+# Environment (defaults; the image names come from docker/images.env):
 #   OS_IMAGE=auto            the pinned debian:bookworm-slim, or the debootstrap base when no
 #                            registry answers (docker/os_image.sh)
 #   BASE_IMAGE=sagemaker-resnet50-base:latest
@@ -23,8 +23,10 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-TRAIN_IMAGE="${TRAIN_IMAGE:-sagemaker-resnet50-train:latest}"
-SERVE_IMAGE="${SERVE_IMAGE:-sagemaker-resnet50-serve:latest}"
+# shellcheck source=docker/images.env
+source "$REPO/docker/images.env"
+TRAIN_IMAGE="${TRAIN_IMAGE:-$DEFAULT_TRAIN_REPO:$LOCAL_TAG}"
+SERVE_IMAGE="${SERVE_IMAGE:-$DEFAULT_SERVE_REPO:$LOCAL_TAG}"
 DOCKERD_LOG="${DOCKERD_LOG:-/var/log/dockerd-setup.log}"
 mode="${1:-}"
 

@@ -50,7 +50,7 @@ step "lint: ruff + shellcheck"
 if ! command -v shellcheck >/dev/null; then
     apt-get update -qq && apt-get install -y -qq shellcheck >/dev/null
 fi
-git ls-files '*.sh' .ci/run | xargs shellcheck
+git ls-files '*.sh' .ci/run | xargs shellcheck -x  # -x: follow `source docker/images.env`
 
 step "unit + integration tests"
 .venv/bin/python -m pytest tests/unit tests/integration -q -p no:cacheprovider

@@ -18,8 +18,10 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(dirname "$HERE")"
 export PORT="${PORT:-8080}"
-export TRAIN_IMAGE="${TRAIN_IMAGE:-sagemaker-resnet50-train:latest}"
-export SERVE_IMAGE="${SERVE_IMAGE:-sagemaker-resnet50-serve:latest}"
+# shellcheck source=docker/images.env
+source "$REPO/docker/images.env"
+export TRAIN_IMAGE="${TRAIN_IMAGE:-$DEFAULT_TRAIN_REPO:$LOCAL_TAG}"
+export SERVE_IMAGE="${SERVE_IMAGE:-$DEFAULT_SERVE_REPO:$LOCAL_TAG}"
 export SERVE_CONTAINER="${SERVE_CONTAINER:-sagemaker-resnet50-demo}"
 TEST_DIR="$HERE/test_dir"
 LOG_DIR="$TEST_DIR/logs"

@@ -22,6 +22,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from job_contract.images import local_image
+
 REPO = Path(__file__).resolve().parent.parent
 TINY_HPS = {"epochs": 1, "image-size": 64, "batch-size": 16, "weights": "none",
             "num-workers": 0, "log-interval": 2, "seed": 7}
@@ -54,8 +56,7 @@ def compose_down(root: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--image", default=os.environ.get("TRAIN_IMAGE",
-                                                          "sagemaker-resnet50-train:latest"))
+    parser.add_argument("--image", default=local_image("train"))
     parser.add_argument("--data", default=str(REPO / "sample_data" / "photos5"),
                         help="one channel 'training' holding train/ valid/ test/")
     parser.add_argument("--root", default=None, help="local_container_root (default: a temp dir)")

@@ -15,7 +15,9 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-IMAGE="${1:-${SERVE_IMAGE:-sagemaker-resnet50-serve:latest}}"
+# shellcheck source=docker/images.env
+source "$(dirname "$HERE")/docker/images.env"
+IMAGE="${1:-${SERVE_IMAGE:-$DEFAULT_SERVE_REPO:$LOCAL_TAG}}"
 PORT="${PORT:-8080}"
 MODEL_DIR="$(realpath "${MODEL_DIR:-$HERE/test_dir/model}")"
 NAME="${SERVE_CONTAINER:-sagemaker-resnet50-serve-local}"

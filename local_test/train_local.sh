@@ -22,7 +22,9 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(dirname "$HERE")"
-IMAGE="${1:-${TRAIN_IMAGE:-sagemaker-resnet50-train:latest}}"
+# shellcheck source=docker/images.env
+source "$REPO/docker/images.env"
+IMAGE="${1:-${TRAIN_IMAGE:-$DEFAULT_TRAIN_REPO:$LOCAL_TAG}}"
 TEST_DIR="$(realpath "${TEST_DIR:-$HERE/test_dir}")"
 DATA_DIR="$(realpath "${DATA_DIR:-$REPO/sample_data/photos5}")"
 NAME="${TRAIN_CONTAINER:-sagemaker-resnet50-train-local-$$}"

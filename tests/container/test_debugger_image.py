@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import subprocess
 import uuid
@@ -22,12 +21,13 @@ from pathlib import Path
 
 import pytest
 
+from job_contract.images import local_image
 from tests.container.conftest import remove_containers, require_docker
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL_TEST = REPO / "local_test"
 SAMPLE_DATA = REPO / "sample_data" / "photos5"
-TRAIN_IMAGE = os.environ.get("TRAIN_IMAGE", "sagemaker-resnet50-train:latest")
+TRAIN_IMAGE = local_image("train")
 EPOCHS, BATCH, INTERVAL = 2, 16, 2
 HPS = {"epochs": str(EPOCHS), "image-size": "64", "batch-size": str(BATCH),
        "weights": "none", "num-workers": "0", "log-interval": "2", "seed": "7"}

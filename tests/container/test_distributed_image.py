@@ -5,7 +5,6 @@ with gloo, and match one container with the same global batch (see docs/training
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import uuid
@@ -14,10 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from job_contract.images import local_image
 from tests.conftest import make_color_dataset
 from tests.container.conftest import remove_containers, require_docker
 
-TRAIN_IMAGE = os.environ.get("TRAIN_IMAGE", "sagemaker-resnet50-train:latest")
+TRAIN_IMAGE = local_image("train")
 RUN_ID = uuid.uuid4().hex[:8]
 HOSTS = ["algo-1", "algo-2"]
 HPS = {"weights": "none", "image-size": "32", "num-workers": "0", "epochs": "2",

@@ -34,10 +34,11 @@ from pathlib import Path
 
 import pytest
 
+from job_contract.images import local_image
 from tests.container.conftest import require_docker
 
-TRAIN_IMAGE = os.environ.get("TRAIN_IMAGE", "sagemaker-resnet50-train:latest")
-SERVE_IMAGE = os.environ.get("SERVE_IMAGE", "sagemaker-resnet50-serve:latest")
+TRAIN_IMAGE = local_image("train")
+SERVE_IMAGE = local_image("serve")
 OS_IMAGE = os.environ.get("OS_IMAGE", "sagemaker-resnet50-os:bookworm")
 IMAGES = (TRAIN_IMAGE, SERVE_IMAGE)
 HOST_CA_DIR = Path("/usr/local/share/ca-certificates")

@@ -22,13 +22,14 @@ from pathlib import Path
 
 import pytest
 
+from job_contract.images import local_image
 from tests.container.conftest import remove_containers, require_docker
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL_TEST = REPO / "local_test"
 SAMPLE_DATA = REPO / "sample_data" / "photos5"
-TRAIN_IMAGE = os.environ.get("TRAIN_IMAGE", "sagemaker-resnet50-train:latest")
-SERVE_IMAGE = os.environ.get("SERVE_IMAGE", "sagemaker-resnet50-serve:latest")
+TRAIN_IMAGE = local_image("train")
+SERVE_IMAGE = local_image("serve")
 CLASSES = sorted(p.name for p in (SAMPLE_DATA / "train").iterdir() if p.is_dir())
 TINY_HPS = {"epochs": "1", "image-size": "64", "batch-size": "16", "weights": "none",
             "num-workers": "0", "log-interval": "2", "seed": "7",

@@ -5,7 +5,6 @@ for bit (docs/training.md, "Checkpoints, resuming and interruptions")."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -15,10 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from job_contract.images import local_image
 from tests.container.conftest import remove_containers, require_docker
 
 REPO = Path(__file__).resolve().parents[2]
-TRAIN_IMAGE = os.environ.get("TRAIN_IMAGE", "sagemaker-resnet50-train:latest")
+TRAIN_IMAGE = local_image("train")
 PREFIX = f"pytest-{uuid.uuid4().hex[:8]}-stop"
 HPS = {"epochs": "2", "image-size": "48", "batch-size": "4", "weights": "none",
        "num-workers": "0", "log-interval": "1", "seed": "7", "compile": "false",

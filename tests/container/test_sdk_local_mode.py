@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from job_contract.images import local_image
+
 REPO = Path(__file__).resolve().parents[2]
 DRIVERS_PYTHON = REPO / ".venv-drivers" / "bin" / "python"
-TRAIN_IMAGE = os.environ.get("TRAIN_IMAGE", "sagemaker-resnet50-train:latest")
+TRAIN_IMAGE = local_image("train")
 CLASSES = sorted(p.name for p in (REPO / "sample_data" / "photos5" / "train").iterdir())
 
 pytestmark = pytest.mark.container
