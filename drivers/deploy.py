@@ -19,7 +19,6 @@ import re
 import shlex
 import sys
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +30,8 @@ from drivers.aws_settings import (
     resolve,
     s3_uri_type,
 )
-from drivers.training_job import load_best
 
+ENDPOINT_PREFIX = "resnet-serve"
 VARIANT = "AllTraffic"
 SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
 SERVERLESS_MEMORY = (1024, 2048, 3072, 4096, 5120, 6144)
@@ -77,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--yes", action="store_true",
                    help="with --delete: delete without asking (needed when not on a terminal)")
     e = p.add_argument_group("endpoint")
-    e.add_argument("--name", help="endpoint, config and model name (default resnet-serve-TIME)")
+    e.add_argument("--name", help="endpoint, config and model name "
+                                  f"(default {ENDPOINT_PREFIX}-TIME)")
     e.add_argument("--instance-count", type=int, default=1)
     e.add_argument("--serverless", metavar="MEMORY_MB:MAX_CONCURRENCY",
                    type=lambda t: _pair(t, "--serverless"),
@@ -100,10 +100,6 @@ def sha256_type(text: str) -> str:
     if not SHA256_RE.match(value):
         raise argparse.ArgumentTypeError(f"--manifest-sha256 takes 64 hex digits, got {text!r}")
     return value
-
-
-def default_name() -> str:
-    return "resnet-serve-" + datetime.now(timezone.utc).strftime("%y%m%d-%H%M%S")
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -158,7 +154,7 @@ def model_data_url(ctx: driver.Context, args: argparse.Namespace) -> str:
     if args.model_data:
         return args.model_data
     if args.from_best:
-        best = load_best(args.from_best)
+        best = driver.load_best(args.from_best)
         return check_s3_uri(best.get("model_data") or "", f"model_data in {args.from_best}")
     from sagemaker.core.resources import TrainingJob
 
@@ -382,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
             delete_all(ctx, args.delete, args.yes)
             driver.finish(ctx)
             return 0
-        name = args.name or default_name()
+        name = args.name or driver.default_job_name(ENDPOINT_PREFIX)
         note = None if args.serverless else instance_note(settings.serve_instance_type)
         if note:
             ctx.log(note)
