@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers import common as driver
-from drivers.aws_settings import SettingsError, add_profile_argument, resolve
+from drivers.aws_settings import SettingsError, add_account_arguments, resolve
 from drivers.requests_log import to_jsonable
 
 ACCEPT = "application/json"
@@ -59,9 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--endpoint", help="SageMaker endpoint name (needs boto3 and a region)")
     target.add_argument("--url", help="a local server, e.g. http://localhost:8080 "
                                       "(/invocations is added when the path is empty)")
-    p.add_argument("--region", help="AWS region (env AWS_REGION / AWS_DEFAULT_REGION; else "
-                                    "the profile's region)")
-    add_profile_argument(p)
+    add_account_arguments(p)
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--content-type", help="override the content type of every file")
     p.add_argument("--json", action="store_true", help="print the raw responses as JSON")
