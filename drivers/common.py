@@ -49,7 +49,9 @@ class DriverError(Exception):
 
 
 @dataclass
-class Context:
+class DriverContext:
+    """A driver's AWS side: settings, the recorded boto3 session, dry run, progress lines."""
+
     settings: Settings
     dry_run: bool
     recorder: ApiRecorder
@@ -82,16 +84,16 @@ class Context:
 
 
 def open_context(settings: Settings, dry_run: bool,
-                 recorder: ApiRecorder | None = None) -> Context:
+                 recorder: ApiRecorder | None = None) -> DriverContext:
     recorder = recorder or ApiRecorder(dry_run=dry_run)
     recorder.dry_run = dry_run
     guard = NetworkGuard()
     assert settings.region
     session = make_session(settings.region, recorder, guard, profile=settings.profile)
-    return Context(settings, dry_run, recorder, session, guard)
+    return DriverContext(settings, dry_run, recorder, session, guard)
 
 
-def complete_settings(ctx: Context, needed: Iterable[str]) -> None:
+def complete_settings(ctx: DriverContext, needed: Iterable[str]) -> None:
     """Fill a missing bucket or role the way the SDK does, with AWS calls (placeholders that
     say so in a dry run); SettingsError naming the flag and variable when that fails."""
     updates: dict[str, str] = {}
@@ -117,7 +119,7 @@ def _aws_reason(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _default_bucket(ctx: Context) -> str:
+def _default_bucket(ctx: DriverContext) -> str:
     """The SDK's default bucket, sagemaker-REGION-ACCOUNT (the SDK creates it if missing)."""
     if ctx.dry_run:
         bucket = f"sagemaker-{ctx.region}-<account>"
@@ -137,7 +139,7 @@ def _default_bucket(ctx: Context) -> str:
     return bucket
 
 
-def _execution_role(ctx: Context) -> str:
+def _execution_role(ctx: DriverContext) -> str:
     """This SageMaker Studio/notebook's execution role (settings.resolve let it be missing
     only there)."""
     if ctx.dry_run:
@@ -195,7 +197,7 @@ def _botocore_reason(exc: Exception) -> str | None:
     return None
 
 
-def finish(ctx: Context) -> None:
+def finish(ctx: DriverContext) -> None:
     """In dry-run mode print every request the driver made, as JSON, on stdout."""
     if ctx.dry_run:
         print(ctx.recorder.dump())

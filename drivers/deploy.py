@@ -150,7 +150,7 @@ def instance_note(instance_type: str) -> str | None:
             "idle. A CPU instance type (ml.m5.xlarge, the default, or ml.c6i.xlarge) costs less.")
 
 
-def model_data_url(ctx: driver.Context, args: argparse.Namespace) -> str:
+def model_data_url(ctx: driver.DriverContext, args: argparse.Namespace) -> str:
     if args.model_data:
         return args.model_data
     if args.from_best:
@@ -189,7 +189,8 @@ def endpoint_config_request(args: argparse.Namespace, name: str, s: Any) -> dict
     return request
 
 
-def create_all(ctx: driver.Context, args: argparse.Namespace, name: str, data_url: str) -> Any:
+def create_all(ctx: driver.DriverContext, args: argparse.Namespace, name: str,
+               data_url: str) -> Any:
     from sagemaker.core import shapes
     from sagemaker.core.resources import Endpoint, Model
 
@@ -213,7 +214,7 @@ def create_all(ctx: driver.Context, args: argparse.Namespace, name: str, data_ur
     return Endpoint.create(endpoint_name=name, endpoint_config_name=name, tags=tags, **common)
 
 
-def wait_in_service(ctx: driver.Context, endpoint: Any, timeout: int) -> None:
+def wait_in_service(ctx: driver.DriverContext, endpoint: Any, timeout: int) -> None:
     from sagemaker.core.utils.exceptions import FailedStatusError, TimeoutExceededError
 
     try:
@@ -234,7 +235,7 @@ def resource_id(endpoint: str) -> str:
     return f"endpoint/{endpoint}/variant/{VARIANT}"
 
 
-def autoscale(ctx: driver.Context, endpoint: str, low: int, high: int, target: float) -> None:
+def autoscale(ctx: driver.DriverContext, endpoint: str, low: int, high: int, target: float) -> None:
     """Target tracking on invocations per instance (Application Auto Scaling; not in the SDK)."""
     aas = ctx.client("application-autoscaling")
     aas.register_scalable_target(ServiceNamespace="sagemaker", ResourceId=resource_id(endpoint),
@@ -274,7 +275,7 @@ class Teardown:
         return ", ".join(parts)
 
 
-def created_here(ctx: driver.Context, arn: str) -> bool:
+def created_here(ctx: driver.DriverContext, arn: str) -> bool:
     """Whether the resource carries OWNER_TAG (a dry run reads no tags: assumed, and said)."""
     if ctx.dry_run:
         return True
@@ -282,7 +283,7 @@ def created_here(ctx: driver.Context, arn: str) -> bool:
     return any(t.get("Key") == OWNER_TAG["Key"] for page in pages for t in page.get("Tags", []))
 
 
-def plan_teardown(ctx: driver.Context, name: str) -> Teardown:
+def plan_teardown(ctx: driver.DriverContext, name: str) -> Teardown:
     """Read the endpoint, its config, models and autoscaling; refuse an endpoint deploy.py did
     not create, keep a config or model it did not create."""
     sm = ctx.client("sagemaker")
@@ -322,7 +323,7 @@ def confirm(plan: Teardown) -> None:
         raise driver.DriverError("nothing deleted (answer y to delete, or pass --yes)")
 
 
-def delete_all(ctx: driver.Context, name: str, yes: bool) -> None:
+def delete_all(ctx: driver.DriverContext, name: str, yes: bool) -> None:
     """Autoscaling target, endpoint, endpoint config, models; each reported as it goes."""
     from botocore.exceptions import ClientError
 

@@ -122,7 +122,7 @@ def rule_image(region: str) -> str:
     return get_rule_container_image_uri(None, region)
 
 
-def debugger_configs(ctx: driver.Context, name: str, tensor_interval: int,
+def debugger_configs(ctx: driver.DriverContext, name: str, tensor_interval: int,
                      profiler_interval_ms: int) -> dict[str, Any]:
     """Hook, rules, profiler config and profiler rules, as SDK v3 shapes.
 
@@ -193,7 +193,7 @@ def channels_to_shapes(inputs: str | dict[str, str]) -> list[Any]:
     ]
 
 
-def start_training_job(ctx: driver.Context, args: argparse.Namespace,
+def start_training_job(ctx: driver.DriverContext, args: argparse.Namespace,
                        hps: dict[str, str], inputs: str | dict[str, str]) -> str:
     """TrainingJob.create (ModelTrainer has no Debugger or profiler arguments in v3)."""
     from sagemaker.core import shapes
@@ -249,7 +249,7 @@ def default_timeout(described: dict[str, Any]) -> int:
     return int(limit) + WAIT_SLACK_S
 
 
-def wait_for_job(ctx: driver.Context, name: str, timeout: int | None) -> dict[str, Any]:
+def wait_for_job(ctx: driver.DriverContext, name: str, timeout: int | None) -> dict[str, Any]:
     """Stream the logs with the SDK's wait; without access to them, boto3's waiter."""
     from sagemaker.core.resources import TrainingJob
     from sagemaker.core.utils.exceptions import FailedStatusError, TimeoutExceededError
@@ -313,7 +313,7 @@ def debugger_refusal(exc: Exception) -> str | None:
             "from it)")
 
 
-def report(ctx: driver.Context, job: dict[str, Any]) -> None:
+def report(ctx: driver.DriverContext, job: dict[str, Any]) -> None:
     lines = [f"training job {job['TrainingJobName']}: {job['TrainingJobStatus']}"]
     if job.get("FailureReason"):
         lines.append(f"  reason: {job['FailureReason']}")
@@ -335,7 +335,7 @@ def split_s3(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def download_debug_output(ctx: driver.Context, job: dict[str, Any], dest: Path) -> Path:
+def download_debug_output(ctx: driver.DriverContext, job: dict[str, Any], dest: Path) -> Path:
     """Copy s3://.../JOB/debug-output to dest (the layout smdebug's create_trial reads)."""
     hook = job.get("DebugHookConfig")
     if not hook:
@@ -377,7 +377,7 @@ def smdebug_python() -> str | None:
     return None
 
 
-def analyze(ctx: driver.Context, job: dict[str, Any], root: Path) -> Path:
+def analyze(ctx: driver.DriverContext, job: dict[str, Any], root: Path) -> Path:
     dest = root / job["TrainingJobName"]
     download_debug_output(ctx, job, dest / "debug-output")
     python = smdebug_python()
@@ -397,7 +397,7 @@ def analyze(ctx: driver.Context, job: dict[str, Any], root: Path) -> Path:
     return png
 
 
-def create_job(ctx: driver.Context, args: argparse.Namespace, hps: dict[str, str],
+def create_job(ctx: driver.DriverContext, args: argparse.Namespace, hps: dict[str, str],
                inputs: str | dict[str, str]) -> str:
     """Resolve the bucket and role, then send CreateTrainingJob; a Debugger refusal is said
     in one line."""

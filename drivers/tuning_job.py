@@ -93,7 +93,7 @@ def trial_weights(static: dict[str, Any], ranges: dict[str, Range]) -> list[str]
     return [str(static.get("weights", SPECS_BY_NAME["weights"].default))]
 
 
-def start_tuning_job(ctx: driver.Context, args: argparse.Namespace,
+def start_tuning_job(ctx: driver.DriverContext, args: argparse.Namespace,
                      ranges: dict[str, Range], static: dict[str, Any],
                      inputs: str | dict[str, str]) -> str:
     """Build the tuning job with the SDK (ModelTrainer + HyperparameterTuner) and start it."""
@@ -152,7 +152,7 @@ def tuner_class() -> type:
     return Tuner
 
 
-def _model_trainer(ctx: driver.Context, args: argparse.Namespace, static: dict[str, Any],
+def _model_trainer(ctx: driver.DriverContext, args: argparse.Namespace, static: dict[str, Any],
                    stopping: Any, checkpoint: Any, name: str) -> Any:
     from sagemaker.core.shapes import OutputDataConfig
     from sagemaker.core.training.configs import Compute, Networking
@@ -276,7 +276,7 @@ def default_timeout(job: dict[str, Any]) -> int:
     return rounds * (int(per_trial) + WAIT_SLACK_S)
 
 
-def follow(ctx: driver.Context, name: str, poll: float, timeout: int | None = None,
+def follow(ctx: driver.DriverContext, name: str, poll: float, timeout: int | None = None,
            out: Any = None) -> dict[str, Any]:
     """Poll the tuning job until it ends (boto3 has no waiter for tuning jobs, and the table
     needs every poll), showing the trials as they change; DriverError past ``timeout``."""
@@ -304,7 +304,7 @@ def follow(ctx: driver.Context, name: str, poll: float, timeout: int | None = No
         view.close()
 
 
-def best_job(ctx: driver.Context, name: str) -> dict[str, Any]:
+def best_job(ctx: driver.DriverContext, name: str) -> dict[str, Any]:
     """The best trial of a tuning job, with clean typed hyperparameters and final metrics."""
     sm = ctx.client("sagemaker")
     job = sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
