@@ -108,9 +108,7 @@ HOW_TO_SET: dict[str, str] = {
 def add_common_arguments(parser: argparse.ArgumentParser, image: str | None) -> None:
     """The flags every driver shares. ``image`` is 'train', 'serve' or None (no image)."""
     group = parser.add_argument_group("AWS settings (flags > environment > image_uris.json)")
-    add_profile_argument(group)
-    group.add_argument("--region", help="AWS region (env AWS_REGION / AWS_DEFAULT_REGION; "
-                       "else the profile's region)")
+    add_account_arguments(group)
     group.add_argument("--role", help="SageMaker execution role ARN (env SAGEMAKER_ROLE_ARN; "
                        "default on a SageMaker Studio/notebook: its execution role)")
     group.add_argument("--bucket", help="S3 bucket for outputs and checkpoints (env "
@@ -128,9 +126,12 @@ def add_common_arguments(parser: argparse.ArgumentParser, image: str | None) -> 
                         help="print the exact API requests as JSON on stdout and call nothing")
 
 
-def add_profile_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+def add_account_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--profile and --region: what every driver that calls AWS takes (predict.py: only these)."""
     parser.add_argument("--profile", help="AWS profile for credentials and region (env "
                         "AWS_PROFILE; ~/.aws/config)")
+    parser.add_argument("--region", help="AWS region (env AWS_REGION / AWS_DEFAULT_REGION; "
+                        "else the profile's region)")
 
 
 def _first_env(env: Mapping[str, str], names: Iterable[str]) -> tuple[str | None, str]:

@@ -19,7 +19,6 @@ import re
 import shlex
 import sys
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +30,8 @@ from drivers.aws_settings import (
     resolve,
     s3_uri_type,
 )
-from drivers.training_job import load_best
 
+ENDPOINT_PREFIX = "resnet-serve"
 VARIANT = "AllTraffic"
 SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
 SERVERLESS_MEMORY = (1024, 2048, 3072, 4096, 5120, 6144)
@@ -77,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--yes", action="store_true",
                    help="with --delete: delete without asking (needed when not on a terminal)")
     e = p.add_argument_group("endpoint")
-    e.add_argument("--name", help="endpoint, config and model name (default resnet-serve-TIME)")
+    e.add_argument("--name", help="endpoint, config and model name "
+                                  f"(default {ENDPOINT_PREFIX}-TIME)")
     e.add_argument("--instance-count", type=int, default=1)
     e.add_argument("--serverless", metavar="MEMORY_MB:MAX_CONCURRENCY",
                    type=lambda t: _pair(t, "--serverless"),
@@ -100,10 +100,6 @@ def sha256_type(text: str) -> str:
     if not SHA256_RE.match(value):
         raise argparse.ArgumentTypeError(f"--manifest-sha256 takes 64 hex digits, got {text!r}")
     return value
-
-
-def default_name() -> str:
-    return "resnet-serve-" + datetime.now(timezone.utc).strftime("%y%m%d-%H%M%S")
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -154,11 +150,11 @@ def instance_note(instance_type: str) -> str | None:
             "idle. A CPU instance type (ml.m5.xlarge, the default, or ml.c6i.xlarge) costs less.")
 
 
-def model_data_url(ctx: driver.Context, args: argparse.Namespace) -> str:
+def model_data_url(ctx: driver.DriverContext, args: argparse.Namespace) -> str:
     if args.model_data:
         return args.model_data
     if args.from_best:
-        best = load_best(args.from_best)
+        best = driver.load_best(args.from_best)
         return check_s3_uri(best.get("model_data") or "", f"model_data in {args.from_best}")
     from sagemaker.core.resources import TrainingJob
 
@@ -193,7 +189,8 @@ def endpoint_config_request(args: argparse.Namespace, name: str, s: Any) -> dict
     return request
 
 
-def create_all(ctx: driver.Context, args: argparse.Namespace, name: str, data_url: str) -> Any:
+def create_all(ctx: driver.DriverContext, args: argparse.Namespace, name: str,
+               data_url: str) -> Any:
     from sagemaker.core import shapes
     from sagemaker.core.resources import Endpoint, Model
 
@@ -217,7 +214,7 @@ def create_all(ctx: driver.Context, args: argparse.Namespace, name: str, data_ur
     return Endpoint.create(endpoint_name=name, endpoint_config_name=name, tags=tags, **common)
 
 
-def wait_in_service(ctx: driver.Context, endpoint: Any, timeout: int) -> None:
+def wait_in_service(ctx: driver.DriverContext, endpoint: Any, timeout: int) -> None:
     from sagemaker.core.utils.exceptions import FailedStatusError, TimeoutExceededError
 
     try:
@@ -238,7 +235,7 @@ def resource_id(endpoint: str) -> str:
     return f"endpoint/{endpoint}/variant/{VARIANT}"
 
 
-def autoscale(ctx: driver.Context, endpoint: str, low: int, high: int, target: float) -> None:
+def autoscale(ctx: driver.DriverContext, endpoint: str, low: int, high: int, target: float) -> None:
     """Target tracking on invocations per instance (Application Auto Scaling; not in the SDK)."""
     aas = ctx.client("application-autoscaling")
     aas.register_scalable_target(ServiceNamespace="sagemaker", ResourceId=resource_id(endpoint),
@@ -278,7 +275,7 @@ class Teardown:
         return ", ".join(parts)
 
 
-def created_here(ctx: driver.Context, arn: str) -> bool:
+def created_here(ctx: driver.DriverContext, arn: str) -> bool:
     """Whether the resource carries OWNER_TAG (a dry run reads no tags: assumed, and said)."""
     if ctx.dry_run:
         return True
@@ -286,7 +283,7 @@ def created_here(ctx: driver.Context, arn: str) -> bool:
     return any(t.get("Key") == OWNER_TAG["Key"] for page in pages for t in page.get("Tags", []))
 
 
-def plan_teardown(ctx: driver.Context, name: str) -> Teardown:
+def plan_teardown(ctx: driver.DriverContext, name: str) -> Teardown:
     """Read the endpoint, its config, models and autoscaling; refuse an endpoint deploy.py did
     not create, keep a config or model it did not create."""
     sm = ctx.client("sagemaker")
@@ -326,7 +323,7 @@ def confirm(plan: Teardown) -> None:
         raise driver.DriverError("nothing deleted (answer y to delete, or pass --yes)")
 
 
-def delete_all(ctx: driver.Context, name: str, yes: bool) -> None:
+def delete_all(ctx: driver.DriverContext, name: str, yes: bool) -> None:
     """Autoscaling target, endpoint, endpoint config, models; each reported as it goes."""
     from botocore.exceptions import ClientError
 
@@ -382,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             delete_all(ctx, args.delete, args.yes)
             driver.finish(ctx)
             return 0
-        name = args.name or default_name()
+        name = args.name or driver.default_job_name(ENDPOINT_PREFIX)
         note = None if args.serverless else instance_note(settings.serve_instance_type)
         if note:
             ctx.log(note)

@@ -32,12 +32,21 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from drivers.search_space import (
+from drivers.aws_settings import SettingsError as UsageError  # exit 2 with the message
+from drivers.common import (
     BEST_FILE_FORMAT,
+    EXIT_FAILED,
+    EXIT_USAGE,
+    default_job_name,
+    fmt_value,
+    parse_key_values,
+    print_best,
+    write_best,
+)
+from drivers.search_space import (
     Range,
     add_search_arguments,
     build_ranges,
@@ -53,11 +62,6 @@ from job_contract.metrics import METRIC_KEYS, OBJECTIVES
 
 OPTUNA_PIN = "optuna==5.0.0"
 METRIC_TO_KEY = {name: key for key, name in METRIC_KEYS.items()}  # valid:loss -> valid_loss
-EXIT_FAILED, EXIT_USAGE = 1, 2
-
-
-class UsageError(Exception):
-    """A wrong argument or missing dependency; exit 2 with the message."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,19 +102,8 @@ def _import_optuna() -> Any:
     return optuna
 
 
-def _pairs(items: list[str] | None, what: str) -> dict[str, str]:
-    """['a=1', 'b=x'] -> {'a': '1', 'b': 'x'} (as the SageMaker path reads --set/--range)."""
-    pairs = {}
-    for item in items or []:
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            raise UsageError(f"{what} takes NAME=VALUE, got {item!r}")
-        pairs[canonical_name(name)] = value.strip()
-    return pairs
-
-
 def _key_values(text: str, what: str) -> dict[str, str]:
-    return _pairs(text.split(","), what)
+    return {canonical_name(k): v for k, v in parse_key_values(text.split(","), what).items()}
 
 
 def enqueue_params(text: str, ranges: dict[str, Range]) -> dict[str, Any]:
@@ -131,12 +124,6 @@ def enqueue_params(text: str, ranges: dict[str, Range]) -> dict[str, Any]:
                 raise UsageError(f"--enqueue {name}={raw}: outside the range [{r.low}, {r.high}]")
             params[name] = float(value) if r.kind == "Continuous" else int(value)
     return params
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "" if value is None else str(value)
 
 
 @dataclass
@@ -166,8 +153,8 @@ class LiveTable:
         progress = f"{row.epoch}/{row.epochs}" if row.epochs else ""
         mark = "*" if row.number == self.best else ""
         return [f"{row.number:03d}{mark}", row.state,
-                *(_fmt(row.params.get(n)) for n in self.tuned),
-                progress, _fmt(row.value), f"{row.seconds:.1f}", row.note]
+                *(fmt_value(row.params.get(n)) for n in self.tuned),
+                progress, fmt_value(row.value), f"{row.seconds:.1f}", row.note]
 
     def header(self) -> list[str]:
         return ["trial", "state", *self.tuned, "epoch", self.objective, "seconds", "note"]
@@ -427,18 +414,6 @@ def plot_objective(study: Any, search: Search, path: Path) -> None:
     plt.close(fig)
 
 
-def print_best(best: dict[str, Any], out: TextIO) -> None:
-    o = best["objective"]
-    lines = [f"best trial: {best['training_job_name']} ({o['metric']} {o['type'].lower()}d: "
-             f"{_fmt(o['value'])})", "hyperparameters:"]
-    lines += [f"  {k} = {v!r}" + ("   (tuned)" if k in best["tuned_hyperparameters"] else "")
-              for k, v in best["hyperparameters"].items()]
-    lines.append("final metrics:")
-    lines += [f"  {k} = {_fmt(v)}" for k, v in best["final_metrics"].items()]
-    lines.append(f"model dir: {best['local']['model_dir']}")
-    print("\n".join(lines), file=out, flush=True)
-
-
 def make_study(optuna: Any, args: argparse.Namespace, name: str) -> Any:
     if args.strategy == "Random":
         sampler = optuna.samplers.RandomSampler(seed=args.seed)
@@ -461,14 +436,14 @@ def tune(args: argparse.Namespace, err: TextIO, out: TextIO) -> int:
     optuna = _import_optuna()
     if args.max_jobs < 1:
         raise UsageError("--max-jobs must be at least 1")
-    static = parse_static(_pairs(args.static, "--set"))
-    ranges = build_ranges(_pairs(args.range, "--range"), static)
+    static = parse_static(parse_key_values(args.static, "--set"))
+    ranges = build_ranges(parse_key_values(args.range, "--range"), static)
     queued = [enqueue_params(text, ranges) for text in args.enqueue or []]
     try:
         resolve_splits(args.data, {})
     except TrainingError as exc:
         raise UsageError(f"--data {args.data}: {exc}") from None
-    name = "local-hpo-" + datetime.now(timezone.utc).strftime("%y%m%d-%H%M%S")
+    name = default_job_name("local-hpo")
     output = args.output
     output.mkdir(parents=True, exist_ok=True)
     search = Search(data=args.data, output=output,
@@ -513,10 +488,7 @@ def tune(args: argparse.Namespace, err: TextIO, out: TextIO) -> int:
         return EXIT_FAILED
     best = best_record(search, name, status)
     print_best(best, out)
-    args.best_out.parent.mkdir(parents=True, exist_ok=True)
-    args.best_out.write_text(json.dumps(best, indent=2, sort_keys=True) + "\n")
-    print(f"wrote {args.best_out} (use it with train.py/deploy.py --from-best)", file=err,
-          flush=True)
+    write_best(args.best_out, best, err)
     return 0 if status == "Completed" else EXIT_FAILED
 
 

@@ -22,7 +22,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from drivers.aws_settings import SettingsError, add_profile_argument
+from drivers import common as driver
+from drivers.aws_settings import SettingsError, add_account_arguments, resolve
 from drivers.requests_log import to_jsonable
 
 ACCEPT = "application/json"
@@ -58,9 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--endpoint", help="SageMaker endpoint name (needs boto3 and a region)")
     target.add_argument("--url", help="a local server, e.g. http://localhost:8080 "
                                       "(/invocations is added when the path is empty)")
-    p.add_argument("--region", help="AWS region (env AWS_REGION / AWS_DEFAULT_REGION; else "
-                                    "the profile's region)")
-    add_profile_argument(p)
+    add_account_arguments(p)
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--content-type", help="override the content type of every file")
     p.add_argument("--json", action="store_true", help="print the raw responses as JSON")
@@ -79,8 +78,8 @@ def invocations_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts)
 
 
-class HttpError(Exception):
-    pass
+class HttpError(driver.DriverError):
+    """The local server answered with an error or could not be reached."""
 
 
 def post_local(url: str, body: bytes, headers: dict[str, str], timeout: float) -> dict[str, Any]:
@@ -113,72 +112,71 @@ def table(results: list[tuple[str, dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+Payload = tuple[Path, bytes, str]  # file, its bytes, its content type
+
+
+def read_payloads(args: argparse.Namespace) -> list[Payload]:
+    payloads = []
+    for path in args.files:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise SettingsError(f"cannot read {path}: {exc.strerror}") from None
+        payloads.append((path, data, args.content_type or content_type_of(path, data)))
+    return payloads
+
+
+def send_local(args: argparse.Namespace, payloads: list[Payload],
+               attributes: str) -> list[tuple[str, dict[str, Any]]] | None:
+    """POST each file to the local server; in a dry run print the requests, return None."""
+    url = invocations_url(args.url)
+    requests = [{"url": url, "method": "POST",
+                 "headers": {"Content-Type": ctype, "Accept": ACCEPT,
+                             CUSTOM_ATTRIBUTES_HEADER: attributes},
+                 "body": data} for _, data, ctype in payloads]
+    if args.dry_run:
+        print(json.dumps(to_jsonable(requests), indent=2))
+        return None
+    return [(path.name, post_local(url, request["body"], request["headers"], args.timeout))
+            for (path, _, _), request in zip(payloads, requests, strict=True)]
+
+
+def send_endpoint(args: argparse.Namespace, payloads: list[Payload],
+                  attributes: str) -> list[tuple[str, dict[str, Any]]] | None:
+    """InvokeEndpoint for each file; in a dry run print the requests, return None."""
+    ctx = driver.open_context(resolve(args, ["region"]), args.dry_run)
+    runtime = ctx.client("sagemaker-runtime")
+    results = []
+    for path, data, ctype in payloads:
+        response = runtime.invoke_endpoint(
+            EndpointName=args.endpoint, ContentType=ctype, Accept=ACCEPT,
+            CustomAttributes=attributes, Body=data)
+        if not args.dry_run:
+            results.append((path.name, json.loads(response["Body"].read())))
+    if args.dry_run:
+        driver.finish(ctx)
+        return None
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def body() -> int:
         if args.top_k < 1:
             raise SettingsError("--top-k must be at least 1")
-        payloads = []
-        for path in args.files:
-            try:
-                data = path.read_bytes()
-            except OSError as exc:
-                raise SettingsError(f"cannot read {path}: {exc.strerror}") from None
-            payloads.append((path, data, args.content_type or content_type_of(path, data)))
-        attributes = f"top_k={args.top_k}"
-        results: list[tuple[str, dict[str, Any]]] = []
-        if args.url:
-            url = invocations_url(args.url)
-            requests = [{"url": url, "method": "POST",
-                         "headers": {"Content-Type": ctype, "Accept": ACCEPT,
-                                     CUSTOM_ATTRIBUTES_HEADER: attributes},
-                         "body": data} for _, data, ctype in payloads]
-            if args.dry_run:
-                print(json.dumps(to_jsonable(requests), indent=2))
-                return 0
-            for (path, _, _), request in zip(payloads, requests, strict=True):
-                results.append((path.name, post_local(url, request["body"], request["headers"],
-                                                      args.timeout)))
+        payloads = read_payloads(args)
+        send = send_local if args.url else send_endpoint
+        results = send(args, payloads, f"top_k={args.top_k}")
+        if results is None:  # a dry run: the requests are printed
+            return 0
+        if args.json:
+            print(json.dumps({name: response for name, response in results}, indent=2))
         else:
-            from drivers.aws_settings import resolve
-            from drivers.common import open_context
+            print(table(results))
+        return 0
 
-            ctx = open_context(resolve(args, ["region"]), args.dry_run)
-            runtime = ctx.client("sagemaker-runtime")
-            for path, data, ctype in payloads:
-                response = runtime.invoke_endpoint(
-                    EndpointName=args.endpoint, ContentType=ctype, Accept=ACCEPT,
-                    CustomAttributes=attributes, Body=data)
-                if not args.dry_run:
-                    results.append((path.name, json.loads(response["Body"].read())))
-            if args.dry_run:
-                print(ctx.recorder.dump())
-                ctx.guard.uninstall()
-                return 0
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except HttpError as exc:
-        print(f"failed: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:
-        if args.url:
-            raise
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        if isinstance(exc, ClientError):
-            err = exc.response.get("Error", {})
-            print(f"failed: {err.get('Code')}: {err.get('Message')}", file=sys.stderr)
-            return 1
-        if isinstance(exc, BotoCoreError):
-            print(f"failed: {exc}", file=sys.stderr)
-            return 1
-        raise
-    if args.json:
-        print(json.dumps({name: response for name, response in results}, indent=2))
-    else:
-        print(table(results))
-    return 0
+    return driver.run(body)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,8 @@
 ``scripts/tune.py`` turns these ranges into a SageMaker tuning request (:meth:`Range.to_sdk`)
 and ``drivers/local_tuning.py`` into Optuna suggestions (:meth:`Range.suggest`). The flags that
 both paths share (``--range``, ``--set``, ``--objective``, ``--strategy``, ``--early-stopping``,
-``--max-jobs``, ``--best-out``) are added by :func:`add_search_arguments`, and the best trial is
-written in one format (:data:`BEST_FILE_FORMAT`) that ``train.py`` / ``deploy.py --from-best``
-read.
+``--max-jobs``, ``--best-out``) are added by :func:`add_search_arguments`; the best trial goes to
+the one best-job file of ``drivers.common`` that ``train.py`` / ``deploy.py --from-best`` read.
 
 Importing this module needs neither torch nor the SageMaker SDK nor Optuna.
 """
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from drivers.common import DEFAULT_BEST_FILE
 from job_contract.hyperparameters import (
     SPECS_BY_NAME,
     HyperparameterError,
@@ -25,8 +25,6 @@ from job_contract.hyperparameters import (
 )
 from job_contract.metrics import DEFAULT_OBJECTIVE, OBJECTIVES
 
-BEST_FILE_FORMAT = "resnet-byoc/best-training-job@1"
-DEFAULT_BEST_FILE = "best_training_job.json"
 SCALINGS = {"log": "Logarithmic", "linear": "Linear", "auto": "Auto",
             "reverselog": "ReverseLogarithmic"}
 

@@ -18,12 +18,10 @@ Overfit and VanishingGradient, and the profiler (system metrics plus the Profile
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +30,12 @@ from drivers.aws_settings import (
     REPO_ROOT,
     SettingsError,
     add_common_arguments,
-    add_image_weights_argument,
     check_imagenet_weights,
-    check_s3_uri,
     resolve,
 )
-from drivers.tuning_job import (
-    BEST_FILE_FORMAT,
-    CHECKPOINT_LOCAL_PATH,
-    data_channels,
-)
-from job_contract.hyperparameters import SPECS_BY_NAME, canonical_name, parse_value
+from drivers.common import WAIT_SLACK_S
+from drivers.search_space import parse_static
+from job_contract.hyperparameters import SPECS_BY_NAME
 from job_contract.metrics import METRIC_DEFINITIONS
 
 # A plain script (smdebug, no SDK), run with an interpreter that has smdebug.
@@ -62,27 +55,21 @@ DEBUGGER_FIELDS = ("DebugHookConfig", "DebugRuleConfigurations", "ProfilerConfig
                    "ProfilerRuleConfigurations")
 DEBUGGER_REFUSAL_CODES = {"ValidationException", "AccessDeniedException", "AccessDenied"}
 SMDEBUG_PYTHON_ENV = "SMDEBUG_PYTHON"
-# Time a job spends outside its MaxRuntime (starting, downloading, uploading) that a default
-# --timeout allows for.
-WAIT_SLACK_S = 3600
+JOB_PREFIX = "resnet-train"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(p, image="train")
-    data = p.add_argument_group("data (S3)")
-    data.add_argument("--data", metavar="S3_URI",
-                      help="one channel 'training' holding train/ valid/ test/ folders")
-    data.add_argument("--channel", action="append", metavar="NAME=S3_URI",
-                      help="a named channel (train, valid, test); repeatable, instead of --data")
+    driver.add_data_arguments(p)
     h = p.add_argument_group("hyperparameters")
     h.add_argument("--from-best", type=Path, metavar="FILE",
                    help="start from the hyperparameters of tune.py's best job file")
     h.add_argument("--set", action="append", metavar="NAME=VALUE", dest="static",
                    help="a hyperparameter (overrides --from-best); repeatable")
     j = p.add_argument_group("job")
-    j.add_argument("--job-name", help="training job name (default resnet-train-TIME)")
+    j.add_argument("--job-name", help=f"training job name (default {JOB_PREFIX}-TIME)")
     j.add_argument("--instance-count", type=int, default=1)
     j.add_argument("--volume-size", type=int, default=50, help="GB per instance")
     j.add_argument("--max-run", type=int, default=4 * 3600, help="seconds")
@@ -91,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--max-wait", type=int, default=8 * 3600, help="seconds, with --spot")
     j.add_argument("--checkpoint-s3", metavar="S3_URI",
                    help="checkpoint location (default s3://BUCKET/PREFIX/checkpoints/JOB)")
-    add_network_arguments(j)
+    driver.add_network_arguments(j)
     d = p.add_argument_group("SageMaker Debugger and profiler (accounts that have them)")
     d.add_argument("--debugger", action=argparse.BooleanOptionalAction, default=False,
                    help="add the Debugger hook, built-in rules and profiler to the request "
@@ -114,37 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def add_network_arguments(group: argparse._ArgumentGroup) -> None:
-    """--network-isolation and the image-weights statement (train.py and tune.py)."""
-    group.add_argument("--network-isolation", action="store_true",
-                       help="run the training containers without network access "
-                            "(EnableNetworkIsolation); channels and outputs still move")
-    add_image_weights_argument(group)
-
-
 def initial_weights(hps: dict[str, Any]) -> str:
     """The weights hyperparameter the job will run with (the image's default if unset)."""
     return str(hps.get("weights", SPECS_BY_NAME["weights"].default))
-
-
-def load_best(path: Path) -> dict[str, Any]:
-    try:
-        best = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SettingsError(f"cannot read --from-best {path}: {exc}") from None
-    if not isinstance(best, dict) or best.get("format") != BEST_FILE_FORMAT:
-        raise SettingsError(f"{path} is not a best-job file written by tune.py "
-                            f"(format {BEST_FILE_FORMAT})")
-    return best
 
 
 def hyperparameters(args: argparse.Namespace) -> dict[str, str]:
     """--from-best values, then --set; each checked by the image's own parser."""
     values: dict[str, Any] = {}
     if args.from_best:
-        values.update(load_best(args.from_best).get("hyperparameters", {}))
+        values.update(driver.load_best(args.from_best).get("hyperparameters", {}))
     values.update(driver.parse_key_values(args.static, "--set"))
-    typed = {canonical_name(k): parse_value(k, v) for k, v in values.items()}
+    typed = parse_static(values)
     return {k: str(v) for k, v in sorted(typed.items())}
 
 
@@ -154,7 +122,7 @@ def rule_image(region: str) -> str:
     return get_rule_container_image_uri(None, region)
 
 
-def debugger_configs(ctx: driver.Context, name: str, tensor_interval: int,
+def debugger_configs(ctx: driver.DriverContext, name: str, tensor_interval: int,
                      profiler_interval_ms: int) -> dict[str, Any]:
     """Hook, rules, profiler config and profiler rules, as SDK v3 shapes.
 
@@ -208,10 +176,6 @@ def debugger_configs(ctx: driver.Context, name: str, tensor_interval: int,
     }
 
 
-def default_job_name() -> str:
-    return "resnet-train-" + datetime.now(timezone.utc).strftime("%y%m%d-%H%M%S")
-
-
 def channels_to_shapes(inputs: str | dict[str, str]) -> list[Any]:
     from sagemaker.core import shapes
 
@@ -229,26 +193,23 @@ def channels_to_shapes(inputs: str | dict[str, str]) -> list[Any]:
     ]
 
 
-def start_training_job(ctx: driver.Context, args: argparse.Namespace,
+def start_training_job(ctx: driver.DriverContext, args: argparse.Namespace,
                        hps: dict[str, str], inputs: str | dict[str, str]) -> str:
     """TrainingJob.create (ModelTrainer has no Debugger or profiler arguments in v3)."""
     from sagemaker.core import shapes
     from sagemaker.core.resources import TrainingJob
 
     s = ctx.settings
-    name = args.job_name or default_job_name()
+    name = args.job_name or driver.default_job_name(JOB_PREFIX)
     stopping = shapes.StoppingCondition(max_runtime_in_seconds=args.max_run)
     extra: dict[str, Any] = {}
     if args.spot:
-        if args.max_wait < args.max_run:
-            raise SettingsError("--max-wait must be at least --max-run with --spot")
+        driver.check_spot_wait(args)
         stopping.max_wait_time_in_seconds = args.max_wait
         extra["enable_managed_spot_training"] = True
     if args.spot or args.checkpoint_s3:
-        uri = (check_s3_uri(args.checkpoint_s3, "--checkpoint-s3") if args.checkpoint_s3
-               else s.s3("checkpoints", name))
         extra["checkpoint_config"] = shapes.CheckpointConfig(
-            s3_uri=uri, local_path=CHECKPOINT_LOCAL_PATH)
+            s3_uri=driver.checkpoint_uri(args, s, name), local_path=driver.CHECKPOINT_LOCAL_PATH)
     if args.network_isolation:
         extra["enable_network_isolation"] = True
     if args.debugger:
@@ -288,7 +249,7 @@ def default_timeout(described: dict[str, Any]) -> int:
     return int(limit) + WAIT_SLACK_S
 
 
-def wait_for_job(ctx: driver.Context, name: str, timeout: int | None) -> dict[str, Any]:
+def wait_for_job(ctx: driver.DriverContext, name: str, timeout: int | None) -> dict[str, Any]:
     """Stream the logs with the SDK's wait; without access to them, boto3's waiter."""
     from sagemaker.core.resources import TrainingJob
     from sagemaker.core.utils.exceptions import FailedStatusError, TimeoutExceededError
@@ -328,9 +289,7 @@ def wait_with_waiter(sm: Any, name: str, timeout: int, delay: int = 30) -> None:
         if last.get("TrainingJobStatus") == "Failed":
             return
         if "Error" in last:
-            err = last["Error"]
-            raise driver.DriverError(f"AWS said {err.get('Code')}: {err.get('Message')}") \
-                from None
+            raise driver.DriverError(driver.aws_said(last["Error"])) from None
         raise still_running(name, timeout) from None
 
 
@@ -354,7 +313,7 @@ def debugger_refusal(exc: Exception) -> str | None:
             "from it)")
 
 
-def report(ctx: driver.Context, job: dict[str, Any]) -> None:
+def report(ctx: driver.DriverContext, job: dict[str, Any]) -> None:
     lines = [f"training job {job['TrainingJobName']}: {job['TrainingJobStatus']}"]
     if job.get("FailureReason"):
         lines.append(f"  reason: {job['FailureReason']}")
@@ -376,7 +335,7 @@ def split_s3(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def download_debug_output(ctx: driver.Context, job: dict[str, Any], dest: Path) -> Path:
+def download_debug_output(ctx: driver.DriverContext, job: dict[str, Any], dest: Path) -> Path:
     """Copy s3://.../JOB/debug-output to dest (the layout smdebug's create_trial reads)."""
     hook = job.get("DebugHookConfig")
     if not hook:
@@ -418,7 +377,7 @@ def smdebug_python() -> str | None:
     return None
 
 
-def analyze(ctx: driver.Context, job: dict[str, Any], root: Path) -> Path:
+def analyze(ctx: driver.DriverContext, job: dict[str, Any], root: Path) -> Path:
     dest = root / job["TrainingJobName"]
     download_debug_output(ctx, job, dest / "debug-output")
     python = smdebug_python()
@@ -438,7 +397,7 @@ def analyze(ctx: driver.Context, job: dict[str, Any], root: Path) -> Path:
     return png
 
 
-def create_job(ctx: driver.Context, args: argparse.Namespace, hps: dict[str, str],
+def create_job(ctx: driver.DriverContext, args: argparse.Namespace, hps: dict[str, str],
                inputs: str | dict[str, str]) -> str:
     """Resolve the bucket and role, then send CreateTrainingJob; a Debugger refusal is said
     in one line."""
@@ -467,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SettingsError("--analyze plots the Debugger output: add --debugger "
                                     "(or read report.html in the job's output)")
             hps = hyperparameters(args)
-            inputs = data_channels(args)
+            inputs = driver.data_channels(args)
             check_imagenet_weights([initial_weights(hps)], settings,
                                    args.image_has_imagenet_weights)
         ctx = driver.open_context(settings, args.dry_run)

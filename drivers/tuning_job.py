@@ -20,20 +20,17 @@ import argparse
 import os
 import sys
 import time
-from datetime import datetime, timezone
 from typing import Any
 
 from drivers import common as driver
 from drivers.aws_settings import (
     SettingsError,
     add_common_arguments,
-    add_image_weights_argument,
     check_imagenet_weights,
-    check_s3_uri,
     resolve,
 )
+from drivers.common import BEST_FILE_FORMAT, WAIT_SLACK_S
 from drivers.search_space import (  # one search space for SageMaker and --local
-    BEST_FILE_FORMAT,
     Range,
     add_search_arguments,
     build_ranges,
@@ -47,10 +44,9 @@ from job_contract.hyperparameters import (
 )
 from job_contract.metrics import METRIC_DEFINITIONS, OBJECTIVES
 
-CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
-TERMINAL = {"Completed", "Failed", "Stopped"}
+JOB_PREFIX = "resnet-hpo"
+TERMINAL = {"Completed", "Failed", "Stopped"}  # DescribeHyperParameterTuningJob's end states
 VALIDATE_ROLE_ENV = "SAGEMAKER_VALIDATE_ROLE"
-WAIT_SLACK_S = 3600  # starting, downloading, uploading: time outside each trial's MaxRuntime
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,14 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local", action="store_true",
                    help="tune on this machine with Optuna instead (needs torch; see "
                         "drivers/local_tuning.py --help)")
-    data = p.add_argument_group("data (S3)")
-    data.add_argument("--data", metavar="S3_URI",
-                      help="one channel 'training' holding train/ valid/ test/ folders")
-    data.add_argument("--channel", action="append", metavar="NAME=S3_URI",
-                      help="a named channel (train, valid, test); repeatable, instead of --data")
+    driver.add_data_arguments(p)
     t = add_search_arguments(p)
     t.add_argument("--max-parallel-jobs", type=int, default=2)
-    t.add_argument("--job-name", help="tuning job name (max 32 chars; default resnet-hpo-TIME)")
+    t.add_argument("--job-name",
+                   help=f"tuning job name (max 32 chars; default {JOB_PREFIX}-TIME)")
     c = p.add_argument_group("compute")
     c.add_argument("--instance-count", type=int, default=1)
     c.add_argument("--validate-role", action="store_true",
@@ -81,10 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-run", type=int, default=2 * 3600, help="seconds per trial")
     c.add_argument("--max-wait", type=int, default=4 * 3600,
                    help="seconds per trial including spot waits (>= --max-run)")
-    c.add_argument("--network-isolation", action="store_true",
-                   help="run the trials' containers without network access "
-                        "(EnableNetworkIsolation); channels and outputs still move")
-    add_image_weights_argument(c)
+    driver.add_network_arguments(c)
     r = p.add_argument_group("following and results")
     r.add_argument("--attach", metavar="TUNING_JOB", help="follow an existing job, create none")
     r.add_argument("--wait", action="store_true", help="show a live table of the trials")
@@ -96,20 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def data_channels(args: argparse.Namespace) -> str | dict[str, str]:
-    channels = driver.parse_key_values(args.channel, "--channel")
-    if args.data and channels:
-        raise SettingsError("give either --data or --channel, not both")
-    if args.data:
-        return check_s3_uri(args.data, "--data")
-    if not channels:
-        raise SettingsError("missing data: set --data S3_URI (one channel holding train/ "
-                            "valid/ test/) or --channel train=S3_URI --channel valid=S3_URI")
-    for name, uri in channels.items():
-        check_s3_uri(uri, f"--channel {name}")
-    return channels
-
-
 def trial_weights(static: dict[str, Any], ranges: dict[str, Range]) -> list[str]:
     """Every weights value a trial may run with: fixed, tuned, or the image's default."""
     if "weights" in ranges:
@@ -117,29 +93,22 @@ def trial_weights(static: dict[str, Any], ranges: dict[str, Range]) -> list[str]
     return [str(static.get("weights", SPECS_BY_NAME["weights"].default))]
 
 
-def default_job_name() -> str:
-    return "resnet-hpo-" + datetime.now(timezone.utc).strftime("%y%m%d-%H%M%S")
-
-
-def start_tuning_job(ctx: driver.Context, args: argparse.Namespace,
+def start_tuning_job(ctx: driver.DriverContext, args: argparse.Namespace,
                      ranges: dict[str, Range], static: dict[str, Any],
                      inputs: str | dict[str, str]) -> str:
     """Build the tuning job with the SDK (ModelTrainer + HyperparameterTuner) and start it."""
     from sagemaker.core.shapes import CheckpointConfig, StoppingCondition
 
-    s = ctx.settings
-    name = args.job_name or default_job_name()
+    name = args.job_name or driver.default_job_name(JOB_PREFIX)
     if len(name) > 32:
         raise SettingsError(f"--job-name {name!r} is longer than 32 characters")
     stopping = StoppingCondition(max_runtime_in_seconds=args.max_run)
     checkpoint = None
     if args.spot:
-        if args.max_wait < args.max_run:
-            raise SettingsError("--max-wait must be at least --max-run with --spot")
+        driver.check_spot_wait(args)
         stopping.max_wait_time_in_seconds = args.max_wait
-        uri = (check_s3_uri(args.checkpoint_s3, "--checkpoint-s3") if args.checkpoint_s3
-               else s.s3("checkpoints", name))
-        checkpoint = CheckpointConfig(s3_uri=uri, local_path=CHECKPOINT_LOCAL_PATH)
+        checkpoint = CheckpointConfig(s3_uri=driver.checkpoint_uri(args, ctx.settings, name),
+                                      local_path=driver.CHECKPOINT_LOCAL_PATH)
     # ModelTrainer checks the role with IAM (iam:SimulatePrincipalPolicy, iam:GetRole) unless
     # SAGEMAKER_VALIDATE_ROLE=false; many CI identities may pass a role but not simulate it.
     previous = os.environ.get(VALIDATE_ROLE_ENV)
@@ -183,7 +152,7 @@ def tuner_class() -> type:
     return Tuner
 
 
-def _model_trainer(ctx: driver.Context, args: argparse.Namespace, static: dict[str, Any],
+def _model_trainer(ctx: driver.DriverContext, args: argparse.Namespace, static: dict[str, Any],
                    stopping: Any, checkpoint: Any, name: str) -> Any:
     from sagemaker.core.shapes import OutputDataConfig
     from sagemaker.core.training.configs import Compute, Networking
@@ -202,17 +171,11 @@ def _model_trainer(ctx: driver.Context, args: argparse.Namespace, static: dict[s
         output_data_config=OutputDataConfig(s3_output_path=s.s3("tuning", name, "output")),
         hyperparameters={k: str(v) for k, v in static.items()},
         networking=Networking(enable_network_isolation=True) if args.network_isolation else None,
-        base_job_name="resnet-hpo",
+        base_job_name=JOB_PREFIX,
     )
 
 
 # -- following and results --------------------------------------------------------------------
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
 
 def clean_hyperparameters(raw: dict[str, str]) -> dict[str, Any]:
     """A job's hyperparameters as typed values; SageMaker's own keys dropped."""
@@ -237,8 +200,8 @@ def trial_rows(summaries: list[dict[str, Any]], tuned: list[str]) -> list[list[s
         if t.get("ObjectiveStatus") == "Failed" and status == "Completed":
             status = "Completed*"  # completed without reporting the objective
         rows.append([t.get("TrainingJobName", "?"), status,
-                     *(_fmt(hps.get(n, "")) for n in tuned),
-                     "" if objective is None else _fmt(objective)])
+                     *(driver.fmt_value(hps.get(n)) for n in tuned),
+                     driver.fmt_value(objective)])
     return rows
 
 
@@ -313,7 +276,7 @@ def default_timeout(job: dict[str, Any]) -> int:
     return rounds * (int(per_trial) + WAIT_SLACK_S)
 
 
-def follow(ctx: driver.Context, name: str, poll: float, timeout: int | None = None,
+def follow(ctx: driver.DriverContext, name: str, poll: float, timeout: int | None = None,
            out: Any = None) -> dict[str, Any]:
     """Poll the tuning job until it ends (boto3 has no waiter for tuning jobs, and the table
     needs every poll), showing the trials as they change; DriverError past ``timeout``."""
@@ -341,7 +304,7 @@ def follow(ctx: driver.Context, name: str, poll: float, timeout: int | None = No
         view.close()
 
 
-def best_job(ctx: driver.Context, name: str) -> dict[str, Any]:
+def best_job(ctx: driver.DriverContext, name: str) -> dict[str, Any]:
     """The best trial of a tuning job, with clean typed hyperparameters and final metrics."""
     sm = ctx.client("sagemaker")
     job = sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
@@ -374,19 +337,6 @@ def best_job(ctx: driver.Context, name: str) -> dict[str, Any]:
     }
 
 
-def print_best(best: dict[str, Any], out: Any = None) -> None:
-    o = best["objective"]
-    lines = [f"best training job: {best['training_job_name']} "
-             f"({o['metric']} {o['type'].lower()}d: {_fmt(o['value'])})",
-             "hyperparameters:"]
-    lines += [f"  {k} = {v!r}" + ("   (tuned)" if k in best["tuned_hyperparameters"] else "")
-              for k, v in best["hyperparameters"].items()]
-    lines.append("final metrics:")
-    lines += [f"  {k} = {_fmt(v)}" for k, v in sorted(best["final_metrics"].items())]
-    lines.append(f"model data: {best['model_data']}")
-    print("\n".join(lines), file=out or sys.stderr)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--local" in argv:  # Optuna on this machine; imports neither the SDK nor boto3
@@ -403,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             static = parse_static(driver.parse_key_values(args.static, "--set"))
             ranges = build_ranges(driver.parse_key_values(args.range, "--range"), static)
-            inputs = data_channels(args)
+            inputs = driver.data_channels(args)
             check_imagenet_weights(trial_weights(static, ranges), settings,
                                    args.image_has_imagenet_weights)
         ctx = driver.open_context(settings, args.dry_run)
@@ -420,9 +370,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         job = follow(ctx, name, args.poll, args.timeout)
         best = best_job(ctx, name)
-        print_best(best, out=sys.stdout)
-        driver.write_json(args.best_out, best)
-        ctx.log(f"wrote {args.best_out} (use it with train.py/deploy.py --from-best)")
+        driver.print_best(best, sys.stdout)
+        driver.write_best(args.best_out, best, sys.stderr)
         return 0 if job["HyperParameterTuningJobStatus"] == "Completed" else driver.EXIT_FAILED
 
     return driver.run(body)

@@ -61,6 +61,22 @@ def test_dry_run_prints_the_invoke_request(run_driver, jpeg: Path):
     assert request["params"]["Body"]["bytes"] == jpeg.stat().st_size
 
 
+def test_an_aws_refusal_is_one_line_as_in_every_driver(run_driver, jpeg: Path):
+    # docs/drivers.md, exit codes: "failed: AWS said CODE: MESSAGE", exit 1
+    refused = {"__status__": 400, "Error": {"Code": "ValidationException",
+                                            "Message": "Endpoint ep-9 not found."}}
+    result = run_driver(predict, ["--region", REGION, "--endpoint", "ep-9", str(jpeg)],
+                        {"InvokeEndpoint": refused})
+    assert result.rc == 1
+    assert result.err == "failed: AWS said ValidationException: Endpoint ep-9 not found.\n"
+
+
+def test_an_unreadable_file_is_a_usage_error(tmp_path: Path, capsys):
+    rc = predict.main(["--url", "http://127.0.0.1:9", str(tmp_path / "missing.jpg")])
+    assert rc == 2
+    assert capsys.readouterr().err.startswith(f"error: cannot read {tmp_path / 'missing.jpg'}")
+
+
 class _Server(http.server.BaseHTTPRequestHandler):
     seen: ClassVar[list[tuple[str, dict[str, str], bytes]]] = []
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from drivers import common as driver
 from drivers import deploy
 from drivers import training_job as train
 from drivers import tuning_job as tune
@@ -386,7 +387,7 @@ def test_default_timeout_follows_the_jobs_own_limits():
                                                           "MaxWaitTimeInSeconds": 7200}}
     job["HyperParameterTuningJobConfig"]["ResourceLimits"] = {
         "MaxNumberOfTrainingJobs": 5, "MaxParallelTrainingJobs": 2}
-    assert tune.default_timeout(job) == 3 * (7200 + tune.WAIT_SLACK_S)
+    assert tune.default_timeout(job) == 3 * (7200 + driver.WAIT_SLACK_S)
 
 
 def test_sagemaker_ranges_come_from_the_same_objects():

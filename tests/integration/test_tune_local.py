@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.search_space import BEST_FILE_FORMAT
+from drivers.common import BEST_FILE_FORMAT
 from job_contract.metrics import OBJECTIVES
 from tests.conftest import REPO
 

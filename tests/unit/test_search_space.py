@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from drivers import common, search_space
 from drivers import local_tuning as tune_local
-from drivers import search_space
 from drivers import tuning_job as tune
 from drivers.search_space import DEFAULT_RANGES, Range, build_ranges
 from job_contract.hyperparameters import SPECS_BY_NAME, parse_value
@@ -36,7 +36,8 @@ def test_both_paths_use_the_same_definitions():
     assert tune.build_ranges is tune_local.build_ranges is search_space.build_ranges
     assert tune.parse_static is tune_local.parse_static is search_space.parse_static
     assert tune.Range is tune_local.Range is Range
-    assert tune.BEST_FILE_FORMAT == tune_local.BEST_FILE_FORMAT == "resnet-byoc/best-training-job@1"
+    assert tune.BEST_FILE_FORMAT is tune_local.BEST_FILE_FORMAT is common.BEST_FILE_FORMAT
+    assert common.BEST_FILE_FORMAT == "resnet-byoc/best-training-job@1"
     assert build_ranges.__globals__["DEFAULT_RANGES"] is DEFAULT_RANGES
 
 
