@@ -1,5 +1,8 @@
 """Hyperparameters arrive as the sagemaker-training toolkit passes them: every quoting case."""
 
+import dataclasses
+import pickle
+
 import pytest
 
 from container_train.config import split_argv
@@ -8,6 +11,7 @@ from job_contract.hyperparameters import (
     SPECS,
     HyperparameterError,
     Hyperparameters,
+    canonical_name,
     parse_value,
 )
 
@@ -59,6 +63,31 @@ def test_defaults_and_types_come_from_one_table():
     assert hp.to_dict() == {s.name: s.default for s in SPECS}
     assert hp.trainable_stages == 0
     assert Hyperparameters.from_mapping({"trainable-layers": "all"}).trainable_stages == 5
+
+
+def test_the_typed_hyperparameters_are_the_table_rows():
+    """One field per SPECS row, in table order, typed by the row's kind (docs/training.md)."""
+    hp = Hyperparameters.from_mapping({"batch-size": "8", "early_stopping_patience": "3",
+                                       "max-corrupt-fraction": "0.5", "num-workers": "auto"})
+    assert list(hp.to_dict()) == [s.name for s in SPECS]
+    assert len(dataclasses.fields(hp)) == len(SPECS)
+    assert (hp.batch_size, hp.early_stopping_patience, hp.max_corrupt_fraction,
+            hp.num_workers) == (8, 3, 0.5, "auto")
+    kinds = {"float": float, "int": int, "bool": bool, "choice": str, "str": str}
+    defaults = Hyperparameters.from_mapping({})
+    for spec, value in zip(SPECS, defaults.to_dict().values(), strict=True):
+        assert isinstance(value, kinds[spec.kind]) or (spec.allow_auto and value == "auto")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        hp.lr = 1.0  # type: ignore[misc]
+    assert pickle.loads(pickle.dumps(hp)) == hp  # DataLoader workers and torchrun may pickle it
+
+
+@pytest.mark.parametrize(("spelling", "name"), [
+    ("batch-size", "batch-size"), ("batch_size", "batch-size"), ("--Batch_Size", "batch-size"),
+    ("--early_stopping-patience ", "early-stopping-patience"), ("model_dir", "model-dir"),
+])
+def test_every_spelling_of_a_name_is_the_table_name(spelling, name):
+    assert canonical_name(spelling) == name
 
 
 def test_toolkit_argv_splits_into_paths_and_hyperparameters():
