@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from container_train.errors import TrainingError
+from job_contract import sagemaker_paths
 from job_contract.hyperparameters import (
     SPECS,
     SPECS_BY_NAME,
@@ -43,15 +44,11 @@ class JobConfig:
     feature_cache_dir: Path | None = None  # frozen-backbone features kept across jobs
 
 
-def sagemaker_base_dir() -> Path:
-    return Path(os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml"))
-
-
 def failure_file_path() -> Path | None:
     """Where SageMaker reads the failure reason; None when not running as a SageMaker job."""
     if "SM_OUTPUT_DIR" in os.environ:
         return Path(os.environ["SM_OUTPUT_DIR"]) / "failure"
-    output = sagemaker_base_dir() / "output"
+    output = sagemaker_paths.local(sagemaker_paths.OUTPUT)
     return output / "failure" if output.is_dir() else None
 
 
@@ -61,13 +58,12 @@ def default_tensorboard_dir(output_data_dir: Path) -> Path:
     <output-data-dir>/tensorboard."""
     if "SM_MODEL_DIR" not in os.environ:
         return output_data_dir / "tensorboard"
-    base = sagemaker_base_dir()
+    config = sagemaker_paths.input_config(sagemaker_paths.TENSORBOARD_CONFIG)
     try:
-        local = json.loads((base / "input" / "config" / "tensorboardoutputconfig.json")
-                           .read_text()).get("LocalPath")
+        local = json.loads(config.read_text()).get("LocalPath")
     except (OSError, ValueError, AttributeError):
         local = None
-    return Path(local) if local else base / "output" / "tensorboard"
+    return Path(local) if local else sagemaker_paths.local(sagemaker_paths.TENSORBOARD)
 
 
 def split_argv(argv: list[str]) -> tuple[dict[str, str], dict[str, str]]:
@@ -177,7 +173,7 @@ def parse_config(argv: list[str]) -> JobConfig:
     checkpoint_dir = _path_or_env(paths, "checkpoint-dir", "SM_CHECKPOINT_DIR")
     if checkpoint_dir is None and "SM_MODEL_DIR" in os.environ:
         # SageMaker syncs this folder with CheckpointConfig.S3Uri (managed spot training).
-        checkpoint_dir = sagemaker_base_dir() / "checkpoints"
+        checkpoint_dir = sagemaker_paths.local(sagemaker_paths.CHECKPOINTS)
     pretrained_dir = _path_or_env(paths, "pretrained-dir", "SM_CHANNEL_PRETRAINED")
     tensorboard_dir = (Path(paths["tensorboard-dir"]) if "tensorboard-dir" in paths
                        else default_tensorboard_dir(output_data_dir))

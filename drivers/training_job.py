@@ -39,16 +39,21 @@ from drivers.aws_settings import (
 )
 from drivers.tuning_job import (
     BEST_FILE_FORMAT,
-    CHECKPOINT_LOCAL_PATH,
     data_channels,
 )
 from job_contract.hyperparameters import SPECS_BY_NAME, canonical_name, parse_value
 from job_contract.metrics import METRIC_DEFINITIONS
+from job_contract.sagemaker_paths import (
+    CHECKPOINT_LOCAL_PATH,
+    DEBUG_HOOK_CONFIG,
+    INPUT_CONFIG,
+    TENSORBOARD_LOCAL_PATH,
+    in_job,
+)
 
 # A plain script (smdebug, no SDK), run with an interpreter that has smdebug.
 PLOT_DEBUG_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "plot_debug.py"
 
-TENSORBOARD_LOCAL_PATH = "/opt/ml/output/tensorboard"
 # Built-in rule -> smdebug_rulesconfig factory name
 DEBUGGER_RULES = {
     "LossNotDecreasing": "loss_not_decreasing",
@@ -396,7 +401,7 @@ def download_debug_output(ctx: driver.Context, job: dict[str, Any], dest: Path) 
     if not count:
         raise driver.DriverError(f"no debug output under s3://{bucket}/{prefix}: did the "
                                  "training code create the smdebug hook from "
-                                 "/opt/ml/input/config/debughookconfig.json?")
+                                 f"{in_job(INPUT_CONFIG)}/{DEBUG_HOOK_CONFIG}?")
     ctx.log(f"downloaded {count} files to {dest}")
     return dest
 

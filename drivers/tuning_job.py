@@ -46,8 +46,8 @@ from job_contract.hyperparameters import (
     parse_value,
 )
 from job_contract.metrics import METRIC_DEFINITIONS, OBJECTIVES
+from job_contract.sagemaker_paths import CHECKPOINT_LOCAL_PATH
 
-CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
 TERMINAL = {"Completed", "Failed", "Stopped"}
 VALIDATE_ROLE_ENV = "SAGEMAKER_VALIDATE_ROLE"
 WAIT_SLACK_S = 3600  # starting, downloading, uploading: time outside each trial's MaxRuntime
