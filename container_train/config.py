@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import os
 import textwrap
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from container_train.errors import TrainingError
 from job_contract import sagemaker_paths
@@ -42,6 +44,23 @@ class JobConfig:
     pretrained_dir: Path | None
     tensorboard_dir: Path | None = None  # TensorBoard scalars (see default_tensorboard_dir)
     feature_cache_dir: Path | None = None  # frozen-backbone features kept across jobs
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any], *, data_dir: Path, model_dir: Path,
+                    output_data_dir: Path, checkpoint_dir: Path | None = None,
+                    pretrained_dir: Path | None = None, tensorboard_dir: Path | None = None,
+                    feature_cache_dir: Path | None = None) -> JobConfig:
+        """The config of an in-process run from typed (or raw) hyperparameter values: checked
+        against the same table, with the same errors and defaults, as :func:`parse_config`."""
+        for name in values:
+            if canonical_name(name) not in SPECS_BY_NAME:
+                raise _unknown_argument(name)
+        paths = {"data-dir": data_dir, "model-dir": model_dir,
+                 "output-data-dir": output_data_dir, "checkpoint-dir": checkpoint_dir,
+                 "pretrained-dir": pretrained_dir, "tensorboard-dir": tensorboard_dir,
+                 "feature-cache-dir": feature_cache_dir}
+        return _resolve(Hyperparameters.from_mapping(values),
+                        {name: str(path) for name, path in paths.items() if path is not None})
 
 
 def failure_file_path() -> Path | None:
@@ -89,11 +108,15 @@ def split_argv(argv: list[str]) -> tuple[dict[str, str], dict[str, str]]:
         elif key in SPECS_BY_NAME:
             hps[key] = value
         else:
-            raise TrainingError(
-                f"unknown hyperparameter or argument '{name.lstrip('-')}'; valid hyperparameters: "
-                f"{', '.join(s.name for s in SPECS)}; paths: {', '.join(PATH_ARGS)}"
-            )
+            raise _unknown_argument(name)
     return paths, hps
+
+
+def _unknown_argument(name: str) -> TrainingError:
+    return TrainingError(
+        f"unknown hyperparameter or argument '{name.lstrip('-')}'; valid hyperparameters: "
+        f"{', '.join(s.name for s in SPECS)}; paths: {', '.join(PATH_ARGS)}"
+    )
 
 
 def channels_from_env(environ: dict[str, str] | None = None) -> dict[str, Path]:
@@ -160,8 +183,13 @@ def _path_or_env(paths: dict[str, str], key: str, env: str) -> Path | None:
 
 
 def parse_config(argv: list[str]) -> JobConfig:
+    """The config of a job from its command line (the toolkit's ``--name value`` pairs)."""
     paths, raw_hps = split_argv(argv)
-    hyperparameters = Hyperparameters.from_mapping(raw_hps)
+    return _resolve(Hyperparameters.from_mapping(raw_hps), paths)
+
+
+def _resolve(hyperparameters: Hyperparameters, paths: dict[str, str]) -> JobConfig:
+    """Fill in the paths an argument did not give from the SageMaker environment."""
     data_dir = Path(paths["data-dir"]) if "data-dir" in paths else None
     channels = channels_from_env()
     splits = resolve_splits(data_dir, channels)
