@@ -4,7 +4,8 @@ SageMaker hands hyperparameters to the script as command-line strings after the
 sagemaker-training toolkit has JSON-decoded them once, so the same value can arrive as
 ``0.01``, ``"0.01"`` (with quotes, when a client double-encoded it), ``True`` or ``true``.
 Every value goes through :func:`parse_value`, which also serves the drivers when they turn a
-finished job's hyperparameters back into clean typed values.
+finished job's hyperparameters back into clean typed values. ``SPECS`` is the only list of
+hyperparameters: the typed :data:`Hyperparameters` is derived from it.
 
 This module must stay importable without torch: the drivers import it on a laptop.
 """
