@@ -1,10 +1,13 @@
 """Job configuration: command-line arguments + the SageMaker environment, resolved in one place.
 
-Two ways in, one result (:class:`JobConfig`):
+Three ways in, one result (:class:`JobConfig`):
 
 * under the sagemaker-training toolkit, hyperparameters arrive as ``--name value`` pairs and
-  the paths come from ``SM_*`` variables;
-* run directly, ``python -m container_train --data-dir D --model-dir M --output-data-dir O``.
+  the paths come from ``SM_*`` variables (:func:`parse_config`);
+* run directly, ``python -m container_train --data-dir D --model-dir M --output-data-dir O``
+  (:func:`parse_config` too);
+* in the caller's process (local tuning, benches, tests), typed values and paths
+  (:meth:`JobConfig.from_values`), with the same checks, errors and defaults.
 
 An explicit argument wins over the environment. Paths are documented in docs/training.md.
 """
