@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from container_train.config import parse_config
+from container_train.config import JobConfig
 from container_train.engine import Precision
 from container_train.main import run
 from container_train.model import apply_freezing, create_model, set_train_mode
-from job_contract.hyperparameters import parse_value
+from job_contract.hyperparameters import Hyperparameters
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -77,12 +77,12 @@ def real_rate(data: Path, image_size: int, batch_size: int, layers: str, epochs:
     with tempfile.TemporaryDirectory() as tmp:
         if repeat > 1:
             data = repeated(data, repeat, Path(tmp) / "data")
-        run(parse_config(["--data-dir", str(data), "--model-dir", f"{tmp}/m",
-                          "--output-data-dir", f"{tmp}/o", "--weights", "none",
-                          "--image-size", str(image_size), "--batch-size", str(batch_size),
-                          "--trainable-layers", layers, "--epochs", str(epochs),
-                          "--num-workers", num_workers, "--log-interval", "1000",
-                          "--compile", "false"]))  # epochs are measured; skip the serving build
+        run(JobConfig.from_values(
+            {"weights": "none", "image-size": image_size, "batch-size": batch_size,
+             "trainable-layers": layers, "epochs": epochs, "num-workers": num_workers,
+             "log-interval": 1000,
+             "compile": False},  # epochs are measured; skip the serving build
+            data_dir=data, model_dir=Path(tmp, "m"), output_data_dir=Path(tmp, "o")))
         history = json.loads(Path(f"{tmp}/o/metrics.json").read_text())["history"]
     return statistics.median(h["images_per_sec"] for h in history[1:])
 
@@ -99,8 +99,8 @@ def main() -> int:
                         help="link each photo this many times (longer epochs on a GPU)")
     parser.add_argument("--num-workers", default="auto")
     args = parser.parse_args()
-    stages = 5 if args.trainable_layers == "all" else int(
-        parse_value("trainable-layers", args.trainable_layers))
+    stages = Hyperparameters.from_mapping(
+        {"trainable-layers": args.trainable_layers}).trainable_stages
     real = real_rate(args.data, args.image_size, args.batch_size, args.trainable_layers,
                      args.epochs, args.repeat, args.num_workers)
     raw = raw_rate(args.image_size, args.batch_size, stages, args.steps)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torchvision import datasets, transforms
 
-from container_train.config import parse_config
+from container_train.config import JobConfig
 from container_train.main import run
 from container_train.model import create_model
 from model_artifact.preprocess import IMAGENET_MEAN, IMAGENET_STD
@@ -72,12 +72,11 @@ def seed_style(data: Path, epochs: int, seed: int) -> tuple[float, float]:
 def ours(data: Path, epochs: int, seed: int) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        config = parse_config(["--data-dir", str(data), "--model-dir", f"{tmp}/model",
-                               "--output-data-dir", f"{tmp}/out", "--weights", "none",
-                               "--epochs", str(epochs), "--batch-size", "32",
-                               "--seed", str(seed), "--log-interval", "1000",
-                               # the seed loop builds no serving variant: same work on both sides
-                               "--compile", "false"])
+        config = JobConfig.from_values(
+            {"weights": "none", "epochs": epochs, "batch-size": 32, "seed": seed,
+             "log-interval": 1000,
+             "compile": False},  # the seed loop builds no serving variant: same work both sides
+            data_dir=data, model_dir=Path(tmp, "model"), output_data_dir=Path(tmp, "out"))
         run(config)
         seconds = time.perf_counter() - start
         final = json.loads(Path(f"{tmp}/out/metrics.json").read_text())["final"]

@@ -1,10 +1,13 @@
 """Job configuration: command-line arguments + the SageMaker environment, resolved in one place.
 
-Two ways in, one result (:class:`JobConfig`):
+Three ways in, one result (:class:`JobConfig`):
 
 * under the sagemaker-training toolkit, hyperparameters arrive as ``--name value`` pairs and
-  the paths come from ``SM_*`` variables;
-* run directly, ``python -m container_train --data-dir D --model-dir M --output-data-dir O``.
+  the paths come from ``SM_*`` variables (:func:`parse_config`);
+* run directly, ``python -m container_train --data-dir D --model-dir M --output-data-dir O``
+  (:func:`parse_config` too);
+* in the caller's process (local tuning, benches, tests), typed values and paths
+  (:meth:`JobConfig.from_values`), with the same checks, errors and defaults.
 
 An explicit argument wins over the environment. Paths are documented in docs/training.md.
 """
@@ -14,10 +17,13 @@ from __future__ import annotations
 import json
 import os
 import textwrap
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from container_train.errors import TrainingError
+from job_contract import sagemaker_paths
 from job_contract.hyperparameters import (
     SPECS,
     SPECS_BY_NAME,
@@ -42,16 +48,29 @@ class JobConfig:
     tensorboard_dir: Path | None = None  # TensorBoard scalars (see default_tensorboard_dir)
     feature_cache_dir: Path | None = None  # frozen-backbone features kept across jobs
 
-
-def sagemaker_base_dir() -> Path:
-    return Path(os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml"))
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any], *, data_dir: Path, model_dir: Path,
+                    output_data_dir: Path, checkpoint_dir: Path | None = None,
+                    pretrained_dir: Path | None = None, tensorboard_dir: Path | None = None,
+                    feature_cache_dir: Path | None = None) -> JobConfig:
+        """The config of an in-process run from typed (or raw) hyperparameter values: checked
+        against the same table, with the same errors and defaults, as :func:`parse_config`."""
+        for name in values:
+            if canonical_name(name) not in SPECS_BY_NAME:
+                raise _unknown_argument(name)
+        paths = {"data-dir": data_dir, "model-dir": model_dir,
+                 "output-data-dir": output_data_dir, "checkpoint-dir": checkpoint_dir,
+                 "pretrained-dir": pretrained_dir, "tensorboard-dir": tensorboard_dir,
+                 "feature-cache-dir": feature_cache_dir}
+        return _resolve(Hyperparameters.from_mapping(values),
+                        {name: str(path) for name, path in paths.items() if path is not None})
 
 
 def failure_file_path() -> Path | None:
     """Where SageMaker reads the failure reason; None when not running as a SageMaker job."""
     if "SM_OUTPUT_DIR" in os.environ:
         return Path(os.environ["SM_OUTPUT_DIR"]) / "failure"
-    output = sagemaker_base_dir() / "output"
+    output = sagemaker_paths.local(sagemaker_paths.OUTPUT)
     return output / "failure" if output.is_dir() else None
 
 
@@ -61,13 +80,12 @@ def default_tensorboard_dir(output_data_dir: Path) -> Path:
     <output-data-dir>/tensorboard."""
     if "SM_MODEL_DIR" not in os.environ:
         return output_data_dir / "tensorboard"
-    base = sagemaker_base_dir()
+    config = sagemaker_paths.input_config(sagemaker_paths.TENSORBOARD_CONFIG)
     try:
-        local = json.loads((base / "input" / "config" / "tensorboardoutputconfig.json")
-                           .read_text()).get("LocalPath")
+        local = json.loads(config.read_text()).get("LocalPath")
     except (OSError, ValueError, AttributeError):
         local = None
-    return Path(local) if local else base / "output" / "tensorboard"
+    return Path(local) if local else sagemaker_paths.local(sagemaker_paths.TENSORBOARD)
 
 
 def split_argv(argv: list[str]) -> tuple[dict[str, str], dict[str, str]]:
@@ -93,11 +111,15 @@ def split_argv(argv: list[str]) -> tuple[dict[str, str], dict[str, str]]:
         elif key in SPECS_BY_NAME:
             hps[key] = value
         else:
-            raise TrainingError(
-                f"unknown hyperparameter or argument '{name.lstrip('-')}'; valid hyperparameters: "
-                f"{', '.join(s.name for s in SPECS)}; paths: {', '.join(PATH_ARGS)}"
-            )
+            raise _unknown_argument(name)
     return paths, hps
+
+
+def _unknown_argument(name: str) -> TrainingError:
+    return TrainingError(
+        f"unknown hyperparameter or argument '{name.lstrip('-')}'; valid hyperparameters: "
+        f"{', '.join(s.name for s in SPECS)}; paths: {', '.join(PATH_ARGS)}"
+    )
 
 
 def channels_from_env(environ: dict[str, str] | None = None) -> dict[str, Path]:
@@ -164,8 +186,13 @@ def _path_or_env(paths: dict[str, str], key: str, env: str) -> Path | None:
 
 
 def parse_config(argv: list[str]) -> JobConfig:
+    """The config of a job from its command line (the toolkit's ``--name value`` pairs)."""
     paths, raw_hps = split_argv(argv)
-    hyperparameters = Hyperparameters.from_mapping(raw_hps)
+    return _resolve(Hyperparameters.from_mapping(raw_hps), paths)
+
+
+def _resolve(hyperparameters: Hyperparameters, paths: dict[str, str]) -> JobConfig:
+    """Fill in the paths an argument did not give from the SageMaker environment."""
     data_dir = Path(paths["data-dir"]) if "data-dir" in paths else None
     channels = channels_from_env()
     splits = resolve_splits(data_dir, channels)
@@ -177,7 +204,7 @@ def parse_config(argv: list[str]) -> JobConfig:
     checkpoint_dir = _path_or_env(paths, "checkpoint-dir", "SM_CHECKPOINT_DIR")
     if checkpoint_dir is None and "SM_MODEL_DIR" in os.environ:
         # SageMaker syncs this folder with CheckpointConfig.S3Uri (managed spot training).
-        checkpoint_dir = sagemaker_base_dir() / "checkpoints"
+        checkpoint_dir = sagemaker_paths.local(sagemaker_paths.CHECKPOINTS)
     pretrained_dir = _path_or_env(paths, "pretrained-dir", "SM_CHANNEL_PRETRAINED")
     tensorboard_dir = (Path(paths["tensorboard-dir"]) if "tensorboard-dir" in paths
                        else default_tensorboard_dir(output_data_dir))

@@ -27,14 +27,14 @@ from typing import Any
 
 from torch import nn
 
-from container_train.config import sagemaker_base_dir
 from container_train.engine import Callback
 from container_train.errors import TrainingError
+from job_contract import sagemaker_paths
 
 log = logging.getLogger(__name__)
 
 CONFIG_ENV = "SMDEBUG_CONFIG_FILE_PATH"
-CONFIG_NAME = "debughookconfig.json"
+CONFIG_NAME = sagemaker_paths.DEBUG_HOOK_CONFIG
 DISABLE_ENV = "USE_SMDEBUG"  # smdebug's own switch: 0/false turns the hook off
 # Collections saved without per-layer forward hooks (see DebuggerCallback._needs).
 LAYERLESS_COLLECTIONS = frozenset({"losses", "weights", "biases", "gradients"})
@@ -52,8 +52,7 @@ def config_path(environ: dict[str, str] | None = None) -> Path | None:
             log.warning("%s=%s does not exist: SageMaker Debugger stays off", CONFIG_ENV, path)
             return None
         return path
-    base = Path(env.get("SAGEMAKER_BASE_DIR", str(sagemaker_base_dir())))
-    path = base / "input" / "config" / CONFIG_NAME
+    path = sagemaker_paths.input_config(CONFIG_NAME, env)
     return path if path.is_file() else None
 
 

@@ -31,8 +31,6 @@ from drivers.requests_log import ApiRecorder, NetworkGuard, make_session
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-# Where the training image reads and writes its checkpoints (docs/training.md).
-CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
 # Time a job spends outside its MaxRuntime (starting, downloading, uploading) that a default
 # --timeout allows for (per job; per round of parallel trials for a tuning job).
 WAIT_SLACK_S = 3600

@@ -228,7 +228,7 @@ class Search:
         return value > than if self.maximize else value < than
 
     def objective_fn(self, optuna: Any) -> Any:
-        from container_train.config import parse_config
+        from container_train.config import JobConfig
         from container_train.engine import Callback
         from container_train.main import run
         from container_train.reports import render_figures
@@ -263,17 +263,14 @@ class Search:
                       epochs=int(hps.get("epochs", SPECS_BY_NAME["epochs"].default)))
             callback = Pruning(trial, row)
             self.table.update(row)
-            argv = ["--data-dir", str(self.data), "--model-dir", str(folder / "model"),
-                    "--output-data-dir", str(folder / "output"),
-                    "--feature-cache-dir", str(self.cache_dir),
-                    # Trials are compared, not served: no 20-40 s AOTInductor build per trial
-                    # (`scripts/train.py --from-best` trains the served model, compiled).
-                    "--compile", "false"]
-            for name, value in hps.items():
-                argv += [f"--{name}", str(value)]
             try:
+                # Trials are compared, not served: no 20-40 s AOTInductor build per trial
+                # (`scripts/train.py --from-best` trains the served model, compiled).
+                config = JobConfig.from_values(
+                    {"compile": False, **hps}, data_dir=self.data, model_dir=folder / "model",
+                    output_data_dir=folder / "output", feature_cache_dir=self.cache_dir)
                 with trial_log(folder / "train.log"):
-                    final = run(parse_config(argv), [callback], figures=False,
+                    final = run(config, [callback], figures=False,
                                 keep_model=self._better_than_best(key))
                 value = float(final[key])
                 if not math.isfinite(value):

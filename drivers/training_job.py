@@ -37,11 +37,17 @@ from drivers.common import WAIT_SLACK_S
 from drivers.search_space import parse_static
 from job_contract.hyperparameters import SPECS_BY_NAME
 from job_contract.metrics import METRIC_DEFINITIONS
+from job_contract.sagemaker_paths import (
+    CHECKPOINT_LOCAL_PATH,
+    DEBUG_HOOK_CONFIG,
+    INPUT_CONFIG,
+    TENSORBOARD_LOCAL_PATH,
+    in_job,
+)
 
 # A plain script (smdebug, no SDK), run with an interpreter that has smdebug.
 PLOT_DEBUG_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "plot_debug.py"
 
-TENSORBOARD_LOCAL_PATH = "/opt/ml/output/tensorboard"
 # Built-in rule -> smdebug_rulesconfig factory name
 DEBUGGER_RULES = {
     "LossNotDecreasing": "loss_not_decreasing",
@@ -209,7 +215,7 @@ def start_training_job(ctx: driver.DriverContext, args: argparse.Namespace,
         extra["enable_managed_spot_training"] = True
     if args.spot or args.checkpoint_s3:
         extra["checkpoint_config"] = shapes.CheckpointConfig(
-            s3_uri=driver.checkpoint_uri(args, s, name), local_path=driver.CHECKPOINT_LOCAL_PATH)
+            s3_uri=driver.checkpoint_uri(args, s, name), local_path=CHECKPOINT_LOCAL_PATH)
     if args.network_isolation:
         extra["enable_network_isolation"] = True
     if args.debugger:
@@ -355,7 +361,7 @@ def download_debug_output(ctx: driver.DriverContext, job: dict[str, Any], dest: 
     if not count:
         raise driver.DriverError(f"no debug output under s3://{bucket}/{prefix}: did the "
                                  "training code create the smdebug hook from "
-                                 "/opt/ml/input/config/debughookconfig.json?")
+                                 f"{in_job(INPUT_CONFIG)}/{DEBUG_HOOK_CONFIG}?")
     ctx.log(f"downloaded {count} files to {dest}")
     return dest
 

@@ -43,6 +43,7 @@ from job_contract.hyperparameters import (
     parse_value,
 )
 from job_contract.metrics import METRIC_DEFINITIONS, OBJECTIVES
+from job_contract.sagemaker_paths import CHECKPOINT_LOCAL_PATH
 
 JOB_PREFIX = "resnet-hpo"
 TERMINAL = {"Completed", "Failed", "Stopped"}  # DescribeHyperParameterTuningJob's end states
@@ -108,7 +109,7 @@ def start_tuning_job(ctx: driver.DriverContext, args: argparse.Namespace,
         driver.check_spot_wait(args)
         stopping.max_wait_time_in_seconds = args.max_wait
         checkpoint = CheckpointConfig(s3_uri=driver.checkpoint_uri(args, ctx.settings, name),
-                                      local_path=driver.CHECKPOINT_LOCAL_PATH)
+                                      local_path=CHECKPOINT_LOCAL_PATH)
     # ModelTrainer checks the role with IAM (iam:SimulatePrincipalPolicy, iam:GetRole) unless
     # SAGEMAKER_VALIDATE_ROLE=false; many CI identities may pass a role but not simulate it.
     previous = os.environ.get(VALIDATE_ROLE_ENV)

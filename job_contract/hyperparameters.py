@@ -4,7 +4,8 @@ SageMaker hands hyperparameters to the script as command-line strings after the
 sagemaker-training toolkit has JSON-decoded them once, so the same value can arrive as
 ``0.01``, ``"0.01"`` (with quotes, when a client double-encoded it), ``True`` or ``true``.
 Every value goes through :func:`parse_value`, which also serves the drivers when they turn a
-finished job's hyperparameters back into clean typed values.
+finished job's hyperparameters back into clean typed values. ``SPECS`` is the only list of
+hyperparameters: the typed :data:`Hyperparameters` is derived from it.
 
 This module must stay importable without torch: the drivers import it on a laptop.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,9 +117,17 @@ SPECS: tuple[Spec, ...] = (
 SPECS_BY_NAME: dict[str, Spec] = {s.name: s for s in SPECS}
 
 
+def respell(name: str, separator: str) -> str:
+    """The one place a name's '-' and '_' are exchanged: ``separator`` '-' gives the spelling
+    of the table and the command line (``batch-size``), '_' a Python identifier
+    (``batch_size``)."""
+    other = "_" if separator == "-" else "-"
+    return name.replace(other, separator)
+
+
 def canonical_name(name: str) -> str:
     """``--batch_size`` and ``batch-size`` both mean ``batch-size``."""
-    return name.lstrip("-").strip().lower().replace("_", "-")
+    return respell(name.lstrip("-").strip().lower(), "-")
 
 
 def _unquote(raw: str) -> str:
@@ -189,43 +199,20 @@ def parse_value(name: str, raw: Any) -> Any:
     return text
 
 
-@dataclass(frozen=True)
-class Hyperparameters:
-    """Typed hyperparameters; field names are the spec names with '-' -> '_'."""
-
-    lr: float
-    batch_size: int
-    epochs: int
-    optimizer: str
-    momentum: float
-    weight_decay: float
-    trainable_layers: str
-    image_size: int
-    weights: str
-    augment: bool
-    feature_cache: bool
-    cache_views: int
-    seed: int
-    num_workers: int | str
-    early_stopping_patience: int
-    log_interval: int
-    max_corrupt_fraction: float
-    profile_steps: int
-    int8: bool
-    compile: bool
-    precision: str
+class _HyperparameterMethods:
+    """What every :data:`Hyperparameters` value can do besides holding its fields."""
 
     @classmethod
-    def from_mapping(cls, raw: dict[str, Any]) -> Hyperparameters:
-        """Parse a {name: raw value} mapping; absent names take their defaults."""
+    def from_mapping(cls, raw: Mapping[str, Any]) -> Hyperparameters:
+        """Parse a {name: raw or typed value} mapping; absent names take their defaults."""
         values = {s.name: s.default for s in SPECS}
         for name, value in raw.items():
             values[canonical_name(name)] = parse_value(name, value)
-        return cls(**{k.replace("-", "_"): v for k, v in values.items()})
+        return cls(**{FIELD_NAMES[name]: value for name, value in values.items()})
 
     def to_dict(self) -> dict[str, Any]:
         """Hyphenated names, as the job received them: goes into the manifest."""
-        return {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {name: getattr(self, field) for name, field in FIELD_NAMES.items()}
 
     @property
     def trainable_stages(self) -> int:
@@ -233,7 +220,25 @@ class Hyperparameters:
         return 5 if self.trainable_layers == "all" else int(self.trainable_layers)
 
 
-# Fail at import if the table and the dataclass ever drift apart.
-assert [s.name.replace("-", "_") for s in SPECS] == [
-    f.name for f in dataclasses.fields(Hyperparameters)
-], "SPECS and Hyperparameters fields must match one to one"
+_PYTHON_TYPES: dict[str, type] = {"float": float, "int": int, "bool": bool, "choice": str,
+                                  "str": str}
+
+# table name -> field name (batch-size -> batch_size), in table order
+FIELD_NAMES: dict[str, str] = {s.name: respell(s.name, "_") for s in SPECS}
+
+
+def _field_type(spec: Spec) -> Any:
+    python_type = _PYTHON_TYPES[spec.kind]
+    return python_type | str if spec.allow_auto else python_type
+
+
+# The typed hyperparameters of a job, one frozen field per row of SPECS (same order), so the
+# table is the only list of them: batch-size is ``hp.batch_size``.
+Hyperparameters = dataclasses.make_dataclass(
+    "Hyperparameters",
+    [(FIELD_NAMES[s.name], _field_type(s)) for s in SPECS],
+    bases=(_HyperparameterMethods,),
+    frozen=True,
+)
+Hyperparameters.__module__ = __name__  # make_dataclass would name its caller's caller
+Hyperparameters.__doc__ = "Typed hyperparameters: one field per row of SPECS ('-' -> '_')."

@@ -62,11 +62,12 @@ while IFS= read -r var; do overrides+=("$var=${!var}"); done < <(compgen -e | gr
 if [[ ${#overrides[@]} -gt 0 ]]; then
     docker run --rm --entrypoint python -v "$TEST_DIR/job-config:/c" "$IMAGE" -c '
 import json, sys
+from job_contract.hyperparameters import canonical_name
 path = "/c/hyperparameters.json"
 hps = json.load(open(path))
 for item in sys.argv[1:]:
     name, value = item.split("=", 1)
-    hps[name[3:].lower().replace("_", "-")] = value
+    hps[canonical_name(name[3:])] = value
 json.dump(hps, open(path, "w"))' "${overrides[@]}"
 fi
 

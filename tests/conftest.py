@@ -14,8 +14,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = REPO / "sample_data" / "photos5"
 # compile false: AOTInductor takes 20-40 s per run; tests/integration/test_compiled.py covers it.
-TINY_ARGS = ["--weights", "none", "--image-size", "64", "--num-workers", "0", "--compile", "false",
-             "--batch-size", "16", "--log-interval", "2"]
+TINY_VALUES = {"weights": "none", "image-size": 64, "num-workers": 0, "compile": False,
+               "batch-size": 16, "log-interval": 2}  # for JobConfig.from_values (in-process runs)
+TINY_ARGS = [arg for name, value in TINY_VALUES.items() for arg in (f"--{name}", str(value))]
 
 
 def training_env() -> dict[str, str]:

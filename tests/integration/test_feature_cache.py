@@ -9,19 +9,20 @@ import pytest
 import torch
 from PIL import Image
 
-from container_train.config import parse_config
+from container_train.config import JobConfig
 from container_train.main import run
-from tests.conftest import TINY_ARGS
+from tests.conftest import TINY_VALUES
 
 pytestmark = pytest.mark.slow
 
 
-def _run(data, root, caplog, *extra):
+def _run(data, root, caplog, cache=None, values=None):
     caplog.clear()
     with caplog.at_level("INFO"):
-        run(parse_config(["--data-dir", str(data), "--model-dir", str(root / "model"),
-                          "--output-data-dir", str(root / "out"), *TINY_ARGS,
-                          "--image-size", "32", "--epochs", "3", "--lr", "0.01", *extra]))
+        run(JobConfig.from_values({**TINY_VALUES, "image-size": 32, "epochs": 3, "lr": 0.01,
+                                   **(values or {})},
+                                  data_dir=data, model_dir=root / "model",
+                                  output_data_dir=root / "out", feature_cache_dir=cache))
     computed = {m.group(1): int(m.group(2)) for m in re.finditer(
         r"(\w+) features: (\d+) image-views computed", caplog.text)}
     return torch.load(root / "model" / "model.pt", weights_only=True), computed
@@ -30,29 +31,29 @@ def _run(data, root, caplog, *extra):
 def test_cache_is_reused_and_invalidated_by_content_and_size(color_data, tmp_path, caplog):
     data = tmp_path / "data"
     shutil.copytree(color_data, data)
-    cache = ["--feature-cache-dir", str(tmp_path / "cache")]
-    first, computed = _run(data, tmp_path / "r1", caplog, *cache)
+    cache = tmp_path / "cache"
+    first, computed = _run(data, tmp_path / "r1", caplog, cache)
     assert computed == {"train": 64, "valid": 12, "test": 12}  # 32 images x 2 views
 
-    second, computed = _run(data, tmp_path / "r2", caplog, *cache)
+    second, computed = _run(data, tmp_path / "r2", caplog, cache)
     assert computed == {"train": 0, "valid": 0, "test": 0}
     assert torch.equal(first["fc.weight"], second["fc.weight"])  # cached == computed
 
     image = data / "train" / "red" / "0.jpg"
     Image.new("RGB", (48, 48), (250, 250, 0)).save(image)  # same name, new content
-    _, computed = _run(data, tmp_path / "r3", caplog, *cache)
+    _, computed = _run(data, tmp_path / "r3", caplog, cache)
     assert computed == {"train": 2, "valid": 0, "test": 0}
 
-    _, computed = _run(data, tmp_path / "r4", caplog, *cache, "--image-size", "40")
+    _, computed = _run(data, tmp_path / "r4", caplog, cache, {"image-size": 40})
     assert computed == {"train": 64, "valid": 12, "test": 12}
 
 
 def test_fast_path_trains_the_same_head_as_the_full_forward(color_data, tmp_path, caplog):
     # Centre view only on both paths, so both see the same inputs in the same order.
-    fast, computed = _run(color_data, tmp_path / "fast", caplog, "--augment", "false")
+    fast, computed = _run(color_data, tmp_path / "fast", caplog, values={"augment": False})
     assert computed["train"] == 32
-    slow, computed = _run(color_data, tmp_path / "slow", caplog, "--augment", "false",
-                          "--feature-cache", "false")
+    slow, computed = _run(color_data, tmp_path / "slow", caplog,
+                          values={"augment": False, "feature-cache": False})
     assert computed == {}
     for key in ("fc.weight", "fc.bias"):
         # Same maths; only BLAS blocking differs with batch layout (float32 noise).

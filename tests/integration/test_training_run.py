@@ -10,16 +10,17 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-from container_train.config import parse_config
+from container_train.config import JobConfig
 from container_train.engine import Callback
 from container_train.main import main, run
 from job_contract.metrics import METRIC_KEYS, parse_log
 from model_artifact.network import load_artifact
-from tests.conftest import REPO, SAMPLE_DATA, TINY_ARGS, training_env
+from tests.conftest import REPO, SAMPLE_DATA, TINY_VALUES, training_env
 
 pytestmark = pytest.mark.slow
 CLASSES = sorted(p.name for p in (SAMPLE_DATA / "train").iterdir())
@@ -59,17 +60,15 @@ def test_the_log_gives_the_manifest_hash_a_deployer_pins(tiny_run, tiny_artifact
     assert re.findall(r"manifest_sha256=([0-9a-f]{64})", tiny_run.log) == [written]
 
 
-def _config(data: Path, root: Path, *extra: str):
-    return parse_config(["--data-dir", str(data), "--model-dir", str(root / "model"),
-                         "--output-data-dir", str(root / "out"),
-                         "--checkpoint-dir", str(root / "ckpt"), *TINY_ARGS,
-                         "--image-size", "32", *extra])
+def _config(data: Path, root: Path, values: dict[str, Any]) -> JobConfig:
+    return JobConfig.from_values({**TINY_VALUES, "image-size": 32, **values}, data_dir=data,
+                                 model_dir=root / "model", output_data_dir=root / "out",
+                                 checkpoint_dir=root / "ckpt")
 
 
 def test_loss_falls_on_a_learnable_fixture(color_data, tmp_path):
     # Random init (no ImageNet weights here) needs BatchNorm in train mode to learn fast.
-    run(_config(color_data, tmp_path, "--epochs", "4", "--trainable-layers", "all",
-                "--image-size", "64"))
+    run(_config(color_data, tmp_path, {"epochs": 4, "trainable-layers": "all", "image-size": 64}))
     history = json.loads((tmp_path / "out" / "metrics.json").read_text())["history"]
     losses = [h["train_loss"] for h in history]
     assert losses[-1] < 0.25 * losses[0], losses
@@ -86,12 +85,12 @@ class CrashAfterEpoch(Callback):
 
 
 def test_resume_finishes_remaining_epochs_with_identical_weights(color_data, tmp_path, caplog):
-    args = ("--epochs", "3", "--lr", "0.01", "--trainable-layers", "1")
-    run(_config(color_data, tmp_path / "straight", *args))
+    values = {"epochs": 3, "lr": 0.01, "trainable-layers": "1"}
+    run(_config(color_data, tmp_path / "straight", values))
 
     interrupted = tmp_path / "interrupted"
     with pytest.raises(KeyboardInterrupt):
-        run(_config(color_data, interrupted, *args), callbacks=[CrashAfterEpoch(1)])
+        run(_config(color_data, interrupted, values), callbacks=[CrashAfterEpoch(1)])
     assert not (interrupted / "model" / "model.pt").exists()
     epochs_seen = []
 
@@ -100,7 +99,7 @@ def test_resume_finishes_remaining_epochs_with_identical_weights(color_data, tmp
             epochs_seen.append(epoch)
 
     with caplog.at_level("INFO"):
-        run(_config(color_data, interrupted, *args), callbacks=[Recorder()])
+        run(_config(color_data, interrupted, values), callbacks=[Recorder()])
     assert epochs_seen == [2, 3]
     assert "resuming from" in caplog.text and "after epoch 1" in caplog.text
     a = torch.load(tmp_path / "straight" / "model" / "model.pt", weights_only=True)
@@ -112,9 +111,9 @@ def test_resume_finishes_remaining_epochs_with_identical_weights(color_data, tmp
 
 
 def test_changed_hyperparameters_do_not_resume(color_data, tmp_path, caplog):
-    run(_config(color_data, tmp_path, "--epochs", "1"))
+    run(_config(color_data, tmp_path, {"epochs": 1}))
     with caplog.at_level("WARNING"):
-        run(_config(color_data, tmp_path, "--epochs", "1", "--lr", "0.5"))
+        run(_config(color_data, tmp_path, {"epochs": 1, "lr": 0.5}))
     assert "ignoring checkpoint" in caplog.text and "['lr']" in caplog.text
 
 
