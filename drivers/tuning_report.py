@@ -315,3 +315,12 @@ def write_report(table: TrialTable, directory: Path) -> Path:
     page.write_text(render_html(table))
     return page
 
+
+
+def report_tuning_job(sm: Any, name: str, directory: Path) -> Path:
+    """trials.csv and tuning_report.html for a SageMaker tuning job (a boto3 SageMaker
+    client); every trial, read page by page."""
+    from drivers.tuning_job import list_trials
+
+    job = sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
+    return write_report(table_from_tuning_job(job, list_trials(sm, name)), directory)
