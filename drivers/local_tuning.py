@@ -461,11 +461,10 @@ def tune(args: argparse.Namespace, err: TextIO, out: TextIO) -> int:
         study.enqueue_trial(params)
     url = study_storage.storage_url(args.storage, output)
     todo = study_storage.trials_left(study, args.max_jobs)
-    print(f"{name}: {todo} of {args.max_jobs} trials to run, study in {url}", file=err)
-    print(f"{name}: {args.max_jobs} trials on {args.data}, objective {args.objective} "
-          f"({OBJECTIVES[args.objective].lower()}), {args.strategy}, early stopping "
-          f"{args.early_stopping}; trials in {output}/trial-NNN, feature cache "
-          f"{search.cache_dir}", file=err, flush=True)
+    print(f"{name}: {todo} of {args.max_jobs} trials to run on {args.data}, objective "
+          f"{args.objective} ({OBJECTIVES[args.objective].lower()}), {args.strategy}, early "
+          f"stopping {args.early_stopping}; trials in {output}/trial-NNN, feature cache "
+          f"{search.cache_dir}; study in {url}", file=err, flush=True)
     status = "Completed"
     started = time.perf_counter()
     try:

@@ -171,6 +171,7 @@ def study_from_table(table: TrialTable) -> Any:
     Running trials are left out (Optuna plots finished trials only)."""
     import optuna
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "a new study created"
     study = optuna.create_study(study_name=table.title,
                                 direction="maximize" if table.maximize else "minimize")
     for t in table.trials:
@@ -259,7 +260,7 @@ def _html_table(table: TrialTable) -> str:
     for t, row in zip(table.trials, rows[1:], strict=True):
         # as trials.csv, with the numbers rounded for reading
         shown = [*row[:3], *(_fmt(t.params.get(n)) for n in table.distributions),
-                 _fmt(t.value), *row[-3:]]
+                 _fmt(t.value), row[-3], row[-2].replace("T", " "), row[-1]]
         css = ' class="best"' if best is not None and t.number == best.number else ""
         body.append(f"<tr{css}>" + "".join(f"<td>{html.escape(c)}</td>" for c in shown)
                     + "</tr>")
@@ -287,6 +288,7 @@ def _summary(table: TrialTable) -> str:
 
 STYLE = """body{font-family:sans-serif;margin:1.5em;max-width:70em}
 table{border-collapse:collapse;font-size:90%}td,th{border:1px solid #ccc;padding:2px 6px}
+td{white-space:nowrap}td:last-child{white-space:normal;min-width:16em}
 tr.best{background:#e6f4e6;font-weight:bold}figure{margin:1em 0}img{max-width:100%}"""
 
 
