@@ -240,7 +240,7 @@ def test_a_killed_search_resumes_with_its_first_trials_kept(color_data, tmp_path
                 t.state.name == "COMPLETE" for t in finished(out / "study.db")) < 2:
             assert proc.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline
-            time.sleep(0.1)
+            time.sleep(0.5)
         proc.send_signal(signal.SIGKILL)  # a crash: no handler runs, nothing is tidied up
     finally:
         proc.kill()
