@@ -43,7 +43,7 @@ fi
 step "host venv (.venv)"
 bash dev/setup_host.sh
 step "drivers venv (.venv-drivers)"
-bash dev/setup_drivers_venv.sh
+bash dev/setup_drivers_venv.sh --tests
 
 step "lint: ruff + shellcheck"
 .venv/bin/ruff check .

@@ -15,7 +15,10 @@ Bayesian`` is Optuna's TPE sampler, ``Random`` its random sampler; ``--early-sto
 prunes a trial whose objective at an epoch is worse than the median of earlier trials at that
 epoch (Optuna's MedianPruner, fed after every epoch), ``Off`` never prunes. A live table of the
 trials goes to stderr; the best trial to stdout and ``--best-out``; every trial to
-OUTPUT/trials.json; the objective per trial to OUTPUT/objective.png.
+OUTPUT/trials.json, OUTPUT/trials.csv and OUTPUT/tuning_report.html (Optuna's plots; see
+``drivers/tuning_report.py``). The study is stored in OUTPUT/study.db (SQLite; ``--storage``
+for another Optuna storage): ``--resume NAME`` continues an interrupted search
+(``drivers/study_storage.py``).
 
 Needs torch, matplotlib and optuna (the host venv, ``.venv``); imports no SageMaker SDK.
 """
@@ -35,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from drivers import study_storage, tuning_report
 from drivers.aws_settings import SettingsError as UsageError  # exit 2 with the message
 from drivers.common import (
     BEST_FILE_FORMAT,
@@ -70,12 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, metavar="DIR",
                    help="local folder holding train/ valid/ [test/] (class folders inside)")
     p.add_argument("--output", type=Path, default=Path("tune-local"), metavar="DIR",
-                   help="one folder per trial, trials.json, objective.png (default tune-local)")
+                   help="one folder per trial, study.db, trials.json/.csv, tuning_report.html "
+                        "(default tune-local)")
     p.add_argument("--feature-cache-dir", type=Path, metavar="DIR",
                    help="frozen-backbone features shared by the trials and later searches "
                         "(default OUTPUT/feature-cache)")
-    p.add_argument("--plot", type=Path, metavar="PNG",
-                   help="objective per trial (default OUTPUT/objective.png)")
+    p.add_argument("--storage", metavar="URL",
+                   help="Optuna storage of the study (default sqlite:///OUTPUT/study.db)")
+    p.add_argument("--resume", metavar="STUDY",
+                   help="continue this study (its name is printed when a search starts) up to "
+                        "--max-jobs trials; trials cut short by an interruption run again")
+    p.add_argument("--report", type=Path, metavar="DIR",
+                   help="where trials.csv and tuning_report.html go (default OUTPUT)")
     p.add_argument("--keep-models", choices=["best", "all"], default="best",
                    help="model.pt of the best trial only (default) or of every trial; "
                         "manifests, metrics JSON and logs are always kept, plots and "
@@ -258,6 +268,7 @@ class Search:
         def objective(trial: Any) -> float:
             hps = {**self.static, **{n: r.suggest(trial) for n, r in self.ranges.items()}}
             self.hyperparameters[trial.number] = hps
+            study_storage.remember(trial, hyperparameters=hps)
             folder = self.trial_dir(trial.number)
             row = Row(trial.number, params=hps,
                       epochs=int(hps.get("epochs", SPECS_BY_NAME["epochs"].default)))
@@ -284,9 +295,12 @@ class Search:
             finally:
                 row.seconds = time.perf_counter() - callback.start
                 gc.collect()
+                study_storage.remember(trial, note=row.note,
+                                       history=self.history.get(trial.number, []))
                 if row.state != "Running":
                     self.table.update(row, final=True)
             self.finals[trial.number] = final
+            study_storage.remember(trial, final=final)
             row.state, row.value = "Completed", value
             if self._beats_best(value):
                 previous, self.best = self.best, trial.number
@@ -371,44 +385,6 @@ def trials_record(study: Any, search: Search) -> list[dict[str, Any]]:
     return records
 
 
-def plot_objective(study: Any, search: Search, path: Path) -> None:
-    """Left: the objective per trial (pruned trials at their last reported value) and the best
-    so far; right: the objective per epoch of every trial (where pruning cut them)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    best, best_x, best_y = None, [], []
-    for t in study.get_trials(deepcopy=False):
-        steps = sorted(t.intermediate_values.items())
-        if steps:
-            right.plot([s for s, _ in steps], [v for _, v in steps], marker=".",
-                       color="tab:red" if t.state.name == "PRUNED" else "tab:blue", alpha=0.6)
-        if t.state.name == "COMPLETE":
-            left.scatter(t.number, t.value, color="tab:blue", zorder=3)
-            if best is None or search.better(t.value, best):
-                best = t.value
-        elif t.state.name == "PRUNED" and steps:
-            left.scatter(t.number, steps[-1][1], color="tab:red", marker="x", zorder=3)
-        if best is not None:
-            best_x.append(t.number)
-            best_y.append(best)
-    left.step(best_x, best_y, where="post", color="black", label="best so far")
-    left.scatter([], [], color="tab:blue", label="completed")
-    left.scatter([], [], color="tab:red", marker="x", label="pruned (last value)")
-    left.set(xlabel="trial", ylabel=search.objective, title="objective per trial")
-    left.legend(fontsize="small")
-    for axis in (left, right):
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    right.set(xlabel="epoch", ylabel=search.objective,
-              title="per epoch (red: pruned trials)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def make_study(optuna: Any, args: argparse.Namespace, name: str) -> Any:
@@ -422,8 +398,12 @@ def make_study(optuna: Any, args: argparse.Namespace, name: str) -> Any:
     else:
         pruner = optuna.pruners.NopPruner()
     direction = "maximize" if OBJECTIVES[args.objective] == "Maximize" else "minimize"
-    return optuna.create_study(study_name=name, direction=direction, sampler=sampler,
-                               pruner=pruner)
+    try:
+        return study_storage.open_study(
+            optuna, study_storage.storage_url(args.storage, args.output), name,
+            resume=args.resume is not None, direction=direction, sampler=sampler, pruner=pruner)
+    except study_storage.StudyError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def tune(args: argparse.Namespace, err: TextIO, out: TextIO) -> int:
@@ -440,7 +420,7 @@ def tune(args: argparse.Namespace, err: TextIO, out: TextIO) -> int:
         resolve_splits(args.data, {})
     except TrainingError as exc:
         raise UsageError(f"--data {args.data}: {exc}") from None
-    name = default_job_name("local-hpo")
+    name = args.resume or default_job_name("local-hpo")
     output = args.output
     output.mkdir(parents=True, exist_ok=True)
     search = Search(data=args.data, output=output,
@@ -450,12 +430,15 @@ def tune(args: argparse.Namespace, err: TextIO, out: TextIO) -> int:
                     keep_models=args.keep_models,
                     maximize=OBJECTIVES[args.objective] == "Maximize")
     study = make_study(optuna, args, name)
+    study_storage.restore(search, study)
     for params in queued:
         study.enqueue_trial(params)
-    print(f"{name}: {args.max_jobs} trials on {args.data}, objective {args.objective} "
-          f"({OBJECTIVES[args.objective].lower()}), {args.strategy}, early stopping "
-          f"{args.early_stopping}; trials in {output}/trial-NNN, feature cache "
-          f"{search.cache_dir}", file=err, flush=True)
+    url = study_storage.storage_url(args.storage, output)
+    todo = study_storage.trials_left(study, args.max_jobs)
+    print(f"{name}: {todo} of {args.max_jobs} trials to run on {args.data}, objective "
+          f"{args.objective} ({OBJECTIVES[args.objective].lower()}), {args.strategy}, early "
+          f"stopping {args.early_stopping}; trials in {output}/trial-NNN, feature cache "
+          f"{search.cache_dir}; study in {url}", file=err, flush=True)
     status = "Completed"
     started = time.perf_counter()
     try:
@@ -463,21 +446,25 @@ def tune(args: argparse.Namespace, err: TextIO, out: TextIO) -> int:
         # it, so the gc.collect() after each trial scans the trial's objects only (a full
         # collection was 0.19 s of a 0.9 s cached trial).
         gc.freeze()
-        study.optimize(search.objective_fn(optuna), n_trials=args.max_jobs, catch=(Exception,),
+        study.optimize(search.objective_fn(optuna), n_trials=todo, catch=(Exception,),
                        gc_after_trial=False)
     except KeyboardInterrupt:
         status = "Stopped"
-        print("interrupted: keeping the trials that finished", file=err, flush=True)
+        print(f"interrupted: the trials that finished are in {url}; continue with "
+              f"--resume {name}", file=err, flush=True)
     seconds = time.perf_counter() - started
     (output / "trials.json").write_text(json.dumps(
         {"study": name, "objective": args.objective, "seconds": seconds,
          "trials": trials_record(study, search)}, indent=2, default=str) + "\n")
-    plot = args.plot or output / "objective.png"
-    plot_objective(study, search, plot)
+    report = tuning_report.write_report(
+        tuning_report.table_from_study(
+            study, args.objective, source=f"Optuna study {name} in {url} (to browse it live: "
+                                          f"optuna-dashboard {url})"),
+        args.report or output)
     states = [t.state.name for t in study.get_trials(deepcopy=False)]
     summary = ", ".join(f"{states.count(s)} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAIL")
                         if states.count(s))
-    print(f"{name}: {summary} in {seconds:.1f} s; plot {plot}; trials {output}/trials.json",
+    print(f"{name}: {summary} in {seconds:.1f} s; report {report}; trials {output}/trials.json",
           file=err, flush=True)
     if search.best is None:
         print(f"failed: no trial completed ({summary}); see {output}/trial-*/train.log",

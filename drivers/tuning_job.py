@@ -3,6 +3,8 @@
 
     python scripts/tune.py --data s3://BUCKET/photos --max-jobs 12 --max-parallel-jobs 3 --wait
     python scripts/tune.py --attach resnet-hpo-261127-1944 --wait   # follow / collect a job
+    python scripts/tune.py --attach resnet-hpo-261127-1944 --report hpo-report   # trials,
+        # plots: hpo-report/tuning_report.html and trials.csv (drivers/tuning_report.py)
     python scripts/tune.py --local --data sample_data/photos5 --max-jobs 20 \
         --set trainable-layers=0        # the same search on this machine (drivers/local_tuning.py)
 
@@ -20,6 +22,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from drivers import common as driver
@@ -80,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--attach", metavar="TUNING_JOB", help="follow an existing job, create none")
     r.add_argument("--wait", action="store_true", help="show a live table of the trials")
     r.add_argument("--poll", type=float, default=30.0, help="seconds between polls")
+    r.add_argument("--report", type=Path, metavar="DIR",
+                   help="write DIR/tuning_report.html (trials, best, Optuna's plots) and "
+                        "DIR/trials.csv; with --wait once the job has ended")
     r.add_argument("--timeout", type=int, metavar="SECONDS",
                    help="stop waiting after this long (the job keeps running; default: what "
                         "its trials may take in rounds of --max-parallel-jobs, plus "
@@ -338,6 +344,14 @@ def best_job(ctx: driver.DriverContext, name: str) -> dict[str, Any]:
     }
 
 
+def write_report(ctx: driver.DriverContext, directory: Path | None, name: str) -> None:
+    if directory is not None:
+        from drivers.tuning_report import report_tuning_job
+
+        page = report_tuning_job(ctx.client("sagemaker"), name, directory)
+        ctx.log(f"wrote {page} and {page.parent / 'trials.csv'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--local" in argv:  # Optuna on this machine; imports neither the SDK nor boto3
@@ -367,9 +381,11 @@ def main(argv: list[str] | None = None) -> int:
             driver.finish(ctx)
             return 0
         if not args.wait:
+            write_report(ctx, args.report, name)
             ctx.log(f"follow it with: python scripts/tune.py --attach {name} --wait")
             return 0
         job = follow(ctx, name, args.poll, args.timeout)
+        write_report(ctx, args.report, name)
         best = best_job(ctx, name)
         driver.print_best(best, sys.stdout)
         driver.write_best(args.best_out, best, sys.stderr)

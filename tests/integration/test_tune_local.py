@@ -1,5 +1,6 @@
 """`tune.py --local`: a real Optuna search (4 trials, 2 epochs, 32 px, random-init backbone) on
-the colour data set: best file, plot, feature cache reuse, pruning, no SageMaker SDK."""
+the colour data set: best file, report, feature cache reuse, pruning, no SageMaker SDK; a
+search killed after two trials and resumed from its SQLite study."""
 
 from __future__ import annotations
 
@@ -92,10 +93,31 @@ def test_train_py_from_best_accepts_the_local_best_file(search, tmp_path):
                                             best["hyperparameters"].items()}
 
 
-def test_objective_plot_is_written(search):
-    png = search["out"] / "objective.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert png.stat().st_size > 5000
+def test_report_and_csv_list_every_trial_and_the_best(search):
+    """tuning_report.html (self-contained, Optuna's plots) and trials.csv replace objective.png:
+    one row per trial with its state, tuned values and objective."""
+    import csv
+
+    assert not (search["out"] / "objective.png").exists()
+    with (search["out"] / "trials.csv").open() as stream:
+        rows = list(csv.DictReader(stream))
+    assert [int(r["number"]) for r in rows] == list(range(TRIALS))
+    by_number = {t["number"]: t for t in search["trials"]}
+    for row in rows:
+        trial = by_number[int(row["number"])]
+        assert row["state"] == {"complete": "Completed", "pruned": "Pruned"}[trial["state"]]
+        assert float(row["lr"]) == trial["hyperparameters"]["lr"]
+        if trial["state"] == "complete":
+            assert float(row["valid:loss"]) == trial["value"]
+    page = (search["out"] / "tuning_report.html").read_text()
+    best = json.loads(search["best"].read_text())
+    number = int(best["training_job_name"].rsplit("-", 1)[1])
+    assert re.search(rf'<tr class="best"><td>{number}</td><td>trial-{number:03d}</td>'
+                     r"<td>Completed</td>", page)
+    sources = re.findall(r"""src=['"]([^'"]*)['"]""", page)
+    assert len(sources) == 4 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "http://" not in page and "https://" not in page and "<link" not in page
+    assert "optuna-dashboard sqlite:///" in page
 
 
 def test_later_trials_reuse_the_feature_cache(search):
@@ -177,3 +199,79 @@ def test_local_path_refuses_bad_arguments_before_training(tmp_path, capsys):
     assert tune.main(["--local", "--data", str(tmp_path), "--range", "lr=0:1:log"]) == 2
     assert "lr" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+# -- an interrupted search, resumed from its SQLite study ----------------------------------------
+
+RESUME_ARGS = ["--objective", "valid:loss", "--seed", "3", "--early-stopping", "Off",
+               "--set", "trainable-layers=0", "--set", "weights=none", "--set", "image-size=32",
+               "--set", "num-workers=0", "--set", "epochs=1"]
+
+
+def finished(db: Path) -> list:
+    """The trials the study in db holds (read through Optuna, as optuna-dashboard would)."""
+    import optuna
+
+    storage = f"sqlite:///{db}"
+    if not db.exists() or not optuna.get_all_study_names(storage):
+        return []
+    (name,) = optuna.get_all_study_names(storage)
+    return optuna.load_study(study_name=name, storage=storage).get_trials()
+
+
+def test_a_killed_search_resumes_with_its_first_trials_kept(color_data, tmp_path):
+    import signal
+    import time
+
+    import optuna
+
+    out = tmp_path / "out"
+    argv = ["--local", "--data", str(color_data), "--output", str(out), "--best-out",
+            str(tmp_path / "best.json"), "--max-jobs", "4", *RESUME_ARGS]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    log = tmp_path / "stderr.log"
+    with log.open("w") as stderr:
+        proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "tune.py"), *argv],
+                                stdout=subprocess.DEVNULL, stderr=stderr, env=env, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 300
+        # read the storage only once the driver has created the study in it
+        while "study in sqlite:///" not in log.read_text() or sum(
+                t.state.name == "COMPLETE" for t in finished(out / "study.db")) < 2:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGKILL)  # a crash: no handler runs, nothing is tidied up
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    before = {t.number: (t.params, t.value) for t in finished(out / "study.db")
+              if t.state.name == "COMPLETE"}
+    assert len(before) >= 2 and not (out / "trials.json").exists()
+    (name,) = optuna.get_all_study_names(f"sqlite:///{out / 'study.db'}")
+
+    from drivers import tuning_job as tune
+
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        rc = tune.main([*argv, "--resume", name])
+    assert rc == 0, err.getvalue()[-3000:]
+    after = finished(out / "study.db")
+    complete = {t.number: (t.params, t.value) for t in after if t.state.name == "COMPLETE"}
+    assert len(complete) == 4  # the requested count, the killed trial (if any) run again
+    assert {n: complete[n] for n in before} == before
+    assert [t.state.name for t in after if t.number not in complete] in ([], ["FAIL"])
+    record = json.loads((out / "trials.json").read_text())
+    assert {t["number"] for t in record["trials"] if t["state"] == "complete"} == set(complete)
+    best = json.loads((tmp_path / "best.json").read_text())
+    assert best["objective"]["value"] == min(v for _, v in complete.values())
+    assert best["hyperparameters"]["image-size"] == 32
+
+
+def test_resume_names_the_studies_it_can_continue(color_data, tmp_path, capsys):
+    from drivers import tuning_job as tune
+
+    argv = ["--local", "--data", str(color_data), "--output", str(tmp_path / "o"),
+            "--resume", "local-hpo-nope"]
+    assert tune.main(argv) == 2
+    assert "--resume local-hpo-nope: no such study in sqlite:///" in capsys.readouterr().err
