@@ -24,19 +24,21 @@ from pathlib import Path
 from typing import Any
 
 from container_serve import front, health, privileges
-from container_serve.settings import (
+from container_serve.env_names import (
     ARTIFACT_GATE_ENV,
     GRAPH_ENV,
+    INSTANCE_ENV,
+    MMS_LOG_LOCATION_ENV,
+    MMS_MAX_REQUEST_SIZE_ENV,
+    MMS_METRICS_LOCATION_ENV,
     MODEL_DIR_ENV,
     PORT_ENV,
     RUNTIME_DIR_ENV,
-    Settings,
-    SettingsError,
 )
+from container_serve.settings import ServeSettings, ServeSettingsError
 
 HANDLER_SERVICE = "container_serve.handler_service"
 SOURCE_ROOT = str(Path(__file__).resolve().parent.parent)  # holds container_serve, model_artifact
-INSTANCE_ENV = "SERVE_INSTANCE_ID"
 MMS_NAMESPACE = "com.amazonaws.ml.mms.ModelServer"
 MMS_REQUEST_SLACK = 1 << 20  # MMS's own limit sits above ours: the handler answers 413 as JSON
 
@@ -63,7 +65,7 @@ def check(model_dir: str, passed_file: str | None = None) -> int:
 
     try:
         served = inference.model_fn(model_dir)
-    except (ArtifactError, SettingsError) as exc:
+    except (ArtifactError, ServeSettingsError) as exc:
         log(f"cannot serve {model_dir}: {exc}")
         return 1
     except Exception as exc:  # torch errors while building or running the network
@@ -105,11 +107,11 @@ def _start_check(model_dir: str) -> subprocess.Popen:
     return subprocess.Popen(command, env=env)
 
 
-def mms_max_request_bytes(settings: Settings) -> int:
+def mms_max_request_bytes(settings: ServeSettings) -> int:
     return settings.max_request_bytes + MMS_REQUEST_SLACK
 
 
-def _prepare_environment(settings: Settings, model_dir: str, runtime_dir: str) -> None:
+def _prepare_environment(settings: ServeSettings, model_dir: str, runtime_dir: str) -> None:
     """Exported values reach MMS (java) and its Python workers."""
     os.environ.update(settings.worker_env())
     os.environ[MODEL_DIR_ENV] = model_dir
@@ -119,7 +121,7 @@ def _prepare_environment(settings: Settings, model_dir: str, runtime_dir: str) -
     os.environ[ARTIFACT_GATE_ENV] = gate
     os.environ[RUNTIME_DIR_ENV] = runtime_dir
     os.environ[INSTANCE_ENV] = uuid.uuid4().hex
-    os.environ["MMS_MAX_REQUEST_SIZE"] = str(mms_max_request_bytes(settings))
+    os.environ[MMS_MAX_REQUEST_SIZE_ENV] = str(mms_max_request_bytes(settings))
     # nginx (container_serve.front) owns the public port; MMS listens on Unix sockets in the
     # runtime dir (MMS reads MMS_* variables over its config file: enable_envvars_config).
     os.environ.update(front.mms_env(runtime_dir))
@@ -131,7 +133,7 @@ def _prepare_environment(settings: Settings, model_dir: str, runtime_dir: str) -
     os.makedirs(os.path.join(runtime_dir, "logs"), exist_ok=True)
     # MMS's pid file (TMPDIR) and worker sockets (TEMP): one set per server, not per machine.
     os.environ["TMPDIR"] = os.environ["TEMP"] = runtime_dir
-    os.environ["LOG_LOCATION"] = os.environ["METRICS_LOCATION"] = f"{runtime_dir}/logs"
+    os.environ[MMS_LOG_LOCATION_ENV] = os.environ[MMS_METRICS_LOCATION_ENV] = f"{runtime_dir}/logs"
 
 
 class _Supervisor:
@@ -235,8 +237,8 @@ def serve(model_dir: str | None, port: int | None) -> int:
     if port is not None:
         env[PORT_ENV] = str(port)
     try:
-        settings = Settings.from_env(env)
-    except SettingsError as exc:
+        settings = ServeSettings.from_env(env)
+    except ServeSettingsError as exc:
         log(str(exc))
         return 2
     warnings.filterwarnings("ignore", "pkg_resources is deprecated")  # the toolkit's import

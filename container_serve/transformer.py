@@ -17,8 +17,8 @@ from typing import Any
 from sagemaker_inference.transformer import Transformer
 
 from container_serve import inference
+from container_serve.env_names import ARTIFACT_GATE_ENV, MODEL_DIR_ENV
 from container_serve.errors import ServeError, error_body, one_line
-from container_serve.settings import ARTIFACT_GATE_ENV, MODEL_DIR_ENV
 from model_artifact.manifest import ArtifactError
 
 logger = logging.getLogger(__name__)
