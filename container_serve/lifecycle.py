@@ -47,7 +47,8 @@ class Lifecycle:
     /ping server, the signal handler) move it through :meth:`move` only."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # Reentrant: the SIGTERM handler moves the state on the main thread, which may hold it.
+        self._lock = threading.RLock()
         self._state = ServeState.STARTING
         self._reason = "multi-model-server is starting while the artifact is checked"
 

@@ -214,7 +214,8 @@ class _Supervisor:
             self.fail("the artifact check failed", quiet=True)  # the check logged why
             return
         settings = self.settings
-        self.lifecycle.move(ServeState.LOADING, "no worker has the model loaded yet")
+        if not self.lifecycle.move(ServeState.LOADING, "no worker has the model loaded yet"):
+            return  # stopped or failed meanwhile: no port
         try:
             health.start(self.runtime_dir, front.mms_socket(self.runtime_dir), self.lifecycle)
             self.nginx = front.start(settings, self.runtime_dir, mms_max_request_bytes(settings))
