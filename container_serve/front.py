@@ -26,10 +26,15 @@ import socket
 import subprocess
 import time
 
+from container_serve.env_names import (
+    MMS_INFERENCE_ADDRESS_ENV,
+    MMS_MANAGEMENT_ADDRESS_ENV,
+    MMS_USE_NATIVE_IO_ENV,
+)
 from container_serve.errors import error_body
 from container_serve.health import HEALTH_SOCKET
 from container_serve.media import FORM_TYPES, unsupported
-from container_serve.settings import Settings
+from container_serve.settings import ServeSettings
 
 MMS_SOCKET = "mms.sock"
 _FORM_PLACEHOLDER = "@FORM_TYPE@"
@@ -69,9 +74,10 @@ def mms_address(runtime_dir: str) -> str:
 def mms_env(runtime_dir: str) -> dict[str, str]:
     """MMS's listeners as MMS_* variables (they override its config file): both on Unix
     sockets, so the public port is nginx's alone."""
-    return {"MMS_INFERENCE_ADDRESS": mms_address(runtime_dir),
-            "MMS_MANAGEMENT_ADDRESS": f"unix:{os.path.join(runtime_dir, 'mms-management.sock')}",
-            "MMS_USE_NATIVE_IO": "true"}
+    management = f"unix:{os.path.join(runtime_dir, 'mms-management.sock')}"
+    return {MMS_INFERENCE_ADDRESS_ENV: mms_address(runtime_dir),
+            MMS_MANAGEMENT_ADDRESS_ENV: management,
+            MMS_USE_NATIVE_IO_ENV: "true"}
 
 
 def _user_line() -> str:
@@ -82,7 +88,7 @@ def _user_line() -> str:
     return f"user {pwd.getpwuid(0).pw_name} {grp.getgrgid(os.getegid()).gr_name};\n"
 
 
-def render_config(settings: Settings, runtime_dir: str, max_body_bytes: int) -> str:
+def render_config(settings: ServeSettings, runtime_dir: str, max_body_bytes: int) -> str:
     # A type ending in "/" is a family (multipart/*); $form_type is the matched type's name.
     form_patterns = "\n".join(
         f'        "~*^\\s*({kind}{"[a-z0-9.+-]*" if kind.endswith("/") else ""})" "$1";'
@@ -154,7 +160,7 @@ http {{
 """
 
 
-def start(settings: Settings, runtime_dir: str, max_body_bytes: int) -> subprocess.Popen:
+def start(settings: ServeSettings, runtime_dir: str, max_body_bytes: int) -> subprocess.Popen:
     """Write the configuration, check it, start nginx (in the foreground, as our child)."""
     nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
     if nginx is None:

@@ -6,8 +6,10 @@ but fewer than the configured number have it (before they have all loaded it, or
 worker died). MMS 1.1.11 never restarts a killed worker (docs/RELIABILITY.md), so "Partial"
 after start is permanent: the endpoint would serve at a fraction of its capacity, unseen.
 SageMaker reads only the status code. nginx sends /ping here instead (a Unix socket in the
-runtime dir, served by a thread of the long-lived ``serve`` process); this asks MMS and turns
-anything but "Healthy", or no answer, into a JSON 503, so SageMaker replaces the instance.
+runtime dir, served by a thread of the long-lived ``serve`` process); this asks MMS, moves
+serve's state (container_serve/lifecycle.py) and answers from it: anything but READY ("Healthy"
+from MMS while serve is neither stopping nor failed) is a JSON 503 with the reason, so
+SageMaker replaces the instance.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ import threading
 from typing import Any
 
 from container_serve.errors import error_body
+from container_serve.lifecycle import MMS_HEALTHY, Lifecycle
 
 HEALTH_SOCKET = "health.sock"
-HEALTHY = "Healthy"  # every configured worker has the model; MMS restarts none of them
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -55,21 +57,21 @@ def mms_status(mms_socket: str, timeout: float = 5.0) -> str:
         return f"unreadable /ping answer from multi-model-server ({response.status})"
 
 
-def ping(mms_socket: str) -> tuple[int, str]:
-    status = mms_status(mms_socket)
-    if status == HEALTHY:
-        return 200, json.dumps({"status": status})
-    if status == "Partial Healthy":
-        return 503, error_body(503, "fewer workers have the model loaded than configured "
-                                    f"(multi-model-server: {status})")
-    return 503, error_body(503, f"no worker has the model loaded: {status}")
+def ping(mms_socket: str, lifecycle: Lifecycle) -> tuple[int, str]:
+    """Ask MMS while the port is open, then answer from serve's state (lifecycle.py)."""
+    if not lifecycle.is_final():
+        lifecycle.observe_mms(mms_status(mms_socket))
+    code, reason = lifecycle.ping()
+    if code == 200:
+        return code, json.dumps({"status": MMS_HEALTHY})
+    return code, error_body(code, reason)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     server: _Server
 
     def do_GET(self) -> None:  # http.server calls do_<METHOD>
-        code, body = ping(self.server.mms_socket)
+        code, body = ping(self.server.mms_socket, self.server.lifecycle)
         data = body.encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
@@ -87,14 +89,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     mms_socket = ""
+    lifecycle: Lifecycle
 
 
-def start(runtime_dir: str, mms_socket: str) -> str:
+def start(runtime_dir: str, mms_socket: str, lifecycle: Lifecycle) -> str:
     """Serve /ping on a Unix socket in runtime_dir from a daemon thread; return its path."""
     path = os.path.join(runtime_dir, HEALTH_SOCKET)
     if os.path.exists(path):
         os.unlink(path)
     server = _Server(path, _Handler)
     server.mms_socket = mms_socket
+    server.lifecycle = lifecycle
     threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
     return path

@@ -21,6 +21,7 @@ import torch
 from PIL.Image import Image
 from torch import nn
 
+from container_serve.env_names import MAX_REQUEST_PIXELS_ENV
 from container_serve.errors import (
     BadRequest,
     NotAcceptable,
@@ -28,7 +29,7 @@ from container_serve.errors import (
     UnsupportedMediaType,
 )
 from container_serve.media import IMAGE_TYPES, JSON, unsupported
-from container_serve.settings import MAX_REQUEST_PIXELS_ENV, Settings
+from container_serve.settings import ServeSettings
 from model_artifact.compiled import load_compiled
 from model_artifact.manifest import COMPILED, INT8, ArtifactError, Manifest
 from model_artifact.network import load_artifact
@@ -57,7 +58,7 @@ class ServedModel:
     model: nn.Module
     manifest: Manifest
     transform: Callable[[Any], torch.Tensor]
-    settings: Settings
+    settings: ServeSettings
     graph: str = "eager"  # what runs: compiled | frozen | eager | int8
 
 
@@ -85,7 +86,7 @@ def check_accept(accept: str | None) -> None:
     raise NotAcceptable(f"cannot answer in {accept!r}; this endpoint produces {JSON}")
 
 
-def parse_top_k(custom_attributes: str | None, settings: Settings) -> int:
+def parse_top_k(custom_attributes: str | None, settings: ServeSettings) -> int:
     """``top_k=N`` from SageMaker's CustomAttributes (``k=v`` pairs split by ';' or ',')."""
     for part in re.split(r"[;,]", custom_attributes or ""):
         key, _, value = part.partition("=")
@@ -132,7 +133,7 @@ def _parse_json(raw: bytes) -> Any:
         raise BadRequest(f"body is not valid JSON: {str(exc).split(';')[0]}") from None
 
 
-def _images_from_json(raw: bytes, settings: Settings) -> list[bytes]:
+def _images_from_json(raw: bytes, settings: ServeSettings) -> list[bytes]:
     doc = _parse_json(raw)
     if isinstance(doc, dict) and "image" in doc:
         items, where = [doc["image"]], "image"
@@ -162,7 +163,7 @@ def _freeze(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
         return torch.jit.optimize_for_inference(traced.eval())
 
 
-def _fp32_model(model_dir: str, manifest: Manifest, settings: Settings, example: torch.Tensor
+def _fp32_model(model_dir: str, manifest: Manifest, settings: ServeSettings, example: torch.Tensor
                 ) -> tuple[nn.Module, Manifest, str]:
     """The fp32 network in the form SERVE_GRAPH asks for, with the name of that form."""
     if settings.graph == "compiled" or (settings.graph == "auto"
@@ -192,7 +193,7 @@ def model_fn(model_dir: str) -> ServedModel:
     (hash-checked, ``torch.jit.load``); absent -> ArtifactError.
     Everything that can be done once is done here, so a request only decodes and runs forward.
     """
-    settings = Settings.from_env()
+    settings = ServeSettings.from_env()
     torch.set_num_threads(settings.threads_per_worker)
     manifest = Manifest.read(model_dir)
     size = manifest.preprocessing.crop_size
@@ -219,7 +220,7 @@ def model_fn(model_dir: str) -> ServedModel:
 
 
 def input_fn(
-    input_data: bytes | str | None, content_type: str | None, settings: Settings
+    input_data: bytes | str | None, content_type: str | None, settings: ServeSettings
 ) -> list[bytes]:
     """Request body -> encoded images, checked for type, size and count (not yet decoded)."""
     media = media_type(content_type) or "application/octet-stream"  # none given: sniff
@@ -254,7 +255,7 @@ def _client_errors(where: str) -> Iterator[None]:
         raise BadRequest(f"{where}{exc}") from None
 
 
-def _check_request_pixels(images: list[Image], resize: int, settings: Settings) -> None:
+def _check_request_pixels(images: list[Image], resize: int, settings: ServeSettings) -> None:
     """The batch's cost from the headers, before anything is decoded: per image the larger of
     the pixels decoded and the pixels Resize makes, summed; and the pixels the headers claim,
     summed (a JPEG's decoder reads all of them even at 1/8 scale: a progressive one buffers

@@ -23,20 +23,23 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from container_serve import front, health, privileges
-from container_serve.settings import (
+from container_serve import front, health, privileges, toolkit_patches
+from container_serve.env_names import (
     ARTIFACT_GATE_ENV,
     GRAPH_ENV,
+    INSTANCE_ENV,
+    MMS_LOG_LOCATION_ENV,
+    MMS_MAX_REQUEST_SIZE_ENV,
+    MMS_METRICS_LOCATION_ENV,
     MODEL_DIR_ENV,
     PORT_ENV,
     RUNTIME_DIR_ENV,
-    Settings,
-    SettingsError,
 )
+from container_serve.lifecycle import Lifecycle, ServeState
+from container_serve.settings import ServeSettings, ServeSettingsError
 
 HANDLER_SERVICE = "container_serve.handler_service"
 SOURCE_ROOT = str(Path(__file__).resolve().parent.parent)  # holds container_serve, model_artifact
-INSTANCE_ENV = "SERVE_INSTANCE_ID"
 MMS_NAMESPACE = "com.amazonaws.ml.mms.ModelServer"
 MMS_REQUEST_SLACK = 1 << 20  # MMS's own limit sits above ours: the handler answers 413 as JSON
 
@@ -63,7 +66,7 @@ def check(model_dir: str, passed_file: str | None = None) -> int:
 
     try:
         served = inference.model_fn(model_dir)
-    except (ArtifactError, SettingsError) as exc:
+    except (ArtifactError, ServeSettingsError) as exc:
         log(f"cannot serve {model_dir}: {exc}")
         return 1
     except Exception as exc:  # torch errors while building or running the network
@@ -105,11 +108,11 @@ def _start_check(model_dir: str) -> subprocess.Popen:
     return subprocess.Popen(command, env=env)
 
 
-def mms_max_request_bytes(settings: Settings) -> int:
+def mms_max_request_bytes(settings: ServeSettings) -> int:
     return settings.max_request_bytes + MMS_REQUEST_SLACK
 
 
-def _prepare_environment(settings: Settings, model_dir: str, runtime_dir: str) -> None:
+def _prepare_environment(settings: ServeSettings, model_dir: str, runtime_dir: str) -> None:
     """Exported values reach MMS (java) and its Python workers."""
     os.environ.update(settings.worker_env())
     os.environ[MODEL_DIR_ENV] = model_dir
@@ -119,7 +122,7 @@ def _prepare_environment(settings: Settings, model_dir: str, runtime_dir: str) -
     os.environ[ARTIFACT_GATE_ENV] = gate
     os.environ[RUNTIME_DIR_ENV] = runtime_dir
     os.environ[INSTANCE_ENV] = uuid.uuid4().hex
-    os.environ["MMS_MAX_REQUEST_SIZE"] = str(mms_max_request_bytes(settings))
+    os.environ[MMS_MAX_REQUEST_SIZE_ENV] = str(mms_max_request_bytes(settings))
     # nginx (container_serve.front) owns the public port; MMS listens on Unix sockets in the
     # runtime dir (MMS reads MMS_* variables over its config file: enable_envvars_config).
     os.environ.update(front.mms_env(runtime_dir))
@@ -131,11 +134,13 @@ def _prepare_environment(settings: Settings, model_dir: str, runtime_dir: str) -
     os.makedirs(os.path.join(runtime_dir, "logs"), exist_ok=True)
     # MMS's pid file (TMPDIR) and worker sockets (TEMP): one set per server, not per machine.
     os.environ["TMPDIR"] = os.environ["TEMP"] = runtime_dir
-    os.environ["LOG_LOCATION"] = os.environ["METRICS_LOCATION"] = f"{runtime_dir}/logs"
+    os.environ[MMS_LOG_LOCATION_ENV] = os.environ[MMS_METRICS_LOCATION_ENV] = f"{runtime_dir}/logs"
 
 
 class _Supervisor:
-    """Replaces two toolkit hooks: find *our* MMS, and stop it; then ends its leftovers.
+    """Runs one start-up: opens the port once the artifact check has passed, finds *our* MMS
+    and stops it (the two toolkit hooks it replaces, toolkit_patches.py), and ends what is
+    left. Every event moves ``lifecycle`` (lifecycle.py); the exit code is read from it.
 
     MMS (java) and its Python workers inherit our instance id in their environment: the
     toolkit's own lookup takes the only MMS on the machine and gives up if there are two
@@ -143,14 +148,13 @@ class _Supervisor:
     it stops or fails to bind the port (outside a container nothing else would end them).
     """
 
-    def __init__(self) -> None:
-        self.stopping = False
-        self.front_died = False
-        self.front_stopping = False
-        self.check_failed = False
+    def __init__(self, settings: ServeSettings, runtime_dir: str) -> None:
+        self.settings = settings
+        self.runtime_dir = runtime_dir
+        self.lifecycle = Lifecycle()
         self.marker = os.environ[INSTANCE_ENV]
         self.mms: Any = None
-        self.aborting = False
+        self.nginx: subprocess.Popen | None = None
         self.lock = threading.Lock()
 
     def _ours(self) -> list[Any]:
@@ -170,17 +174,21 @@ class _Supervisor:
             if MMS_NAMESPACE in (proc.info["cmdline"] or []):
                 with self.lock:
                     self.mms = proc
-                    if self.aborting:  # abort() came before MMS was up
+                    if self.lifecycle.is_final():  # failed before MMS was up
                         proc.terminate()
                 return proc
         raise LookupError("multi-model-server has not started")
 
-    def abort(self) -> None:
-        """Stop MMS from another thread, whether or not it has started yet."""
+    def fail(self, reason: str, quiet: bool = False) -> None:
+        """Stop MMS from any thread, whether or not it has started yet, unless serve is
+        already stopping or has failed (then this event is an effect of that one)."""
         import psutil
 
+        if not self.lifecycle.move(ServeState.FAILED, reason):
+            return
+        if not quiet:
+            log(reason)
         with self.lock:
-            self.aborting = True
             if self.mms is not None:
                 try:
                     self.mms.terminate()
@@ -191,7 +199,7 @@ class _Supervisor:
         def stop(signo: int, frame: Any) -> None:
             import psutil
 
-            self.stopping = True
+            self.lifecycle.move(ServeState.STOPPING, f"stopping on {signal.Signals(signo).name}")
             try:
                 mms_process.terminate()  # java stops its listeners and backend threads
             except psutil.Error:
@@ -200,18 +208,43 @@ class _Supervisor:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
 
-    def watch_front(self, nginx: subprocess.Popen) -> None:
+    def open_port_once_checked(self, check: subprocess.Popen) -> None:
+        check.wait()
+        if not os.path.exists(os.environ[ARTIFACT_GATE_ENV]):  # the workers wait for this file
+            self.fail("the artifact check failed", quiet=True)  # the check logged why
+            return
+        settings = self.settings
+        if not self.lifecycle.move(ServeState.LOADING, "no worker has the model loaded yet"):
+            return  # stopped or failed meanwhile: no port
+        try:
+            health.start(self.runtime_dir, front.mms_socket(self.runtime_dir), self.lifecycle)
+            self.nginx = front.start(settings, self.runtime_dir, mms_max_request_bytes(settings))
+        except (front.FrontError, OSError) as exc:
+            self.fail(f"cannot open port {settings.port}: {exc}")
+            return
+        log(f"nginx listens on port {settings.port}")
+        threading.Thread(target=self._watch_front, args=(self.nginx,), name="watch-nginx",
+                         daemon=True).start()
+
+    def _watch_front(self, nginx: subprocess.Popen) -> None:
         """If nginx dies, nothing reaches MMS any more: stop MMS so that the container exits
         and SageMaker replaces it, rather than leave a server nobody can reach."""
+        code = nginx.wait()
+        self.fail(f"nginx exited {code}; stopping multi-model-server")
 
-        def wait() -> None:
-            code = nginx.wait()
-            if not (self.stopping or self.front_stopping):
-                log(f"nginx exited {code}; stopping multi-model-server")
-                self.front_died = True
-                self.abort()
-
-        threading.Thread(target=wait, name="watch-nginx", daemon=True).start()
+    def shut_down(self, check: subprocess.Popen, gate: threading.Thread) -> int:
+        """MMS has exited: end the rest and return serve's exit code."""
+        self.fail("multi-model-server exited on its own")  # unless stopped or failed before
+        if check.poll() is None:
+            check.kill()
+        gate.join(timeout=30)
+        if self.nginx is not None:
+            self.nginx.terminate()
+        self.end_leftovers()
+        if self.lifecycle.state is ServeState.STOPPING:  # SIGTERM, also while the check ran
+            log("stopped")
+            return 0
+        return 1
 
     def end_leftovers(self) -> None:
         import psutil
@@ -230,17 +263,24 @@ class _Supervisor:
                 pass
 
 
-def serve(model_dir: str | None, port: int | None) -> int:
+def _settings(port: int | None) -> ServeSettings:
     env = dict(os.environ)
     if port is not None:
         env[PORT_ENV] = str(port)
+    return ServeSettings.from_env(env)
+
+
+def serve(model_dir: str | None, port: int | None) -> int:
     try:
-        settings = Settings.from_env(env)
-    except SettingsError as exc:
+        settings = _settings(port)
+    except ServeSettingsError as exc:
         log(str(exc))
         return 2
+    if (refusal := toolkit_patches.version_refusal()) is not None:
+        log(refusal)
+        return 1
     warnings.filterwarnings("ignore", "pkg_resources is deprecated")  # the toolkit's import
-    from sagemaker_inference import environment, model_server
+    from sagemaker_inference import environment
 
     model_dir = os.path.abspath(model_dir or environment.model_dir)
     if (refusal := _pin_refusal(model_dir)) is not None:
@@ -252,64 +292,35 @@ def serve(model_dir: str | None, port: int | None) -> int:
     # inherit the user (container_serve/privileges.py says what keeps root, and why).
     log(privileges.drop_root(model_dir, runtime_dir, settings.port))
     _prepare_environment(settings, model_dir, runtime_dir)
+    return _run(settings, model_dir, runtime_dir)
+
+
+def _run(settings: ServeSettings, model_dir: str, runtime_dir: str) -> int:
+    from sagemaker_inference import model_server
+
     # Validate once, before the port opens: a broken artifact must stop the container with its
     # reason, not leave workers that fail forever. The check runs while MMS starts on its
     # private socket: the workers import torch meanwhile and wait for the check
     # (transformer.wait_for_artifact_check) before loading the model.
     check = _start_check(model_dir)
-    # MMS 1.1.11 parses any file named manifest.json (any case, one level deep) in the model
-    # directory as its own legacy manifest and dies with a NullPointerException. So MMS gets an
-    # empty directory, and the workers load the artifact from $SERVE_MODEL_DIR.
-    mms_model_dir = os.path.join(runtime_dir, "mms-model")
+    mms_model_dir = os.path.join(runtime_dir, "mms-model")  # empty: toolkit_patches says why
     os.makedirs(mms_model_dir, exist_ok=True)
-    environment.model_dir = mms_model_dir  # the toolkit passes it as --models model=DIR
-    model_server.MMS_CONFIG_FILE = os.path.join(runtime_dir, "mms.properties")  # not /etc
-    supervisor = _Supervisor()
-    model_server._retrieve_mms_server_process = supervisor.find_mms
-    model_server._add_sigterm_handler = supervisor.add_stop_handlers
-    nginx: list[subprocess.Popen] = []
-
-    def open_port_once_checked() -> None:
-        check.wait()
-        if not os.path.exists(os.environ[ARTIFACT_GATE_ENV]):  # the workers wait for this file
-            supervisor.check_failed = True
-            supervisor.abort()
-            return
-        try:
-            health.start(runtime_dir, front.mms_socket(runtime_dir))
-            nginx.append(front.start(settings, runtime_dir, mms_max_request_bytes(settings)))
-        except (front.FrontError, OSError) as exc:
-            log(f"cannot open port {settings.port}: {exc}")
-            supervisor.front_died = True
-            supervisor.abort()
-            return
-        log(f"nginx listens on port {settings.port}")
-        supervisor.watch_front(nginx[0])
-
+    supervisor = _Supervisor(settings, runtime_dir)
+    toolkit_patches.patch_model_server(mms_model_dir, os.path.join(runtime_dir, "mms.properties"),
+                                       supervisor.find_mms, supervisor.add_stop_handlers)
     log(
         f"starting MMS ({settings.workers} worker(s) x {settings.threads_per_worker} "
         f"thread(s), timeout {settings.timeout_seconds} s) while the artifact is checked; "
         f"model {model_dir}, runtime dir {runtime_dir}"
     )
-    gate = threading.Thread(target=open_port_once_checked, name="artifact-check", daemon=True)
+    gate = threading.Thread(target=supervisor.open_port_once_checked, args=(check,),
+                            name="artifact-check", daemon=True)
     gate.start()
     try:
         model_server.start_model_server(handler_service=HANDLER_SERVICE)
     finally:
-        supervisor.front_stopping = True
-        if check.poll() is None:
-            check.kill()
-        gate.join(timeout=30)
-        for proc in nginx:
-            proc.terminate()
-        supervisor.end_leftovers()
-    if supervisor.stopping:  # SIGTERM, also while the check ran
-        log("stopped")
-        return 0
-    if supervisor.check_failed or supervisor.front_died:
-        return 1
-    log("multi-model-server exited on its own")
-    return 1
+        code = supervisor.shut_down(check, gate)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""Every environment knob the serving image reads, parsed and checked in one place.
+"""Every environment knob the serving image reads, parsed and checked in one place (the
+names: container_serve.env_names).
 
 ``serve`` parses them once at start (a bad value stops the container with the variable's
 name) and exports the resolved values, so each MMS worker computes exactly the same settings.
@@ -12,29 +13,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from container_serve.env_names import (
+    GRAPH_ENV,
+    MAX_IMAGES_ENV,
+    MAX_PAYLOAD_MB_ENV,
+    MAX_PIXELS_ENV,
+    MAX_REQUEST_BYTES_ENV,
+    MAX_REQUEST_PIXELS_ENV,
+    OMP_THREADS_ENV,
+    PORT_ENV,
+    PRECISION_ENV,
+    RUNTIME_DIR_ENV,
+    THREADS_ENV,
+    TIMEOUT_SECONDS_ENV,
+    TOP_K_ENV,
+    TOP_K_MAX_ENV,
+    WORKERS_ENV,
+)
 from model_artifact.preprocess import DEFAULT_MAX_PIXELS
-
-# Names SageMaker (or the inference toolkit) defines.
-PORT_ENV = "SAGEMAKER_BIND_TO_PORT"
-WORKERS_ENV = "SAGEMAKER_MODEL_SERVER_WORKERS"
-TIMEOUT_SECONDS_ENV = "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS"
-MAX_PAYLOAD_MB_ENV = "SAGEMAKER_MAX_PAYLOAD_IN_MB"
-# Ours.
-THREADS_ENV = "SERVE_THREADS_PER_WORKER"
-MAX_REQUEST_BYTES_ENV = "SERVE_MAX_REQUEST_BYTES"
-MAX_IMAGES_ENV = "SERVE_MAX_IMAGES"
-MAX_PIXELS_ENV = "SERVE_MAX_PIXELS"
-MAX_REQUEST_PIXELS_ENV = "SERVE_MAX_REQUEST_PIXELS"
-TOP_K_ENV = "SERVE_TOP_K"
-TOP_K_MAX_ENV = "SERVE_TOP_K_MAX"
-RUNTIME_DIR_ENV = "SERVE_RUNTIME_DIR"
-PRECISION_ENV = "SERVE_PRECISION"  # fp32 | int8 (the artifact's int8 variant)
-# fp32 graph: auto (the artifact's compiled variant if it loads here, else frozen) | compiled
-# (the variant or fail) | frozen (TorchScript trace + freeze, once per worker) | eager
-GRAPH_ENV = "SERVE_GRAPH"
-MODEL_DIR_ENV = "SERVE_MODEL_DIR"  # set by serve for the workers: the artifact to load
-# Set by serve for the workers: a file that exists once serve's artifact check has passed.
-ARTIFACT_GATE_ENV = "SERVE_ARTIFACT_GATE"
 
 # MMS's own request limit when nobody raises it; matches SageMaker's ~6 MB real-time limit.
 MMS_DEFAULT_MAX_REQUEST_BYTES = 6_553_500
@@ -45,7 +41,7 @@ PRECISIONS = ("fp32", "int8")
 GRAPHS = ("auto", "compiled", "frozen", "eager")
 
 
-class SettingsError(ValueError):
+class ServeSettingsError(ValueError):
     """An environment variable has a value we cannot use; the message names it."""
 
 
@@ -67,7 +63,7 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     if not raw:
         return choices[0]
     if raw not in choices:
-        raise SettingsError(f"{name}={raw!r} must be one of {', '.join(choices)}")
+        raise ServeSettingsError(f"{name}={raw!r} must be one of {', '.join(choices)}")
     return raw
 
 
@@ -78,14 +74,17 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> i
     try:
         value = int(raw)
     except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+        raise ServeSettingsError(f"{name}={raw!r} is not an integer") from None
     if value < minimum:
-        raise SettingsError(f"{name}={value} must be at least {minimum}")
+        raise ServeSettingsError(f"{name}={value} must be at least {minimum}")
     return value
 
 
 @dataclass(frozen=True)
-class Settings:
+class ServeSettings:
+    """The serving knobs. The field defaults are the documented defaults; ``from_env`` derives
+    only what depends on the machine or on another knob (workers, threads, request limits)."""
+
     port: int = 8080
     workers: int = 1
     threads_per_worker: int = 1
@@ -97,39 +96,40 @@ class Settings:
     top_k: int = 5
     top_k_max: int = 100
     runtime_dir: str | None = None
-    precision: str = "fp32"
-    graph: str = "auto"
+    precision: str = PRECISIONS[0]
+    graph: str = GRAPHS[0]
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServeSettings:
         env = os.environ if env is None else env
+        default = cls()
         cpus = available_cpus()
         workers = _int(env, WORKERS_ENV, cpus)
         # One worker per CPU by default; threads share what is left so that
         # workers x threads never oversubscribes the CPUs (oversubscription costs 2-3x).
         threads = _int(env, THREADS_ENV, max(1, cpus // workers))
         max_payload_mb = _int(env, MAX_PAYLOAD_MB_ENV, 0, minimum=0)
-        default_bytes = max_payload_mb * 1024 * 1024 or MMS_DEFAULT_MAX_REQUEST_BYTES
-        top_k_max = _int(env, TOP_K_MAX_ENV, 100)
-        max_pixels = _int(env, MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS)
+        default_bytes = max_payload_mb * 1024 * 1024 or default.max_request_bytes
+        top_k_max = _int(env, TOP_K_MAX_ENV, default.top_k_max)
+        max_pixels = _int(env, MAX_PIXELS_ENV, default.max_pixels)
         settings = cls(
-            port=_int(env, PORT_ENV, 8080),
+            port=_int(env, PORT_ENV, default.port),
             workers=workers,
             threads_per_worker=threads,
-            timeout_seconds=_int(env, TIMEOUT_SECONDS_ENV, 60),
+            timeout_seconds=_int(env, TIMEOUT_SECONDS_ENV, default.timeout_seconds),
             max_request_bytes=_int(env, MAX_REQUEST_BYTES_ENV, default_bytes),
-            max_images=_int(env, MAX_IMAGES_ENV, 16),
+            max_images=_int(env, MAX_IMAGES_ENV, default.max_images),
             max_pixels=max_pixels,
             max_request_pixels=_int(env, MAX_REQUEST_PIXELS_ENV,
                                     REQUEST_PIXELS_PER_IMAGE_LIMIT * max_pixels),
-            top_k=min(_int(env, TOP_K_ENV, 5), top_k_max),
+            top_k=min(_int(env, TOP_K_ENV, default.top_k), top_k_max),
             top_k_max=top_k_max,
-            runtime_dir=env.get(RUNTIME_DIR_ENV) or None,
+            runtime_dir=env.get(RUNTIME_DIR_ENV) or default.runtime_dir,
             precision=_choice(env, PRECISION_ENV, PRECISIONS),
             graph=_choice(env, GRAPH_ENV, GRAPHS),
         )
         if settings.port > 65535:
-            raise SettingsError(f"{PORT_ENV}={settings.port} is not a TCP port")
+            raise ServeSettingsError(f"{PORT_ENV}={settings.port} is not a TCP port")
         return settings
 
     def worker_env(self) -> dict[str, str]:
@@ -148,5 +148,5 @@ class Settings:
             PRECISION_ENV: self.precision,
             GRAPH_ENV: self.graph,
             # OpenMP/MKL pools outside torch.set_num_threads follow the same budget.
-            "OMP_NUM_THREADS": str(self.threads_per_worker),
+            OMP_THREADS_ENV: str(self.threads_per_worker),
         }

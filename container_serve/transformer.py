@@ -11,14 +11,16 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
 from sagemaker_inference.transformer import Transformer
 
 from container_serve import inference
+from container_serve.env_names import ARTIFACT_GATE_ENV, MODEL_DIR_ENV
 from container_serve.errors import ServeError, error_body, one_line
-from container_serve.settings import ARTIFACT_GATE_ENV, MODEL_DIR_ENV
+from container_serve.toolkit_patches import OwnFunctionsOnly
 from model_artifact.manifest import ArtifactError
 
 logger = logging.getLogger(__name__)
@@ -49,21 +51,15 @@ def wait_for_artifact_check(timeout: float = GATE_TIMEOUT_SECONDS) -> None:
         time.sleep(0.05)
 
 
-class ServeTransformer(Transformer):
+class ServeTransformer(OwnFunctionsOnly, Transformer):
     def validate_and_initialize(self, model_dir: str | None = None, context: Any = None) -> None:
         # MMS is given an empty directory (see serve.py); the artifact's path comes from serve.
         model_dir = os.environ.get(MODEL_DIR_ENV) or model_dir
         wait_for_artifact_check()
         super().validate_and_initialize(model_dir=model_dir, context=context)
 
-    def _validate_user_module_and_set_functions(self) -> None:
-        # Always ours: a stray module named by SAGEMAKER_PROGRAM must not replace them.
-        self._model_fn = inference.model_fn
-        self._input_fn = inference.input_fn
-        self._predict_fn = inference.predict_fn
-        self._output_fn = inference.output_fn
-        self._transform_fn = None
-        self._pre_model_fn = self._model_warmup_fn = None
+    def own_functions(self) -> tuple[Callable[..., Any], ...]:
+        return inference.model_fn, inference.input_fn, inference.predict_fn, inference.output_fn
 
     def transform(self, data: list[dict[str, Any]], context: Any) -> list[str]:
         responses = []

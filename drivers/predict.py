@@ -25,27 +25,16 @@ from typing import Any
 from drivers import common as driver
 from drivers.aws_settings import SettingsError, add_account_arguments, resolve
 from drivers.requests_log import to_jsonable
+from job_contract.media import sniff_image
 
 ACCEPT = "application/json"
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
-MAGIC: tuple[tuple[bytes, str], ...] = (
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"GIF87a", "image/gif"),
-    (b"GIF89a", "image/gif"),
-    (b"II*\x00", "image/tiff"),
-    (b"MM\x00*", "image/tiff"),
-    (b"BM", "image/bmp"),
-)
 
 
 def content_type_of(path: Path, data: bytes) -> str:
     """The media type from the bytes (what the server sniffs too), else from the name."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    for magic, media in MAGIC:
-        if data.startswith(magic):
-            return media
+    if (image := sniff_image(data)) is not None:
+        return image.media_type
     guessed, _ = mimetypes.guess_type(path.name)
     return guessed or "application/octet-stream"
 

@@ -15,6 +15,8 @@ from typing import Any, BinaryIO
 
 from PIL import Image, ImageOps
 
+from job_contract.media import FORMAT_NAMES, sniff_image
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_RATIO = 256 / 224  # torchvision's reference: resize to 256, crop 224
@@ -26,19 +28,6 @@ DEFAULT_MAX_PIXELS = 40_000_000
 # (~3 bytes per header pixel) even when decoded at 1/8 scale, so this bounds that memory.
 MAX_HEADER_PIXELS = 1 << 28
 HEADER_SIZE = "header_size"  # open_image's key in Image.info: (width, height) of the header
-
-# Formats we decode, by magic bytes: the format is sniffed, never trusted from a file name or
-# a content type, and Pillow opens the bytes with that one plugin only (Image.open formats=).
-_MAGIC = (
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-    (b"BM", "BMP"),
-)
-FORMAT_NAMES = "JPEG, PNG, WebP, GIF, BMP or TIFF"
 
 # open_image checks the header's size against its own limits before decoding, with a message
 # that names the size; Pillow's global guard would fire first with a vaguer one.
@@ -54,10 +43,11 @@ class ImageTooLargeError(ImageDecodeError):
 
 
 def sniff(data: bytes) -> str | None:
-    """The Pillow format name from the magic bytes, or None for anything we do not decode."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WEBP"
-    return next((name for magic, name in _MAGIC if data.startswith(magic)), None)
+    """The Pillow format name from the magic bytes, or None for anything we do not decode.
+    The format is sniffed, never trusted from a file name or a content type, and Pillow opens
+    the bytes with that one plugin only (Image.open formats=)."""
+    fmt = sniff_image(data)
+    return fmt.name if fmt else None
 
 
 def resized_pixels(size: tuple[int, int], resize: int) -> int:

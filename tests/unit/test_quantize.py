@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from container_serve import inference
-from container_serve.settings import Settings, SettingsError
 from model_artifact.manifest import COMPILED, INT8, ArtifactError, Manifest, Variant
 from model_artifact.preprocess import EvalPreprocessing
 from model_artifact.quantize import (
@@ -90,18 +89,6 @@ def test_bad_variant_fields_are_named(change: dict, fragment: str) -> None:
 def test_variants_must_be_an_object() -> None:
     with pytest.raises(ArtifactError, match="variants must be an object"):
         Manifest.from_dict(manifest_dict(variants=[VARIANT]))
-
-
-def test_precision_knob() -> None:
-    assert Settings.from_env({}).precision == "fp32"
-    assert Settings.from_env({"SERVE_PRECISION": "INT8"}).precision == "int8"
-    assert Settings.from_env({"SERVE_PRECISION": "int8"}).worker_env()["SERVE_PRECISION"] == "int8"
-    with pytest.raises(SettingsError, match="SERVE_PRECISION='fp16' must be one of fp32, int8"):
-        Settings.from_env({"SERVE_PRECISION": "fp16"})
-    assert Settings.from_env({}).graph == "auto"
-    assert Settings.from_env({"SERVE_GRAPH": "Compiled"}).worker_env()["SERVE_GRAPH"] == "compiled"
-    with pytest.raises(SettingsError, match="SERVE_GRAPH='inductor' must be one of auto, compiled"):
-        Settings.from_env({"SERVE_GRAPH": "inductor"})
 
 
 def write_manifest(model_dir: Path, **extra: object) -> Manifest:

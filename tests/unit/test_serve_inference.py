@@ -20,11 +20,11 @@ from container_serve.errors import (
     UnsupportedMediaType,
     error_body,
 )
-from container_serve.settings import Settings
+from container_serve.settings import ServeSettings
 from model_artifact.manifest import Manifest
 from model_artifact.preprocess import EvalPreprocessing
 
-SETTINGS = Settings(max_request_bytes=200_000, max_images=3, max_pixels=1_000_000,
+SETTINGS = ServeSettings(max_request_bytes=200_000, max_images=3, max_pixels=1_000_000,
                     max_request_pixels=1_500_000, top_k=2)
 CLASSES = ("a", "b", "c")
 

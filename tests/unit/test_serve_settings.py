@@ -1,16 +1,19 @@
-"""container_serve.settings and the serve CLI: environment knobs, defaults, refusals."""
+"""container_serve.settings (ServeSettings) and the serve CLI: knobs, defaults, refusals."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
-from container_serve import serve, settings
-from container_serve.settings import Settings, SettingsError
+from container_serve import env_names, serve, settings
+from container_serve.settings import ServeSettings, ServeSettingsError
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(settings, "available_cpus", lambda: 4)
-    s = Settings.from_env({})
+    s = ServeSettings.from_env({})
     assert (s.port, s.workers, s.threads_per_worker, s.timeout_seconds) == (8080, 4, 1, 60)
     assert s.max_request_bytes == settings.MMS_DEFAULT_MAX_REQUEST_BYTES == 6_553_500
     assert (s.max_images, s.top_k, s.top_k_max) == (16, 5, 100)
@@ -19,13 +22,13 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(("workers", "threads"), [("1", 4), ("2", 2), ("3", 1), ("8", 1)])
 def test_threads_fit_the_cpus(monkeypatch: pytest.MonkeyPatch, workers: str, threads: int) -> None:
     monkeypatch.setattr(settings, "available_cpus", lambda: 4)
-    s = Settings.from_env({settings.WORKERS_ENV: workers})
+    s = ServeSettings.from_env({env_names.WORKERS_ENV: workers})
     assert s.threads_per_worker == threads
     assert s.workers * s.threads_per_worker <= max(4, s.workers)
 
 
 def test_overrides() -> None:
-    s = Settings.from_env({
+    s = ServeSettings.from_env({
         "SAGEMAKER_BIND_TO_PORT": "9001",
         "SAGEMAKER_MODEL_SERVER_WORKERS": "2",
         "SERVE_THREADS_PER_WORKER": "3",
@@ -40,13 +43,13 @@ def test_overrides() -> None:
     assert s.max_request_bytes == 10 * 1024 * 1024
     assert (s.max_images, s.max_pixels) == (4, 1000)
     assert (s.top_k, s.top_k_max) == (10, 10)  # the default never exceeds the cap
-    assert Settings.from_env({"SERVE_MAX_REQUEST_BYTES": "123"}).max_request_bytes == 123
+    assert ServeSettings.from_env({"SERVE_MAX_REQUEST_BYTES": "123"}).max_request_bytes == 123
 
 
 def test_worker_env_round_trips() -> None:
-    s = Settings.from_env({"SAGEMAKER_MODEL_SERVER_WORKERS": "2", "SERVE_TOP_K": "3"})
+    s = ServeSettings.from_env({"SAGEMAKER_MODEL_SERVER_WORKERS": "2", "SERVE_TOP_K": "3"})
     env = s.worker_env()
-    assert Settings.from_env(env) == s
+    assert ServeSettings.from_env(env) == s
     assert env["OMP_NUM_THREADS"] == str(s.threads_per_worker)
 
 
@@ -57,8 +60,8 @@ def test_worker_env_round_trips() -> None:
      ("SERVE_TOP_K", "1.5")],
 )
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
-    with pytest.raises(SettingsError, match=name):
-        Settings.from_env({name: value})
+    with pytest.raises(ServeSettingsError, match=name):
+        ServeSettings.from_env({name: value})
 
 
 def test_available_cpus_is_positive() -> None:
@@ -90,10 +93,42 @@ def test_check_names_the_missing_manifest(
 
 
 def test_request_pixel_budget_defaults_to_twice_the_image_limit() -> None:
-    assert Settings.from_env({}).max_request_pixels == 80_000_000
-    assert Settings.from_env({"SERVE_MAX_PIXELS": "1000"}).max_request_pixels == 2000
-    s = Settings.from_env({"SERVE_MAX_REQUEST_PIXELS": "123456"})
+    assert ServeSettings.from_env({}).max_request_pixels == 80_000_000
+    assert ServeSettings.from_env({"SERVE_MAX_PIXELS": "1000"}).max_request_pixels == 2000
+    s = ServeSettings.from_env({"SERVE_MAX_REQUEST_PIXELS": "123456"})
     assert s.max_request_pixels == 123456
-    assert Settings.from_env(s.worker_env()).max_request_pixels == 123456
-    with pytest.raises(SettingsError, match="SERVE_MAX_REQUEST_PIXELS"):
-        Settings.from_env({"SERVE_MAX_REQUEST_PIXELS": "lots"})
+    assert ServeSettings.from_env(s.worker_env()).max_request_pixels == 123456
+    with pytest.raises(ServeSettingsError, match="SERVE_MAX_REQUEST_PIXELS"):
+        ServeSettings.from_env({"SERVE_MAX_REQUEST_PIXELS": "lots"})
+
+
+def test_the_defaults_are_the_dataclass_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One definition of each default: an empty environment on one CPU gives ServeSettings()."""
+    monkeypatch.setattr(settings, "available_cpus", lambda: 1)
+    assert ServeSettings.from_env({}) == ServeSettings()
+
+
+def test_every_environment_name_is_spelled_once() -> None:
+    """Serving's variable names live in container_serve/env_names.py; the other modules import
+    them, so a renamed variable cannot be missed in one of its readers."""
+    package = Path(serve.__file__).parent
+    name = re.compile(r"[\"'](?:SERVE|SAGEMAKER|MMS)_[A-Z0-9_]+[\"']")
+    spelled = {str(path.name): name.findall(path.read_text()) for path in package.glob("*.py")
+               if path.name != "env_names.py"}
+    assert {k: v for k, v in spelled.items() if v} == {}
+
+
+def test_precision_and_graph_knobs() -> None:  # moved here from test_quantize.py
+    assert ServeSettings.from_env({}).precision == "fp32"
+    assert ServeSettings.from_env({"SERVE_PRECISION": "INT8"}).precision == "int8"
+    env = ServeSettings.from_env({"SERVE_PRECISION": "int8"}).worker_env()
+    assert env["SERVE_PRECISION"] == "int8"
+    with pytest.raises(ServeSettingsError,
+                       match="SERVE_PRECISION='fp16' must be one of fp32, int8"):
+        ServeSettings.from_env({"SERVE_PRECISION": "fp16"})
+    assert ServeSettings.from_env({}).graph == "auto"
+    env = ServeSettings.from_env({"SERVE_GRAPH": "Compiled"}).worker_env()
+    assert env["SERVE_GRAPH"] == "compiled"
+    with pytest.raises(ServeSettingsError,
+                       match="SERVE_GRAPH='inductor' must be one of auto, compiled"):
+        ServeSettings.from_env({"SERVE_GRAPH": "inductor"})

@@ -12,7 +12,7 @@ from mms.context import Context, RequestProcessor
 from mms.model_loader import ModelLoader
 
 from container_serve import handler_service, inference
-from container_serve.settings import MODEL_DIR_ENV
+from container_serve.env_names import MODEL_DIR_ENV
 from container_serve.transformer import ServeTransformer
 
 from .test_serve_inference import JPEG, served  # noqa: F401  (fixture)

@@ -1,0 +1,45 @@
+"""Every environment variable name the serving side reads or sets, in one place.
+
+What a deployer may set is documented in docs/serving-api.md; container_serve.settings parses
+those. The rest are set by ``serve`` for the processes it starts. Standard process variables
+(PATH, PYTHONPATH, HOME, TMPDIR, ...) keep their plain names at their one use.
+"""
+
+from __future__ import annotations
+
+# Read by model_artifact (every reader of the manifest checks it); the deployer pins it.
+from model_artifact.manifest import MANIFEST_PIN_ENV as MANIFEST_PIN_ENV
+
+# Names SageMaker (or the inference toolkit) defines.
+PORT_ENV = "SAGEMAKER_BIND_TO_PORT"
+WORKERS_ENV = "SAGEMAKER_MODEL_SERVER_WORKERS"
+TIMEOUT_SECONDS_ENV = "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS"
+MAX_PAYLOAD_MB_ENV = "SAGEMAKER_MAX_PAYLOAD_IN_MB"
+
+# Ours: the knobs a deployer may set.
+THREADS_ENV = "SERVE_THREADS_PER_WORKER"
+MAX_REQUEST_BYTES_ENV = "SERVE_MAX_REQUEST_BYTES"
+MAX_IMAGES_ENV = "SERVE_MAX_IMAGES"
+MAX_PIXELS_ENV = "SERVE_MAX_PIXELS"
+MAX_REQUEST_PIXELS_ENV = "SERVE_MAX_REQUEST_PIXELS"
+TOP_K_ENV = "SERVE_TOP_K"
+TOP_K_MAX_ENV = "SERVE_TOP_K_MAX"
+RUNTIME_DIR_ENV = "SERVE_RUNTIME_DIR"
+PRECISION_ENV = "SERVE_PRECISION"  # fp32 | int8 (the artifact's int8 variant)
+# fp32 graph: auto (the artifact's compiled variant if it loads here, else frozen) | compiled
+# (the variant or fail) | frozen (TorchScript trace + freeze, once per worker) | eager
+GRAPH_ENV = "SERVE_GRAPH"
+
+# Set by serve for the processes it starts.
+MODEL_DIR_ENV = "SERVE_MODEL_DIR"  # the workers: the artifact to load
+ARTIFACT_GATE_ENV = "SERVE_ARTIFACT_GATE"  # the workers: a file that exists once the check passed
+INSTANCE_ENV = "SERVE_INSTANCE_ID"  # MMS and its workers: how serve finds *its* processes
+OMP_THREADS_ENV = "OMP_NUM_THREADS"  # OpenMP/MKL pools outside torch.set_num_threads
+
+# multi-model-server's own (its java reads MMS_* over its config file: enable_envvars_config).
+MMS_MAX_REQUEST_SIZE_ENV = "MMS_MAX_REQUEST_SIZE"
+MMS_INFERENCE_ADDRESS_ENV = "MMS_INFERENCE_ADDRESS"
+MMS_MANAGEMENT_ADDRESS_ENV = "MMS_MANAGEMENT_ADDRESS"
+MMS_USE_NATIVE_IO_ENV = "MMS_USE_NATIVE_IO"
+MMS_LOG_LOCATION_ENV = "LOG_LOCATION"  # MMS's log4j configuration reads these two
+MMS_METRICS_LOCATION_ENV = "METRICS_LOCATION"
