@@ -7,8 +7,8 @@ those. The rest are set by ``serve`` for the processes it starts. Standard proce
 
 from __future__ import annotations
 
-# Read by model_artifact (every reader of the manifest checks it); the deployer pins it.
-from model_artifact.manifest import MANIFEST_PIN_ENV as MANIFEST_PIN_ENV
+# Set by the deploy driver, read by model_artifact (every reader of the manifest checks it).
+from job_contract.deployment import MANIFEST_PIN_ENV as MANIFEST_PIN_ENV
 
 # Names SageMaker (or the inference toolkit) defines.
 PORT_ENV = "SAGEMAKER_BIND_TO_PORT"

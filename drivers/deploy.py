@@ -30,6 +30,7 @@ from drivers.aws_settings import (
     resolve,
     s3_uri_type,
 )
+from job_contract.deployment import MANIFEST_PIN_ENV
 
 ENDPOINT_PREFIX = "resnet-serve"
 VARIANT = "AllTraffic"
@@ -41,7 +42,6 @@ CAPTURE_JSON_TYPES = ["application/json"]
 # Set on everything deploy.py creates; --delete touches nothing without it.
 OWNER_TAG = {"Key": "sagemaker-resnet50:created-by", "Value": "scripts/deploy.py"}
 # The serving container checks the artifact's manifest.json against this sha256 (docs/artifact.md).
-MANIFEST_SHA256_ENV = "SERVE_MANIFEST_SHA256"
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="environment of the serving container (e.g. SAGEMAKER_MODEL_SERVER_"
                         "WORKERS=2); repeatable")
     m.add_argument("--manifest-sha256", type=sha256_type, metavar="HEX",
-                   help=f"pin the artifact: sets {MANIFEST_SHA256_ENV}, the serving container "
+                   help=f"pin the artifact: sets {MANIFEST_PIN_ENV}, the serving container "
                         "refuses a model.tar.gz whose manifest.json has another sha256 (the "
                         "training job logs manifest_sha256=HEX)")
     m.add_argument("--yes", action="store_true",
@@ -133,11 +133,11 @@ def container_environment(args: argparse.Namespace) -> dict[str, str]:
     """--env pairs, plus the manifest pin of --manifest-sha256."""
     env = driver.parse_key_values(args.env, "--env")
     if args.manifest_sha256:
-        given = env.get(MANIFEST_SHA256_ENV, args.manifest_sha256).lower()
+        given = env.get(MANIFEST_PIN_ENV, args.manifest_sha256).lower()
         if given != args.manifest_sha256:
-            raise SettingsError(f"--manifest-sha256 and --env {MANIFEST_SHA256_ENV}=... "
+            raise SettingsError(f"--manifest-sha256 and --env {MANIFEST_PIN_ENV}=... "
                                 "disagree: give one")
-        env[MANIFEST_SHA256_ENV] = args.manifest_sha256
+        env[MANIFEST_PIN_ENV] = args.manifest_sha256
     return env
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from job_contract.deployment import MANIFEST_PIN_ENV
 from model_artifact.preprocess import EvalPreprocessing
 
 FORMAT_VERSION = 1
@@ -26,9 +27,6 @@ ARCHITECTURES = ("resnet50",)
 INT8 = "int8"
 COMPILED = "compiled"
 VARIANT_NAMES = (INT8, COMPILED)  # optional extra forms of the same model, see docs/artifact.md
-# Set by the deployer (scripts/deploy.py --manifest-sha256): the sha256 of manifest.json's
-# bytes, known from outside the archive; every reader refuses any other manifest.
-MANIFEST_PIN_ENV = "SERVE_MANIFEST_SHA256"
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 

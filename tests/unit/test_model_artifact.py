@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from model_artifact.manifest import MANIFEST_PIN_ENV, ArtifactError, Manifest, manifest_sha256
+from job_contract.deployment import MANIFEST_PIN_ENV
+from model_artifact.manifest import ArtifactError, Manifest, manifest_sha256
 from model_artifact.network import build_model, file_sha256, load_artifact
 from model_artifact.preprocess import (
     EvalPreprocessing,
