@@ -243,7 +243,7 @@ class Search:
     def objective_fn(self, optuna: Any) -> Any:
         from container_train.config import parse_config
         from container_train.engine import Callback
-        from container_train.main import run
+        from container_train.main import finish, fit, setup
         from container_train.reports import render_figures
 
         key = METRIC_TO_KEY[self.objective]
@@ -286,8 +286,10 @@ class Search:
                 argv += [f"--{name}", str(value)]
             try:
                 with trial_log(folder / "train.log"):
-                    final = run(parse_config(argv), [callback], figures=False,
-                                keep_model=self._better_than_best(key))
+                    trained = fit(setup(parse_config(argv)), [callback])
+                    keep = self._better_than_best(key)
+                    finish(trained, figures=False, export=keep is None or keep(trained.final))
+                final = trained.final
                 value = float(final[key])
                 if not math.isfinite(value):
                     raise ValueError(f"{self.objective} is {value}")
