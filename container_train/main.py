@@ -395,10 +395,10 @@ def export_model(trained: Trained) -> Manifest:
     valid_images = [path for path, _ in job.splits["valid"].samples]
     if hp.int8:
         manifest = write_int8(model_dir, net, manifest, train_images=train_images,
-                              valid_images=valid_images, seed=hp.seed)
+                              valid_images=valid_images, seed=hp.seed, log=log)
     if hp.compile:
         manifest = write_compiled(model_dir, net, manifest, valid_images=valid_images,
-                                  seed=hp.seed)
+                                  seed=hp.seed, log=log)
     # The value a deployer pins from outside the archive (scripts/deploy.py --manifest-sha256).
     log.info("manifest_sha256=%s", manifest_sha256(model_dir))
     return manifest

@@ -3,7 +3,9 @@
 ask for them (``int8``, ``compile``).
 
 A variant that cannot be written is logged and left out: the fp32 artifact stays usable, and
-serving says what is missing (``SERVE_PRECISION=int8``) or uses its TorchScript graph.
+serving says what is missing (``SERVE_PRECISION=int8``) or uses its TorchScript graph. The
+variant writers log to the caller's ``log`` (the training job's, so the lines land in the
+job's log, which local tuning captures per trial).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import nn
 from model_artifact.manifest import COMPILED, INT8, ArtifactError, Manifest
 from model_artifact.network import file_sha256
 
-log = logging.getLogger(__name__)
+_log = logging.getLogger(__name__)
 
 Images = Sequence[str | os.PathLike[str]]
 INT8_CHECK_IMAGES = 128  # held-out images the int8 agreement is measured on
@@ -44,7 +46,7 @@ def write_artifact(model_dir: Path, model: nn.Module, manifest: Manifest) -> Man
 
 
 def write_int8(model_dir: Path, model: nn.Module, manifest: Manifest, *, train_images: Images,
-               valid_images: Images, seed: int) -> Manifest:
+               valid_images: Images, seed: int, log: logging.Logger = _log) -> Manifest:
     """The int8 variant (model_artifact.quantize), calibrated on a seeded sample of training
     images and checked on one of validation images. Returns the manifest as written, or
     ``manifest`` unchanged when quantization failed (logged)."""
@@ -74,7 +76,7 @@ def write_int8(model_dir: Path, model: nn.Module, manifest: Manifest, *, train_i
 
 
 def write_compiled(model_dir: Path, model: nn.Module, manifest: Manifest, *,
-                   valid_images: Images, seed: int) -> Manifest:
+                   valid_images: Images, seed: int, log: logging.Logger = _log) -> Manifest:
     """The compiled variant (model_artifact.compiled), checked against fp32 on a seeded sample
     of validation images. Returns the manifest as written, or ``manifest`` unchanged when
     compiling failed (logged)."""
