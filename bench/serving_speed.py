@@ -69,12 +69,12 @@ def make_artifact(model_dir: Path, seed: int = 0) -> dict:
     plus its int8 variant. Returns the manifest's int8 variant (agreement from the files)."""
     import torch
 
-    from container_train.main import write_artifact
     from model_artifact.compiled import write_compiled_variant
     from model_artifact.manifest import Manifest
     from model_artifact.network import build_model
-    from model_artifact.preprocess import EvalPreprocessing
-    from model_artifact.quantize import image_batches, write_int8_variant
+    from model_artifact.preprocess import EvalPreprocessing, image_batches
+    from model_artifact.quantize import CALIBRATION_IMAGES, write_int8_variant
+    from model_artifact.writer import write_artifact
 
     torch.manual_seed(seed)
     classes = sorted(p.name for p in (PHOTOS / "train").iterdir() if p.is_dir())
@@ -112,7 +112,7 @@ def make_artifact(model_dir: Path, seed: int = 0) -> dict:
                         versions={"torch": torch.__version__}, metrics={})
     manifest = write_artifact(model_dir, model, manifest)
     rng = random.Random(seed)
-    calibration = sorted(rng.sample(train, min(64, len(train))))
+    calibration = sorted(rng.sample(train, min(CALIBRATION_IMAGES, len(train))))
     manifest = write_int8_variant(model_dir, model, manifest, calibration, fixed_set())
     # The compiled variant, as the training job writes it by default: fp32 serving runs it.
     manifest = write_compiled_variant(model_dir, model, manifest, fixed_set())

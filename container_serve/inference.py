@@ -44,7 +44,8 @@ from model_artifact.preprocess import (
     resized_pixels,
     sniff,
 )
-from model_artifact.quantize import agreement_warning, load_int8, quiet
+from model_artifact.quantize import agreement_warning, load_int8
+from model_artifact.torch_warnings import quiet
 
 logger = logging.getLogger(__name__)
 ACCEPTABLE = frozenset({JSON, "application/*", "*/*"})
@@ -175,7 +176,7 @@ def _fp32_model(model_dir: str, manifest: Manifest, settings: ServeSettings, exa
             if settings.graph == "compiled":
                 raise
             logger.warning("compiled variant not used (%s); serving the TorchScript graph", exc)
-    fp32, manifest = load_artifact(model_dir)
+    fp32, manifest = load_artifact(model_dir, manifest)
     # channels_last: ~1.6x faster convolutions on CPU, and the layout training evaluates in.
     model = fp32.to(memory_format=torch.channels_last)
     if settings.graph == "eager":

@@ -14,15 +14,19 @@ Everything is plain data and tensors, so it loads with ``weights_only=True``.
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import os
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, Sampler
 
+from container_train import distributed
 from container_train.engine import EpochProgress
 from container_train.errors import TrainingError
 
@@ -171,3 +175,42 @@ def load_if_compatible(directory: Path | None, *, model: torch.nn.Module,
         bad_epochs=payload["bad_epochs"],
         mid_epoch=mid,
     )
+
+
+def resume_point(state: TrainingState, ctx: distributed.Context,
+                 epoch: int) -> EpochProgress | None:
+    """This process's progress in ``epoch`` when the checkpoint stopped inside it (its random
+    generators restored), else None."""
+    mid = state.mid_epoch
+    if mid is None or mid.epoch != epoch:
+        return None
+    if len(mid.progress) != ctx.world_size:
+        log.warning("epoch %d was stopped with %d process(es) and this job has %d: it restarts "
+                    "from its first batch with the weights reached", epoch, len(mid.progress),
+                    ctx.world_size)
+        return None
+    restore_rng(mid.rng[ctx.rank])
+    return mid.progress[ctx.rank]
+
+
+class _Skipping(Sampler[int]):
+    """The rest of an epoch's sampler: its first ``skip`` indices left out."""
+
+    def __init__(self, sampler: Sampler[int], skip: int):
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(len(self.sampler) - self.skip, 0)  # type: ignore[arg-type]
+
+
+def remaining_batches(loader: DataLoader, steps_done: int, seed: int) -> DataLoader:
+    """The batches of a stopped epoch after ``steps_done``, with the loader's settings. Its
+    own generator: starting its iterator draws a seed, which must not move the restored
+    global generator that the augmentation draws from."""
+    return DataLoader(loader.dataset, batch_size=loader.batch_size,
+                      sampler=_Skipping(loader.sampler, steps_done * (loader.batch_size or 1)),
+                      num_workers=loader.num_workers, pin_memory=loader.pin_memory,
+                      generator=torch.Generator().manual_seed(seed))

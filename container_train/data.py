@@ -143,18 +143,17 @@ def train_transform(pre: EvalPreprocessing) -> Callable:
     ])
 
 
-def resolve_num_workers(requested: int | str, device: torch.device | None = None,
-                        procs_per_host: int = 1) -> int:
-    """auto: on GPUs, the host's CPUs shared by its processes (max 8 each) feed the device;
-    on CPU, 0: every core already runs the model's threads, and worker processes competing for
-    them cost more than decoding in the loop (bench/train_finetune.py: 17.3 images/s with 0
-    workers, 11-12 with 1-2, on 2 cores)."""
+def resolve_num_workers(requested: int | str, device: torch.device) -> int:
+    """DataLoader worker processes per training process. auto: on GPUs, the host's CPUs shared
+    by its processes (one per GPU, max 8 workers each) feed the device; on CPU, 0: every core
+    already runs the model's threads, and worker processes competing for them cost more than
+    decoding in the loop (bench/README.md, train_finetune.py, has the measurement)."""
     if requested != "auto":
         return int(requested)
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu":
         return 0
-    return max(1, min((os.cpu_count() or 1) // max(procs_per_host, 1), 8))
+    procs_per_host = torch.cuda.device_count() or 1
+    return max(1, min((os.cpu_count() or 1) // procs_per_host, 8))
 
 
 class ShardSampler(Sampler[int]):

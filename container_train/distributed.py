@@ -107,17 +107,24 @@ class Context:
         return self.world_size > 1
 
 
+def training_device(local_rank: int | None = None) -> torch.device:
+    """The device a training process computes on: a GPU when there is one (``cuda:<local
+    rank>`` for a torchrun worker, ``cuda`` for a single process), else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda" if local_rank is None else f"cuda:{local_rank}")
+
+
 def init() -> Context:
     """Join the process group when started by torchrun; a single process otherwise."""
-    cuda = torch.cuda.is_available()
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return Context(device=torch.device("cuda" if cuda else "cpu"))
+        return Context(device=training_device())
     local_rank = int(os.environ["LOCAL_RANK"])
-    if cuda:
+    device = training_device(local_rank)
+    if device.type == "cuda":
         torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend="nccl" if cuda else "gloo")
-    ctx = Context(dist.get_rank(), dist.get_world_size(), local_rank,
-                  torch.device(f"cuda:{local_rank}" if cuda else "cpu"))
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    ctx = Context(dist.get_rank(), dist.get_world_size(), local_rank, device)
     for handler in logging.getLogger().handlers:  # every host logs; lines say whose they are
         handler.setFormatter(logging.Formatter(
             f"%(asctime)s %(levelname)s [rank {ctx.rank}/{ctx.world_size}] %(message)s"))

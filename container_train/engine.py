@@ -215,11 +215,12 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, criterion: nn.Module, loader: DataLoader, device: torch.device,
-             callbacks: list[Callback], precision: Precision = Precision(),
-             normalize: Normalize | None = None,
-             should_stop: Callable[[], bool] = _never) -> EpochStats | None:
-    """None when ``should_stop()`` turned true (checked after every batch)."""
+def eval_pass(model: nn.Module, criterion: nn.Module, loader: DataLoader, device: torch.device,
+              callbacks: list[Callback], precision: Precision = Precision(),
+              normalize: Normalize | None = None,
+              should_stop: Callable[[], bool] = _never) -> EpochStats | None:
+    """One pass over ``loader`` in eval mode: loss, accuracy, and every label and prediction.
+    None when ``should_stop()`` turned true (checked after every batch)."""
     model.eval()
     for cb in callbacks:
         cb.on_mode("eval")

@@ -191,6 +191,6 @@ RULES: tuple[Callable[[RunFacts, Thresholds], Finding | None], ...] = (
 )
 
 
-def evaluate(facts: RunFacts, thresholds: Thresholds = THRESHOLDS) -> list[Finding]:
+def diagnose(facts: RunFacts, thresholds: Thresholds = THRESHOLDS) -> list[Finding]:
     """Every rule that fires, in RULES order."""
     return [found for rule in RULES if (found := rule(facts, thresholds)) is not None]

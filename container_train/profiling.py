@@ -30,7 +30,6 @@ from torch import nn
 
 from container_train import debugger
 from container_train.config import JobConfig
-from container_train.data import resolve_num_workers
 from container_train.engine import Callback
 
 log = logging.getLogger(__name__)
@@ -277,22 +276,21 @@ class TorchProfiler(Callback):
         log.info("torch.profiler trace: %s", ", ".join(map(str, traces)) or "none written")
 
 
-def make_callbacks(config: JobConfig, *, is_main: bool = True,
-                   device: torch.device | None = None) -> list[Callback]:
+def make_callbacks(config: JobConfig, *, is_main: bool, device: torch.device,
+                   num_workers: int) -> list[Callback]:
     """Everything that observes a job: the Debugger hook (when SageMaker asked for one), step
-    timings, TensorBoard scalars and the optional torch.profiler trace. Only the main process
+    timings, TensorBoard scalars and the optional torch.profiler trace. ``num_workers``: the
+    DataLoader workers the job runs with, recorded in step_summary.json. Only the main process
     writes: other ranks get an empty list."""
     if not is_main:
         return []
     hp = config.hyperparameters
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     callbacks: list[Callback] = []
     hook = debugger.make_debugger_callback()
     if hook is not None:
         callbacks.append(hook)
     callbacks.append(StepRecorder(config.output_data_dir, device=device,
-                                  batch_size=hp.batch_size,
-                                  num_workers=resolve_num_workers(hp.num_workers, device),
+                                  batch_size=hp.batch_size, num_workers=num_workers,
                                   debugger_configured=hook is not None))
     tb_dir = config.tensorboard_dir or config.output_data_dir / "tensorboard"
     callbacks.append(TensorBoardLogger(tb_dir))

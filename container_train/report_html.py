@@ -174,7 +174,7 @@ def build_report(output_dir: Path) -> tuple[str, list[rules.Finding]]:
         train_step_losses=[r["loss"] for r in steps
                            if r["mode"] == "train" and r["loss"] is not None],
         num_classes=len(confusion.get("class_names", [])))
-    found = rules.evaluate(facts)
+    found = rules.diagnose(facts)
 
     final = metrics.get("final", {})
     final_table = _table(["metric", "value"], [[k, _fmt(v)] for k, v in final.items()])

@@ -85,8 +85,9 @@ def write_reports(output_dir: Path, *, class_names: list[str], history: list[dic
 
 
 def render_figures(output_dir: Path) -> None:
-    """confusion_matrix.png, curves.png and report.html from the JSON files in output_dir
-    (matplotlib: about 0.4 s, most of a cached-feature tuning trial)."""
+    """confusion_matrix.png, curves.png and report.html from the JSON files in output_dir.
+    Separate from write_reports because matplotlib costs most of a cached-feature tuning
+    trial (bench/README.md), so local tuning renders them for its best trials only."""
     confusion = json.loads((output_dir / "confusion_matrix.json").read_text())
     history = json.loads((output_dir / "metrics.json").read_text())["history"]
     plot_confusion(confusion["matrix"], confusion["class_names"],

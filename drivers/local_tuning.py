@@ -240,7 +240,7 @@ class Search:
     def objective_fn(self, optuna: Any) -> Any:
         from container_train.config import JobConfig
         from container_train.engine import Callback
-        from container_train.main import run
+        from container_train.main import finish, fit, setup
         from container_train.reports import render_figures
 
         key = METRIC_TO_KEY[self.objective]
@@ -281,8 +281,10 @@ class Search:
                     {"compile": False, **hps}, data_dir=self.data, model_dir=folder / "model",
                     output_data_dir=folder / "output", feature_cache_dir=self.cache_dir)
                 with trial_log(folder / "train.log"):
-                    final = run(config, [callback], figures=False,
-                                keep_model=self._better_than_best(key))
+                    trained = fit(setup(config), [callback])
+                    keep = self._better_than_best(key)
+                    finish(trained, figures=False, export=keep is None or keep(trained.final))
+                final = trained.final
                 value = float(final[key])
                 if not math.isfinite(value):
                     raise ValueError(f"{self.objective} is {value}")

@@ -1,11 +1,11 @@
 """The optional compiled variant of an artifact: the fp32 network as an AOTInductor package.
 
-Why: on CPU, ``torch._inductor.aoti_compile_and_package`` with ``freezing`` (BatchNorm folded,
-weights prepacked for oneDNN, fused ReLUs/adds, static shapes) ran batch-1 ResNet50 at 224 px
-about 1.2x faster than the TorchScript graph serving builds otherwise (76-79 vs 93-102 ms,
-1 thread, this repo's dev machine), with logits within 3e-5. Compiling takes 20-40 s and a
-C++ compiler, so the training job does it once (hyperparameter ``compile``) and serving only
-loads the result (0.2 s).
+Why: ``torch._inductor.aoti_compile_and_package`` with ``freezing`` (BatchNorm folded, weights
+prepacked for oneDNN, fused ReLUs/adds, static shapes) runs batch-1 ResNet50 on CPU faster than
+the TorchScript graph serving builds otherwise, with logits within float rounding of it
+(bench/README.md, serving_speed.py, has the figures). Compiling takes tens of seconds and a C++
+compiler, so the training job does it once (hyperparameter ``compile``) and serving only loads
+the result.
 
 The package is tied to what compiled it, and serving checks each tie before loading:
 - **CPU**: compiled for ``x86-64-v3`` (AVX2 + FMA; every x86 SageMaker instance type has it),
@@ -15,11 +15,10 @@ The package is tied to what compiled it, and serving checks each tie before load
   (``variants.compiled.torch``); another torch refuses it;
 - **shape**: batch 1 at the artifact's crop size (static shapes are what make it fast: with a
   dynamic batch dimension it was slower than TorchScript); larger batches run image by image;
-- **threads**: the code is specialised for the intra-op thread count it was compiled with.
-  Compiled for 2 threads and run with 1 it took 142 ms (TorchScript: 90); compiled for 1 and
-  run with 2, 77 ms (TorchScript: 50; compiled for 2: 40). So it is compiled for serving's
-  default, one thread per worker (``variants.compiled.threads``), and serving with another
-  thread count uses TorchScript instead.
+- **threads**: the code is specialised for the intra-op thread count it was compiled with, and
+  run with another it is slower than TorchScript. So it is compiled for serving's default, one
+  thread per worker (``variants.compiled.threads``), and serving with another thread count uses
+  TorchScript instead.
 
 The package is a shared library: loading it runs native code. Serving refuses it unless the
 manifest gives its sha256 and the file matches; the manifest itself can be pinned from outside
@@ -34,13 +33,16 @@ import os
 import platform
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from model_artifact.manifest import COMPILED, ArtifactError, Manifest, Variant
-from model_artifact.quantize import image_batches, quiet
+from model_artifact.agreement import measure_agreement
+from model_artifact.manifest import COMPILED, MANIFEST_FILE, ArtifactError, Manifest, Variant
+from model_artifact.preprocess import image_batches
+from model_artifact.torch_warnings import quiet
 
 COMPILED_FILE = "model_compiled.pt2"
 COMPILED_FORMAT = "aotinductor-x86-64-v3-batch1"
@@ -71,8 +73,8 @@ def _isa_comparison_quieted() -> Iterator[None]:
     """The loader compares this CPU's ISA list with the compiling one's and warns when they
     differ; the package targets x86-64-v3 on purpose (checked in load_compiled), so the
     difference is expected and the note is silenced. torch finds the list by compiling a probe
-    program per ISA (7 s per worker where a C++ compiler is installed); for a comparison that
-    is only logged, the CPU's flags answer it without compiling (``cpp.vec_isa_ok``)."""
+    program per ISA (seconds per worker where a C++ compiler is installed); for a comparison
+    that is only logged, the CPU's flags answer it without compiling (``cpp.vec_isa_ok``)."""
     import logging
 
     import torch._inductor.config as inductor_config
@@ -162,7 +164,7 @@ def load_compiled(model_dir: str | os.PathLike[str], manifest: Manifest,
     """
     variant = manifest.variants.get(COMPILED)
     if variant is None:
-        raise ArtifactError(f"{Path(model_dir) / 'manifest.json'}: no compiled variant (train "
+        raise ArtifactError(f"{Path(model_dir) / MANIFEST_FILE}: no compiled variant (train "
                             "with the hyperparameter compile=true)")
     if variant.format != COMPILED_FORMAT:
         raise ArtifactError(f"compiled variant format {variant.format!r} is not "
@@ -207,20 +209,12 @@ def write_compiled_variant(
     path = compile_package(model, pre.crop_size, Path(model_dir) / COMPILED_FILE)
     variant = Variant(file=COMPILED_FILE, format=COMPILED_FORMAT, sha256=file_sha256(path),
                       torch=torch.__version__, threads=SERVING_THREADS)
-    staged = Manifest(**{**manifest.__dict__,
-                         "variants": {**manifest.variants, COMPILED: variant}})
-    compiled = load_compiled(model_dir, staged)
-    same = total = 0
-    worst = 0.0
-    with torch.inference_mode(), _threads(SERVING_THREADS):
-        for batch in image_batches(check_paths, pre):
-            ours, theirs = compiled(batch), model(batch)
-            same += int((ours.argmax(1) == theirs.argmax(1)).sum())
-            total += int(batch.shape[0])
-            worst = max(worst, float((ours - theirs).abs().max()))
-    variant = Variant(**{**variant.__dict__, "top1_agreement": same / total,
-                         "agreement_images": total, "max_logit_difference": worst})
-    written = Manifest(**{**manifest.__dict__,
-                          "variants": {**manifest.variants, COMPILED: variant}})
+    compiled = load_compiled(model_dir, manifest.with_variant(COMPILED, variant))
+    with _threads(SERVING_THREADS):
+        agreement = measure_agreement(model, compiled, image_batches(check_paths, pre))
+    variant = replace(variant, top1_agreement=agreement.top1,
+                      agreement_images=agreement.images,
+                      max_logit_difference=agreement.max_logit_difference)
+    written = manifest.with_variant(COMPILED, variant)
     written.write(model_dir)
     return written

@@ -13,7 +13,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +138,10 @@ class Manifest:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def with_variant(self, name: str, variant: Variant) -> Manifest:
+        """This manifest with ``variants[name]`` set (added or replaced)."""
+        return replace(self, variants={**self.variants, name: variant})
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -40,9 +40,12 @@ def verified_file(path: Path, sha256: str, what: str) -> Path:
     return path
 
 
-def load_artifact(model_dir: str | os.PathLike[str]) -> tuple[nn.Module, Manifest]:
-    """Manifest + weights -> a model in eval mode. Errors name the file and what is wrong."""
-    manifest = Manifest.read(model_dir)
+def load_artifact(model_dir: str | os.PathLike[str], manifest: Manifest | None = None
+                  ) -> tuple[nn.Module, Manifest]:
+    """Manifest + weights -> a model in eval mode. Errors name the file and what is wrong.
+    ``manifest``: the folder's manifest when the caller has already read it (Manifest.read,
+    which checks the deployer's pin); read here otherwise."""
+    manifest = manifest if manifest is not None else Manifest.read(model_dir)
     weights_path = verified_file(Path(model_dir) / manifest.weights_file,
                                  manifest.weights_sha256, "weights file")
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -244,3 +245,21 @@ class EvalPreprocessing:
         mean = torch.tensor(self.mean, device=pixels.device).view(-1, 1, 1)
         std = torch.tensor(self.std, device=pixels.device).view(-1, 1, 1)
         return pixels.float().div_(255).sub_(mean).div_(std)
+
+
+def image_batches(paths: Sequence[str | os.PathLike[str]], pre: EvalPreprocessing,
+                  batch_size: int = 16) -> Iterator[Any]:  # torch.Tensor
+    """Image files -> normalised [N, 3, crop, crop] channels_last batches, decoded and
+    transformed exactly as serving does (:meth:`EvalPreprocessing.transform`): what int8
+    calibration and the variants' agreement checks feed the networks."""
+    import torch
+
+    transform = pre.transform()
+    batch: list[torch.Tensor] = []
+    for path in paths:
+        batch.append(transform(load_image(path, min_side=pre.min_side)))
+        if len(batch) == batch_size:
+            yield torch.stack(batch).contiguous(memory_format=torch.channels_last)
+            batch = []
+    if batch:
+        yield torch.stack(batch).contiguous(memory_format=torch.channels_last)

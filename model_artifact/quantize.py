@@ -11,43 +11,32 @@ the manifest gives its sha256 and the file matches it. The file is still code in
 TorchScript sense (a graph of operators), so only load artifacts you trust to the same degree
 as the manifest.
 
-The training job calls :func:`write_int8_variant` after :func:`write_artifact` when the
+The training job writes it (model_artifact.writer.write_int8) after the fp32 artifact when the
 hyperparameter ``int8`` is true; serving picks the variant with ``SERVE_PRECISION=int8``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
-import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from model_artifact.manifest import INT8, ArtifactError, Manifest, Variant
-from model_artifact.preprocess import EvalPreprocessing, load_image
+from model_artifact.agreement import measure_agreement
+from model_artifact.manifest import INT8, MANIFEST_FILE, ArtifactError, Manifest, Variant
+from model_artifact.preprocess import image_batches
+from model_artifact.torch_warnings import quiet
 
 INT8_FILE = "model_int8.pt"
 INT8_FORMAT = "torchscript-fx-x86-int8"
 BACKEND = "x86"
-DEFAULT_CALIBRATION_IMAGES = 64
-CALIBRATION_BATCH = 16
+CALIBRATION_IMAGES = 64  # training images the training job calibrates on (a seeded sample)
 # Below this share of top-1 answers in common with fp32, int8 visibly changes what the
 # endpoint answers: training and serving both say so (bench/serving_speed.py holds int8 to it).
 AGREEMENT_BAR = 0.99
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """TorchScript and torch.ao.quantization warn on every call that they are deprecated."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message=".*deprecated.*")
-        yield
 
 
 def use_x86_engine() -> None:
@@ -57,22 +46,6 @@ def use_x86_engine() -> None:
             f"(has {torch.backends.quantized.supported_engines})"
         )
     torch.backends.quantized.engine = BACKEND
-
-
-def image_batches(
-    paths: Sequence[str | os.PathLike[str]], pre: EvalPreprocessing,
-    batch_size: int = CALIBRATION_BATCH,
-) -> Iterator[torch.Tensor]:
-    """Images -> normalised [N, 3, crop, crop] channels_last batches (evaluation preprocessing)."""
-    transform = pre.transform()
-    batch: list[torch.Tensor] = []
-    for path in paths:
-        batch.append(transform(load_image(path, min_side=pre.min_side)))
-        if len(batch) == batch_size:
-            yield torch.stack(batch).contiguous(memory_format=torch.channels_last)
-            batch = []
-    if batch:
-        yield torch.stack(batch).contiguous(memory_format=torch.channels_last)
 
 
 def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor]) -> torch.jit.ScriptModule:
@@ -103,23 +76,6 @@ def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor]) -> torc
     return frozen
 
 
-def top1_agreement(
-    fp32: nn.Module, int8: torch.jit.ScriptModule, batches: Iterable[torch.Tensor]
-) -> tuple[float, int]:
-    """Fraction of images on which both models give the same top-1 class, and the count."""
-    same = total = 0
-    use_x86_engine()
-    with torch.inference_mode(), quiet():
-        for batch in batches:
-            a = fp32(batch).argmax(dim=1)
-            b = int8(batch).argmax(dim=1)
-            same += int((a == b).sum())
-            total += int(batch.shape[0])
-    if total == 0:
-        raise ArtifactError("top-1 agreement needs at least one image")
-    return same / total, total
-
-
 def agreement_warning(variant: Variant) -> str | None:
     """One line when the variant's recorded top-1 agreement with fp32 is under the bar."""
     if variant.top1_agreement is None or variant.top1_agreement >= AGREEMENT_BAR:
@@ -140,7 +96,7 @@ def load_int8(model_dir: str | os.PathLike[str], manifest: Manifest) -> torch.ji
     variant = manifest.variants.get(INT8)
     if variant is None:
         raise ArtifactError(
-            f"{Path(model_dir) / 'manifest.json'}: no int8 variant (train with the "
+            f"{Path(model_dir) / MANIFEST_FILE}: no int8 variant (train with the "
             f"hyperparameter int8=true, or serve with SERVE_PRECISION=fp32)"
         )
     if variant.format != INT8_FORMAT:
@@ -179,16 +135,17 @@ def write_int8_variant(
     int8 = quantize_int8(model, image_batches(calibration_paths, pre))
     path = save_int8(int8, Path(model_dir) / INT8_FILE)
     checked = check_paths or calibration_paths
-    fp32 = model.to(memory_format=torch.channels_last)
-    agreement, count = top1_agreement(fp32, int8, image_batches(checked, pre))
+    use_x86_engine()
+    agreement = measure_agreement(model.to(memory_format=torch.channels_last), int8,
+                                  image_batches(checked, pre))
     variant = Variant(
         file=INT8_FILE,
         format=INT8_FORMAT,
         sha256=file_sha256(path),
         calibration_images=len(calibration_paths),
-        top1_agreement=agreement,
-        agreement_images=count,
+        top1_agreement=agreement.top1,
+        agreement_images=agreement.images,
     )
-    manifest = Manifest(**{**manifest.__dict__, "variants": {**manifest.variants, INT8: variant}})
+    manifest = manifest.with_variant(INT8, variant)
     manifest.write(model_dir)
     return manifest

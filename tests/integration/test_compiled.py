@@ -16,7 +16,7 @@ from container_serve import inference
 from model_artifact.compiled import COMPILED_FILE, COMPILED_FORMAT, load_compiled
 from model_artifact.manifest import COMPILED, MANIFEST_FILE, ArtifactError, Manifest
 from model_artifact.network import load_artifact
-from model_artifact.quantize import image_batches
+from model_artifact.preprocess import image_batches
 from tests.conftest import HELD_OUT, TrainingRun, sample_run
 
 pytestmark = pytest.mark.slow

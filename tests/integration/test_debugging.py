@@ -148,7 +148,7 @@ def test_hook_keeps_only_the_module_hooks_its_collections_need(tmp_path, collect
     from smdebug.trials import create_trial
     from torch import nn
 
-    from container_train.engine import evaluate, train_one_epoch
+    from container_train.engine import eval_pass, train_one_epoch
 
     config = tmp_path / "debughookconfig.json"
     hook_config = sagemaker_debug_hook_config(tmp_path / "tensors", interval=1,
@@ -170,7 +170,7 @@ def test_hook_keeps_only_the_module_hooks_its_collections_need(tmp_path, collect
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     train_one_epoch(model, criterion, optimizer, loader, torch.device("cpu"), epoch=1,
                     epochs=1, log_interval=100, callbacks=[callback])
-    evaluate(model, criterion, loader, torch.device("cpu"), [callback])
+    eval_pass(model, criterion, loader, torch.device("cpu"), [callback])
     callback.on_train_end()
     assert _count_hooks(model, criterion) == (0, 0, 0)
     assert all(len(m._forward_pre_hooks) == 0 for m in model.modules())

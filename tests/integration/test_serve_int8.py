@@ -22,7 +22,8 @@ import torch
 from container_serve import inference
 from model_artifact.manifest import INT8, MANIFEST_FILE, Manifest
 from model_artifact.network import load_artifact
-from model_artifact.quantize import INT8_FILE, INT8_FORMAT, image_batches, load_int8
+from model_artifact.preprocess import image_batches
+from model_artifact.quantize import INT8_FILE, INT8_FORMAT, load_int8
 from tests.conftest import HELD_OUT, TrainingRun, sample_run
 from tests.integration.test_serve_mms import Server, run_serve, start_server, stop_server
 

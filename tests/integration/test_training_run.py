@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 import torch
 
+from container_train import data
 from container_train.config import JobConfig
 from container_train.engine import Callback
-from container_train.main import main, run
+from container_train.main import finish, fit, main, run, setup
 from job_contract.metrics import METRIC_KEYS, parse_log
 from model_artifact.network import load_artifact
 from tests.conftest import REPO, SAMPLE_DATA, TINY_VALUES, training_env
@@ -115,6 +116,40 @@ def test_changed_hyperparameters_do_not_resume(color_data, tmp_path, caplog):
     with caplog.at_level("WARNING"):
         run(_config(color_data, tmp_path, {"epochs": 1, "lr": 0.5}))
     assert "ignoring checkpoint" in caplog.text and "['lr']" in caplog.text
+
+
+def test_step_summary_records_the_workers_the_loaders_used(color_data, tmp_path, monkeypatch):
+    """num-workers is resolved once: step_summary.json records what the DataLoaders ran with
+    (tests/unit/test_num_workers.py covers a GPU host, where auto is not 0)."""
+    used = []
+
+    class Recording(torch.utils.data.DataLoader):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            used.append(self.num_workers)
+
+    monkeypatch.setattr(data, "DataLoader", Recording)
+    assert main(["--data-dir", str(color_data), "--model-dir", str(tmp_path / "model"),
+                 "--output-data-dir", str(tmp_path / "out"), "--weights", "none",
+                 "--image-size", "32", "--epochs", "1", "--trainable-layers", "1",
+                 "--compile", "false", "--num-workers", "auto"]) == 0
+    summary = json.loads((tmp_path / "out" / "step_summary.json").read_text())
+    assert used and set(used) == {summary["num_workers"]}
+
+
+def test_the_caller_of_fit_decides_about_export(color_data, tmp_path):
+    """Local tuning's path: fit returns the trained job; finish without export writes the
+    reports (once, figures optional) and no model."""
+    trained = fit(setup(_config(color_data, tmp_path, {"epochs": 2})))
+    assert trained.state.epoch == 2 and trained.final["best_epoch"] in (1, 2)
+    finish(trained, figures=False, export=False)
+    assert not (tmp_path / "model" / "model.pt").exists()
+    assert not (tmp_path / "out" / "curves.png").exists()
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["final"] == pytest.approx(trained.final)
+    finish(trained)
+    assert load_artifact(tmp_path / "model")[1].metrics == pytest.approx(trained.final)
+    assert (tmp_path / "out" / "curves.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize(("args", "reason"), [

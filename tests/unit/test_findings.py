@@ -148,16 +148,16 @@ def test_loss_not_decreasing_stays_quiet(losses):
 
 # --- all rules together -------------------------------------------------------------------
 
-def test_evaluate_runs_every_rule_in_order_and_a_healthy_run_has_no_findings():
+def test_diagnose_runs_every_rule_in_order_and_a_healthy_run_has_no_findings():
     healthy = RunFacts(history=_history((1.0, 0.9), (0.5, 0.5), (0.3, 0.35)), num_classes=5,
                        train_step_losses=[2.0 - 0.05 * i for i in range(30)],
                        train_steps_measured=30, train_data_fraction=0.05, device="cuda:0",
                        device_peak_mb=50_000, device_total_mb=80_000)
-    assert findings.evaluate(healthy) == []
+    assert findings.diagnose(healthy) == []
     sick = dataclasses.replace(healthy, train_data_fraction=0.8, device_peak_mb=1_000,
                                train_step_losses=[1.6] * 30,
                                history=_history((1.6, 1.6), (1.59, 1.6), (1.58, 1.61)))
-    assert [f.rule for f in findings.evaluate(sick)] == [
+    assert [f.rule for f in findings.diagnose(sick)] == [
         "data_loading_bottleneck", "batch_too_small", "underfitting", "loss_not_decreasing"]
 
 
@@ -181,7 +181,7 @@ def test_facts_from_output_files():
     assert len(facts.history) == 1 and facts.num_classes == 3
     empty = RunFacts.from_outputs(metrics=None, step_summary=None, train_step_losses=[],
                                   num_classes=0)
-    assert findings.evaluate(empty) == []
+    assert findings.diagnose(empty) == []
 
 
 # --- the step summary the timing rules read ------------------------------------------------

@@ -110,6 +110,29 @@ def test_pinned_manifest_hash_refuses_any_other_manifest(tmp_path, monkeypatch):
     assert Manifest.read(tmp_path).class_names == ("x", "y")
 
 
+def test_load_artifact_uses_the_manifest_it_is_given(tmp_path):
+    """A caller that has read (and pin-checked) the manifest passes it: the weights are loaded
+    against that manifest, and manifest.json is not opened again."""
+    source = _artifact(tmp_path)
+    manifest = Manifest.read(tmp_path)
+    (tmp_path / "manifest.json").unlink()
+    model, used = load_artifact(tmp_path, manifest)
+    assert used is manifest and torch.equal(model.fc.weight, source.fc.weight)
+
+
+def test_serving_reads_the_manifest_once(tmp_path, monkeypatch):
+    from container_serve import inference
+
+    _artifact(tmp_path)
+    reads = []
+    original = Manifest.read.__func__
+    monkeypatch.setattr(Manifest, "read", classmethod(
+        lambda cls, model_dir: reads.append(model_dir) or original(cls, model_dir)))
+    monkeypatch.setenv("SERVE_GRAPH", "eager")
+    served = inference.model_fn(str(tmp_path))
+    assert served.manifest.class_names == ("a", "b") and len(reads) == 1
+
+
 def test_missing_manifest(tmp_path):
     with pytest.raises(ArtifactError, match="manifest.json: not found"):
         load_artifact(tmp_path)

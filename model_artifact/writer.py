@@ -1,0 +1,98 @@
+"""Writing an artifact, the other half of network.load_artifact: ``model.pt`` and
+``manifest.json``, then the optional variants the training job adds when its hyperparameters
+ask for them (``int8``, ``compile``).
+
+A variant that cannot be written is logged and left out: the fp32 artifact stays usable, and
+serving says what is missing (``SERVE_PRECISION=int8``) or uses its TorchScript graph. The
+variant writers log to the caller's ``log`` (the training job's, so the lines land in the
+job's log, which local tuning captures per trial).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from model_artifact.manifest import COMPILED, INT8, ArtifactError, Manifest
+from model_artifact.network import file_sha256
+
+_log = logging.getLogger(__name__)
+
+Images = Sequence[str | os.PathLike[str]]
+INT8_CHECK_IMAGES = 128  # held-out images the int8 agreement is measured on
+COMPILED_CHECK_IMAGES = 32  # held-out images the compiled variant is checked on
+
+
+def write_artifact(model_dir: Path, model: nn.Module, manifest: Manifest) -> Manifest:
+    """model.pt (state_dict) + manifest.json with the weights' sha256. Returns the manifest as
+    written; ArtifactError (one line) when the folder cannot take the files."""
+    weights = Path(model_dir) / manifest.weights_file
+    try:
+        torch.save(model.state_dict(), weights)
+        manifest = replace(manifest, weights_sha256=file_sha256(weights))
+        manifest.write(model_dir)
+    except OSError as exc:
+        raise ArtifactError(f"cannot write the model to {model_dir}: {exc.strerror or exc}"
+                            ) from None
+    return manifest
+
+
+def write_int8(model_dir: Path, model: nn.Module, manifest: Manifest, *, train_images: Images,
+               valid_images: Images, seed: int, log: logging.Logger = _log) -> Manifest:
+    """The int8 variant (model_artifact.quantize), calibrated on a seeded sample of training
+    images and checked on one of validation images. Returns the manifest as written, or
+    ``manifest`` unchanged when quantization failed (logged)."""
+    from model_artifact.quantize import (
+        CALIBRATION_IMAGES,
+        agreement_warning,
+        write_int8_variant,
+    )
+
+    rng = random.Random(seed)
+    calibration = sorted(rng.sample(list(train_images),
+                                    min(CALIBRATION_IMAGES, len(train_images))))
+    check = sorted(rng.sample(list(valid_images), min(INT8_CHECK_IMAGES, len(valid_images))))
+    try:
+        written = write_int8_variant(model_dir, model, manifest, calibration, check)
+    except Exception as exc:  # quantization is optional; the fp32 artifact stays usable
+        log.error("int8 variant not written: %s: %s", type(exc).__name__, exc)
+        return manifest
+    variant = written.variants[INT8]
+    log.info("int8 variant %s: calibrated on %d training images, top-1 agreement with fp32 "
+             "%.4f on %d %s images", variant.file, variant.calibration_images,
+             variant.top1_agreement, variant.agreement_images, "valid" if check else "train")
+    warning = agreement_warning(variant)
+    if warning:
+        log.warning(warning)
+    return written
+
+
+def write_compiled(model_dir: Path, model: nn.Module, manifest: Manifest, *,
+                   valid_images: Images, seed: int, log: logging.Logger = _log) -> Manifest:
+    """The compiled variant (model_artifact.compiled), checked against fp32 on a seeded sample
+    of validation images. Returns the manifest as written, or ``manifest`` unchanged when
+    compiling failed (logged)."""
+    from model_artifact.compiled import write_compiled_variant
+
+    images = list(valid_images)
+    check = sorted(random.Random(seed).sample(images, min(COMPILED_CHECK_IMAGES, len(images))))
+    start = time.perf_counter()
+    try:
+        written = write_compiled_variant(model_dir, model, manifest, check)
+    except Exception as exc:  # optional: the fp32 artifact stays usable
+        log.error("compiled variant not written: %s: %s", type(exc).__name__, exc)
+        return manifest
+    variant = written.variants[COMPILED]
+    log.info("compiled variant %s in %.0f s: top-1 agreement with fp32 %.4f on %d valid "
+             "images, largest logit difference %.2g", variant.file,
+             time.perf_counter() - start, variant.top1_agreement, variant.agreement_images,
+             variant.max_logit_difference)
+    return written
