@@ -88,18 +88,28 @@ def _user_line() -> str:
     return f"user {pwd.getpwuid(0).pw_name} {grp.getgrgid(os.getegid()).gr_name};\n"
 
 
-def render_config(settings: ServeSettings, runtime_dir: str, max_body_bytes: int) -> str:
+def _form_patterns() -> str:
     # A type ending in "/" is a family (multipart/*); $form_type is the matched type's name.
-    form_patterns = "\n".join(
+    return "\n".join(
         f'        "~*^\\s*({kind}{"[a-z0-9.+-]*" if kind.endswith("/") else ""})" "$1";'
         for kind in FORM_TYPES)
-    form_415 = _quoted(error_body(415, unsupported(_FORM_PLACEHOLDER)).replace(
-        _FORM_PLACEHOLDER, "$form_type"))
-    too_large = _quoted(error_body(413, f"request body is more than {max_body_bytes} bytes; the "
-                                        f"limit is {settings.max_request_bytes}"))
-    down = _quoted(error_body(503, "the model server is starting or not running; retry shortly"))
-    bad_query = _quoted(error_body(400, "the query string has a % not followed by two hex digits"))
-    busy = _quoted(error_body(503, f"more than {MAX_ACTIVE} requests in progress; retry shortly"))
+
+
+def _error_pages(settings: ServeSettings, max_body_bytes: int) -> dict[str, str]:
+    """The JSON bodies nginx answers itself, quoted for its configuration."""
+    return {name: _quoted(body) for name, body in {
+        "form_415": error_body(415, unsupported(_FORM_PLACEHOLDER)).replace(
+            _FORM_PLACEHOLDER, "$form_type"),
+        "too_large": error_body(413, f"request body is more than {max_body_bytes} bytes; the "
+                                     f"limit is {settings.max_request_bytes}"),
+        "down": error_body(503, "the model server is starting or not running; retry shortly"),
+        "bad_query": error_body(400, "the query string has a % not followed by two hex digits"),
+        "busy": error_body(503, f"more than {MAX_ACTIVE} requests in progress; retry shortly"),
+    }.items()}
+
+
+def render_config(settings: ServeSettings, runtime_dir: str, max_body_bytes: int) -> str:
+    page = _error_pages(settings, max_body_bytes)
     return f"""# Written by container_serve/front.py for one server; see that module for why.
 daemon off;
 {_user_line()}worker_processes 1;
@@ -124,7 +134,7 @@ http {{
     keepalive_timeout 75s;
     map $content_type $form_type {{
         default "";
-{form_patterns}
+{_form_patterns()}
     }}
     upstream mms {{
         server {mms_address(runtime_dir)};
@@ -139,10 +149,10 @@ http {{
         }}
         location / {{  # not /ping: a busy server is not a dead one
             limit_conn active {MAX_ACTIVE};
-            if ($form_type) {{ return 415 {form_415}; }}
+            if ($form_type) {{ return 415 {page['form_415']}; }}
             # MMS's Netty decoder answers 500 to a %-escape in the query string that is not two
             # hex digits (bench/fuzz_serve.py found it); nothing reads the query, so refuse it.
-            if ($args ~ "%(?![0-9A-Fa-f]{{2}})") {{ return 400 {bad_query}; }}
+            if ($args ~ "%(?![0-9A-Fa-f]{{2}})") {{ return 400 {page['bad_query']}; }}
             proxy_pass http://mms;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
@@ -152,9 +162,9 @@ http {{
         error_page 413 = @too_large;
         error_page 429 = @busy;
         error_page 502 504 = @down;
-        location @too_large {{ return 413 {too_large}; }}
-        location @busy {{ return 503 {busy}; }}
-        location @down {{ return 503 {down}; }}
+        location @too_large {{ return 413 {page['too_large']}; }}
+        location @busy {{ return 503 {page['busy']}; }}
+        location @down {{ return 503 {page['down']}; }}
     }}
 }}
 """

@@ -238,10 +238,25 @@ class Search:
         return value > than if self.maximize else value < than
 
     def objective_fn(self, optuna: Any) -> Any:
-        from container_train.config import JobConfig
+        """Optuna's objective: one training run per trial, pruned between epochs."""
+        pruning = self._pruning_callback(optuna)
+
+        def objective(trial: Any) -> float:
+            hps = {**self.static, **{n: r.suggest(trial) for n, r in self.ranges.items()}}
+            self.hyperparameters[trial.number] = hps
+            study_storage.remember(trial, hyperparameters=hps)
+            row = Row(trial.number, params=hps,
+                      epochs=int(hps.get("epochs", SPECS_BY_NAME["epochs"].default)))
+            callback = pruning(trial, row)
+            self.table.update(row)
+            final, value = self._train_trial(optuna, trial, hps, row, callback)
+            self._keep_completed(trial, row, final, value)
+            return value
+
+        return objective
+
+    def _pruning_callback(self, optuna: Any) -> Any:
         from container_train.engine import Callback
-        from container_train.main import finish, fit, setup
-        from container_train.reports import render_figures
 
         key = METRIC_TO_KEY[self.objective]
         search = self
@@ -265,57 +280,61 @@ class Search:
                         f"epoch {epoch}: {search.objective} {value:.4g} worse than the median "
                         "of earlier trials")
 
-        def objective(trial: Any) -> float:
-            hps = {**self.static, **{n: r.suggest(trial) for n, r in self.ranges.items()}}
-            self.hyperparameters[trial.number] = hps
-            study_storage.remember(trial, hyperparameters=hps)
-            folder = self.trial_dir(trial.number)
-            row = Row(trial.number, params=hps,
-                      epochs=int(hps.get("epochs", SPECS_BY_NAME["epochs"].default)))
-            callback = Pruning(trial, row)
-            self.table.update(row)
-            try:
-                # Trials are compared, not served: no 20-40 s AOTInductor build per trial
-                # (`scripts/train.py --from-best` trains the served model, compiled).
-                config = JobConfig.from_values(
-                    {"compile": False, **hps}, data_dir=self.data, model_dir=folder / "model",
-                    output_data_dir=folder / "output", feature_cache_dir=self.cache_dir)
-                with trial_log(folder / "train.log"):
-                    trained = fit(setup(config), [callback])
-                    keep = self._better_than_best(key)
-                    finish(trained, figures=False, export=keep is None or keep(trained.final))
-                final = trained.final
-                value = float(final[key])
-                if not math.isfinite(value):
-                    raise ValueError(f"{self.objective} is {value}")
-            except optuna.TrialPruned as exc:
-                row.state, row.note = "Pruned", str(exc)
-                raise
-            except Exception as exc:
-                row.state, row.note = "Failed", f"{type(exc).__name__}: {exc}"[:200]
-                raise
-            finally:
-                row.seconds = time.perf_counter() - callback.start
-                gc.collect()
-                study_storage.remember(trial, note=row.note,
-                                       history=self.history.get(trial.number, []))
-                if row.state != "Running":
-                    self.table.update(row, final=True)
-            self.finals[trial.number] = final
-            study_storage.remember(trial, final=final)
-            row.state, row.value = "Completed", value
-            if self._beats_best(value):
-                previous, self.best = self.best, trial.number
-                render_figures(folder / "output")  # plots + report.html: best trials only
-                if previous is not None:
-                    self._drop_model(previous)
-            else:
-                self._drop_model(trial.number)
-            self.table.best = self.best
-            self.table.update(row, final=True)
-            return value
+        return Pruning
 
-        return objective
+    def _train_trial(self, optuna: Any, trial: Any, hps: dict[str, Any], row: Row,
+                     callback: Any) -> tuple[dict[str, float], float]:
+        """Train one trial in this process; (final metrics, objective value)."""
+        from container_train.config import JobConfig
+        from container_train.main import finish, fit, setup
+
+        key = METRIC_TO_KEY[self.objective]
+        folder = self.trial_dir(trial.number)
+        try:
+            # Trials are compared, not served: no 20-40 s AOTInductor build per trial
+            # (`scripts/train.py --from-best` trains the served model, compiled).
+            config = JobConfig.from_values(
+                {"compile": False, **hps}, data_dir=self.data, model_dir=folder / "model",
+                output_data_dir=folder / "output", feature_cache_dir=self.cache_dir)
+            with trial_log(folder / "train.log"):
+                trained = fit(setup(config), [callback])
+                keep = self._better_than_best(key)
+                finish(trained, figures=False, export=keep is None or keep(trained.final))
+            value = float(trained.final[key])
+            if not math.isfinite(value):
+                raise ValueError(f"{self.objective} is {value}")
+        except optuna.TrialPruned as exc:
+            row.state, row.note = "Pruned", str(exc)
+            raise
+        except Exception as exc:
+            row.state, row.note = "Failed", f"{type(exc).__name__}: {exc}"[:200]
+            raise
+        finally:
+            row.seconds = time.perf_counter() - callback.start
+            gc.collect()
+            study_storage.remember(trial, note=row.note,
+                                   history=self.history.get(trial.number, []))
+            if row.state != "Running":
+                self.table.update(row, final=True)
+        return trained.final, value
+
+    def _keep_completed(self, trial: Any, row: Row, final: dict[str, float],
+                        value: float) -> None:
+        """Record a completed trial; keep the model (and figures) of the best one only."""
+        from container_train.reports import render_figures
+
+        self.finals[trial.number] = final
+        study_storage.remember(trial, final=final)
+        row.state, row.value = "Completed", value
+        if self._beats_best(value):
+            previous, self.best = self.best, trial.number
+            render_figures(self.trial_dir(trial.number) / "output")  # plots + report.html
+            if previous is not None:
+                self._drop_model(previous)
+        else:
+            self._drop_model(trial.number)
+        self.table.best = self.best
+        self.table.update(row, final=True)
 
     def _better_than_best(self, key: str) -> Callable[[dict[str, float]], bool] | None:
         """With keep_models=best, a trial writes its model only if it beats the best so far
@@ -408,11 +427,11 @@ def make_study(optuna: Any, args: argparse.Namespace, name: str) -> Any:
         raise UsageError(str(exc)) from None
 
 
-def tune(args: argparse.Namespace, err: TextIO, out: TextIO) -> int:
+def _checked_arguments(args: argparse.Namespace) -> tuple[dict, dict, list]:
+    """(static values, ranges, queued trials); UsageError before any training starts."""
     from container_train.config import resolve_splits
     from container_train.errors import TrainingError
 
-    optuna = _import_optuna()
     if args.max_jobs < 1:
         raise UsageError("--max-jobs must be at least 1")
     static = parse_static(parse_key_values(args.static, "--set"))
@@ -422,6 +441,32 @@ def tune(args: argparse.Namespace, err: TextIO, out: TextIO) -> int:
         resolve_splits(args.data, {})
     except TrainingError as exc:
         raise UsageError(f"--data {args.data}: {exc}") from None
+    return static, ranges, queued
+
+
+def _write_results(args: argparse.Namespace, study: Any, search: Search, name: str, url: str,
+                   seconds: float, err: TextIO) -> str:
+    """trials.json, trials.csv and tuning_report.html; returns the one-line summary."""
+    output = args.output
+    (output / "trials.json").write_text(json.dumps(
+        {"study": name, "objective": args.objective, "seconds": seconds,
+         "trials": trials_record(study, search)}, indent=2, default=str) + "\n")
+    report = tuning_report.write_report(
+        tuning_report.table_from_study(
+            study, args.objective, source=f"Optuna study {name} in {url} (to browse it live: "
+                                          f"optuna-dashboard {url})"),
+        args.report or output)
+    states = [t.state.name for t in study.get_trials(deepcopy=False)]
+    summary = ", ".join(f"{states.count(s)} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAIL")
+                        if states.count(s))
+    print(f"{name}: {summary} in {seconds:.1f} s; report {report}; trials {output}/trials.json",
+          file=err, flush=True)
+    return summary
+
+
+def tune(args: argparse.Namespace, err: TextIO, out: TextIO) -> int:
+    optuna = _import_optuna()
+    static, ranges, queued = _checked_arguments(args)
     name = args.resume or default_job_name("local-hpo")
     output = args.output
     output.mkdir(parents=True, exist_ok=True)
@@ -454,20 +499,7 @@ def tune(args: argparse.Namespace, err: TextIO, out: TextIO) -> int:
         status = "Stopped"
         print(f"interrupted: the trials that finished are in {url}; continue with "
               f"--resume {name}", file=err, flush=True)
-    seconds = time.perf_counter() - started
-    (output / "trials.json").write_text(json.dumps(
-        {"study": name, "objective": args.objective, "seconds": seconds,
-         "trials": trials_record(study, search)}, indent=2, default=str) + "\n")
-    report = tuning_report.write_report(
-        tuning_report.table_from_study(
-            study, args.objective, source=f"Optuna study {name} in {url} (to browse it live: "
-                                          f"optuna-dashboard {url})"),
-        args.report or output)
-    states = [t.state.name for t in study.get_trials(deepcopy=False)]
-    summary = ", ".join(f"{states.count(s)} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAIL")
-                        if states.count(s))
-    print(f"{name}: {summary} in {seconds:.1f} s; report {report}; trials {output}/trials.json",
-          file=err, flush=True)
+    summary = _write_results(args, study, search, name, url, time.perf_counter() - started, err)
     if search.best is None:
         print(f"failed: no trial completed ({summary}); see {output}/trial-*/train.log",
               file=err, flush=True)
