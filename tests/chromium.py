@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -12,9 +13,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 PROBE_HEAD = """<script>
 window.__errors = [];
 window.addEventListener('error', e => window.__errors.push(String(e.message || e.type)), true);
+const origError = console.error;
+console.error = (...a) => { window.__errors.push(a.join(' ')); origError(...a); };
 </script>"""
 PROBE_BODY = """<script>
 window.addEventListener('load', () => {
@@ -34,12 +39,17 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          "--disable-component-update", "--no-first-run", "--virtual-time-budget=5000"]
 
 
-def chromium() -> str | None:
+def require_chromium() -> str:
+    """The browser. Without one the test is skipped on a laptop and fails in CI, where
+    dev/setup_host.sh installs it: a missing browser must not pass as a rendered page."""
     for name in ("chromium", "chromium-browser", "google-chrome"):
         found = shutil.which(name)
         if found:
             return found
-    return None
+    reason = "chromium is not installed (Debian: apt-get install -y chromium)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 
 def render(browser: str, page: Path, selectors: list[str], work: Path) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from drivers import tuning_job as tune
-from tests.chromium import chromium, render
+from tests.chromium import render, require_chromium
 from tests.contract.conftest import REGION
 
 RESPONSES = json.loads((Path(__file__).parent / "responses" / "tuning_job_hpo-7.json")
@@ -77,9 +77,7 @@ def test_report_shows_the_best_trial_and_optunas_plots(report):
 
 
 def test_report_renders_in_headless_chromium(report, tmp_path):
-    browser = chromium()
-    if browser is None:
-        pytest.skip("chromium is not installed (Debian: apt-get install -y chromium)")
+    browser = require_chromium()
     _, out = report
     shown = render(browser, out / "tuning_report.html", ["tr.best td", "#summary li"], tmp_path)
     assert shown["errors"] == []

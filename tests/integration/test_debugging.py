@@ -6,21 +6,19 @@ report.html (opened in headless Chromium)."""
 from __future__ import annotations
 
 import csv
-import html
 import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from container_train import debugger
 from container_train.config import default_tensorboard_dir, parse_config
+from tests.chromium import render, require_chromium, screenshot
 from tests.conftest import TINY_ARGS, training_env
 
 # Prints whether smdebug was imported once training is over, whatever main() did.
@@ -262,61 +260,19 @@ def test_report_is_self_contained(plain_run):
 
 # --- report.html in a real browser ---------------------------------------------------------
 
-PROBE_HEAD = """<script>
-window.__errors = [];
-window.addEventListener('error', e => window.__errors.push(String(e.message || e.type)), true);
-const origError = console.error;
-console.error = (...a) => { window.__errors.push(a.join(' ')); origError(...a); };
-</script>"""
-PROBE_BODY = """<script>
-window.addEventListener('load', () => {
-  const imgs = Array.from(document.images).map(i => ({
-    alt: i.alt, ok: i.complete && i.naturalWidth > 0, w: i.naturalWidth, h: i.naturalHeight}));
-  const pre = document.createElement('pre');
-  pre.id = 'probe';
-  pre.textContent = JSON.stringify({images: imgs, errors: window.__errors});
-  document.body.appendChild(pre);
-});
-</script>"""
-
-
-def chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
 @pytest.mark.slow
 def test_report_opens_in_headless_chromium_and_shows_its_images(plain_run, tmp_path):
-    browser = chromium()
-    if browser is None:
-        pytest.skip("chromium is not installed (Debian: apt-get install -y chromium)")
+    browser = require_chromium()
     out, _, _ = plain_run
-    page = (out / "report.html").read_text()
-    probed = tmp_path / "report.html"
-    probed.write_text(page.replace("<head>", "<head>" + PROBE_HEAD, 1)
-                      .replace("</body>", PROBE_BODY + "</body>", 1))
-    with tempfile.TemporaryDirectory() as profile:
-        flags = [browser, "--headless", "--no-sandbox", "--disable-gpu",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run", f"--user-data-dir={profile}", "--virtual-time-budget=5000"]
-        dom = subprocess.run([*flags, "--dump-dom", probed.as_uri()], capture_output=True,
-                             text=True, timeout=120)
-        shot = tmp_path / "shot.png"
-        subprocess.run([*flags, "--window-size=1200,2400", f"--screenshot={shot}",
-                        (out / "report.html").as_uri()], capture_output=True, timeout=120,
-                       cwd=tmp_path)
-    match = re.search(r'<pre id="probe">(.*?)</pre>', dom.stdout, re.S)
-    assert match, (dom.stdout[-2000:], dom.stderr[-2000:])
-    result = json.loads(html.unescape(match.group(1)))
+    result = render(browser, out / "report.html", [], tmp_path)
     assert result["errors"] == []
     assert len(result["images"]) == 3, result
     assert all(i["ok"] and i["w"] > 100 and i["h"] > 100 for i in result["images"]), result
     # The rendered page is not blank: many distinct colours (plots, tables, text).
     from PIL import Image
 
+    shot = tmp_path / "shot.png"
+    screenshot(browser, out / "report.html", shot, size="1200,2400")
     with Image.open(shot) as image:
         colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is not None and len(colours) > 50
