@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 AUTO = "auto"
+# int8=true: training images the job calibrates the int8 model on (a seeded sample);
+# model_artifact.quantize uses it, the table's help text states it.
+INT8_CALIBRATION_IMAGES = 64
 
 
 class HyperparameterError(ValueError):
@@ -101,7 +104,8 @@ SPECS: tuple[Spec, ...] = (
          "training steps of the first epoch traced by torch.profiler into "
          "<output-data-dir>/profiler (0 = off)", low=0, high=1000),
     Spec("int8", "bool", False,
-         "also write an int8 model (static quantization, calibrated on 64 training images) "
+         "also write an int8 model (static quantization, calibrated on "
+         f"{INT8_CALIBRATION_IMAGES} training images) "
          "that serving uses with SERVE_PRECISION=int8; adds about a minute on CPU"),
     Spec("compile", "bool", True,
          "also write the fp32 model compiled ahead of time (AOTInductor, x86-64-v3, batch 1), "

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from job_contract.hyperparameters import INT8_CALIBRATION_IMAGES
 from model_artifact.agreement import measure_agreement
 from model_artifact.manifest import INT8, MANIFEST_FILE, ArtifactError, Manifest, Variant
 from model_artifact.preprocess import image_batches
@@ -33,7 +34,7 @@ from model_artifact.torch_warnings import quiet
 INT8_FILE = "model_int8.pt"
 INT8_FORMAT = "torchscript-fx-x86-int8"
 BACKEND = "x86"
-CALIBRATION_IMAGES = 64  # training images the training job calibrates on (a seeded sample)
+CALIBRATION_IMAGES = INT8_CALIBRATION_IMAGES
 # Below this share of top-1 answers in common with fp32, int8 visibly changes what the
 # endpoint answers: training and serving both say so (bench/serving_speed.py holds int8 to it).
 AGREEMENT_BAR = 0.99
