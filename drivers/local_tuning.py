@@ -7,7 +7,8 @@
 Same ranges (``drivers/search_space.py``), ``--range``/``--set`` syntax, objective and best-job
 file (``resnet-byoc/best-training-job@1``: ``train.py --from-best`` reads it; its model_data is
 null, the artifact being local) as ``scripts/tune.py``. Each trial runs the training code in
-this process (``container_train.main.run``) with its own folder under ``--output``
+this process (``container_train.main``: setup, fit, then finish with export only for
+``--keep-models`` or a new best) with its own folder under ``--output``
 (``trial-NNN/model``, ``trial-NNN/output``, ``trial-NNN/train.log``). Frozen-backbone trials
 (trainable-layers=0) share one on-disk feature cache (``--feature-cache-dir``, default
 OUTPUT/feature-cache), so after the first trial they only train the linear head. ``--strategy
