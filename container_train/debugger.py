@@ -107,9 +107,10 @@ class DebuggerCallback(Callback):
         """(layer hooks, gradient hooks) the configured collections need.
 
         smdebug hooks every layer's forward pass and every parameter's gradient, and with the
-        losses saved at every step each layer hook then inspects every tensor it sees (its cost per
-        step: bench/debug_hook_overhead.py, figures in bench/README.md). Losses (the loss module's own hook), weights and
-        biases (read at the start of the step) need neither; gradients need only theirs. Any
+        losses saved at every step each layer hook then inspects every tensor it sees (its cost
+        per step: bench/debug_hook_overhead.py, figures in bench/README.md). Losses (the loss
+        module's own hook), weights and biases (read at the start of the step) need neither;
+        gradients need only theirs. Any
         other collection, a changed include_regex or save_all keeps everything.
         """
         from smdebug.pytorch.collection import CollectionManager
