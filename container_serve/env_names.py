@@ -8,6 +8,7 @@ those. The rest are set by ``serve`` for the processes it starts. Standard proce
 from __future__ import annotations
 
 # Set by the deploy driver, read by model_artifact (every reader of the manifest checks it).
+from job_contract.deployment import ASYNC_ENV as ASYNC_ENV
 from job_contract.deployment import MANIFEST_PIN_ENV as MANIFEST_PIN_ENV
 
 # Names SageMaker (or the inference toolkit) defines.

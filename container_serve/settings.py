@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from container_serve.env_names import (
+    ASYNC_ENV,
     GRAPH_ENV,
     MAX_IMAGES_ENV,
     MAX_PAYLOAD_MB_ENV,
@@ -37,6 +38,14 @@ MMS_DEFAULT_MAX_REQUEST_BYTES = 6_553_500
 # Pixels one request may decode and resize, summed over its images: a request costs at most
 # about twice the largest single image.
 REQUEST_PIXELS_PER_IMAGE_LIMIT = 2
+# SageMaker asynchronous inference (SERVE_ASYNC=true): requests up to 1 GB, processed for up
+# to one hour (InvokeEndpointAsync's InvocationTimeoutSeconds allows 3600 s). The defaults
+# under SERVE_ASYNC; SAGEMAKER_MAX_PAYLOAD_IN_MB, SERVE_MAX_REQUEST_BYTES and
+# SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS still override them. Decoding stays bounded by the
+# pixel limits, which do not change: the bytes of a large photo grow, not its pixels.
+ASYNC_MAX_REQUEST_BYTES = 1024 * 1024 * 1024
+ASYNC_TIMEOUT_SECONDS = 3600
+FLAG_VALUES = {"true": True, "1": True, "false": False, "0": False, "": False}
 PRECISIONS = ("fp32", "int8")
 GRAPHS = ("auto", "compiled", "frozen", "eager")
 
@@ -65,6 +74,13 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     if raw not in choices:
         raise ServeSettingsError(f"{name}={raw!r} must be one of {', '.join(choices)}")
     return raw
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw not in FLAG_VALUES:
+        raise ServeSettingsError(f"{name}={raw!r} must be true or false")
+    return FLAG_VALUES[raw]
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
@@ -98,11 +114,14 @@ class ServeSettings:
     runtime_dir: str | None = None
     precision: str = PRECISIONS[0]
     graph: str = GRAPHS[0]
+    asynchronous: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServeSettings:
         env = os.environ if env is None else env
-        default = cls()
+        asynchronous = _flag(env, ASYNC_ENV)
+        default = cls(max_request_bytes=ASYNC_MAX_REQUEST_BYTES,
+                      timeout_seconds=ASYNC_TIMEOUT_SECONDS) if asynchronous else cls()
         cpus = available_cpus()
         workers = _int(env, WORKERS_ENV, cpus)
         # One worker per CPU by default; threads share what is left so that
@@ -127,6 +146,7 @@ class ServeSettings:
             runtime_dir=env.get(RUNTIME_DIR_ENV) or default.runtime_dir,
             precision=_choice(env, PRECISION_ENV, PRECISIONS),
             graph=_choice(env, GRAPH_ENV, GRAPHS),
+            asynchronous=asynchronous,
         )
         if settings.port > 65535:
             raise ServeSettingsError(f"{PORT_ENV}={settings.port} is not a TCP port")
@@ -147,6 +167,7 @@ class ServeSettings:
             TOP_K_MAX_ENV: str(self.top_k_max),
             PRECISION_ENV: self.precision,
             GRAPH_ENV: self.graph,
+            ASYNC_ENV: str(self.asynchronous).lower(),
             # OpenMP/MKL pools outside torch.set_num_threads follow the same budget.
             OMP_THREADS_ENV: str(self.threads_per_worker),
         }

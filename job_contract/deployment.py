@@ -7,3 +7,8 @@ The driver (drivers/deploy.py) sets these on the SageMaker model; the serving im
 # The sha256 of manifest.json's bytes, known from outside the archive
 # (deploy.py --manifest-sha256): every reader of the artifact refuses any other manifest.
 MANIFEST_PIN_ENV = "SERVE_MANIFEST_SHA256"
+
+# "true" on an asynchronous endpoint (deploy.py --async-output): the serving image raises its
+# request-size and model time-out defaults to what SageMaker asynchronous inference allows
+# (container_serve.settings holds the numbers).
+ASYNC_ENV = "SERVE_ASYNC"

@@ -132,3 +132,22 @@ def test_precision_and_graph_knobs() -> None:  # moved here from test_quantize.p
     with pytest.raises(ServeSettingsError,
                        match="SERVE_GRAPH='inductor' must be one of auto, compiled"):
         ServeSettings.from_env({"SERVE_GRAPH": "inductor"})
+
+
+def test_async_raises_the_payload_and_time_out_defaults() -> None:
+    """SERVE_ASYNC=true (deploy.py --async-output sets it): SageMaker asynchronous inference's
+    limits, 1 GB bodies and one hour per request; the explicit knobs still win."""
+    s = ServeSettings.from_env({"SERVE_ASYNC": "true"})
+    assert s.asynchronous
+    assert s.max_request_bytes == 1024 ** 3
+    assert s.timeout_seconds == 3600
+    assert ServeSettings.from_env(s.worker_env()) == s  # the workers compute the same
+    explicit = ServeSettings.from_env({"SERVE_ASYNC": "1", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "50",
+                                       "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS": "600"})
+    assert (explicit.max_request_bytes, explicit.timeout_seconds) == (50 * 1024 * 1024, 600)
+    real_time = ServeSettings.from_env({"SERVE_ASYNC": "false"})
+    assert (real_time.max_request_bytes, real_time.timeout_seconds) == (6_553_500, 60)
+    # the pixel limits bound decoding whatever the bytes: unchanged
+    assert s.max_pixels == real_time.max_pixels
+    with pytest.raises(ServeSettingsError, match="SERVE_ASYNC='yes please'"):
+        ServeSettings.from_env({"SERVE_ASYNC": "yes please"})
