@@ -30,7 +30,7 @@ from drivers.aws_settings import (
     resolve,
     s3_uri_type,
 )
-from job_contract.deployment import MANIFEST_PIN_ENV
+from job_contract.deployment import ASYNC_ENV, MANIFEST_PIN_ENV
 
 ENDPOINT_PREFIX = "resnet-serve"
 VARIANT = "AllTraffic"
@@ -43,6 +43,13 @@ CAPTURE_JSON_TYPES = ["application/json"]
 OWNER_TAG = {"Key": "sagemaker-resnet50:created-by", "Value": "scripts/deploy.py"}
 # The serving container checks the artifact's manifest.json against this sha256 (docs/artifact.md).
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# Asynchronous inference autoscaling, as AWS documents it (docs/drivers.md cites the pages):
+# target tracking on the backlog per instance, and a step policy fired by an alarm on
+# HasBacklogWithoutCapacity, since target tracking alone never leaves zero instances.
+BACKLOG_METRIC = "ApproximateBacklogSizePerInstance"
+NO_CAPACITY_METRIC = "HasBacklogWithoutCapacity"
+NO_CAPACITY_ALARM_SUFFIX = "backlog-without-capacity"
+SNS_ARN_RE = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[\w-]+$")
 
 
 def _pair(text: str, what: str) -> tuple[int, int]:
@@ -92,7 +99,30 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-wait", dest="wait", action="store_false",
                    help="return once the endpoint is being created")
     e.add_argument("--timeout", type=int, default=1800, help="seconds to wait for InService")
+    add_async_arguments(p)
     return p
+
+
+def add_async_arguments(p: argparse.ArgumentParser) -> None:
+    a = p.add_argument_group("asynchronous inference (an instance endpoint that queues requests)")
+    a.add_argument("--async-output", type=s3_uri_type, metavar="S3_URI",
+                   help="make the endpoint asynchronous: results are written under this prefix "
+                        f"(the serving container gets {ASYNC_ENV}=true: 1 GB bodies, 1 h)")
+    a.add_argument("--async-failure", type=s3_uri_type, metavar="S3_URI",
+                   help="where failed requests' messages go (default OUTPUT/failures)")
+    a.add_argument("--async-success-topic", type=sns_arn_type, metavar="SNS_ARN",
+                   help="SNS topic told of each result")
+    a.add_argument("--async-error-topic", type=sns_arn_type, metavar="SNS_ARN",
+                   help="SNS topic told of each failure")
+    a.add_argument("--async-max-concurrency", type=int, metavar="N",
+                   help="requests one instance works on at once (1-1000; default: SageMaker's)")
+    a.add_argument("--async-scaling", metavar="MIN:MAX",
+                   type=lambda t: _pair(t, "--async-scaling"),
+                   help="autoscaling on the queue (backlog per instance); MIN 0 scales to zero "
+                        "and back out when a request arrives, e.g. 0:4")
+    a.add_argument("--target-backlog", type=float, metavar="N",
+                   help=f"queued requests per instance to track (default "
+                        f"{DEFAULT_TARGET_BACKLOG:g})")
 
 
 def sha256_type(text: str) -> str:
@@ -100,6 +130,48 @@ def sha256_type(text: str) -> str:
     if not SHA256_RE.match(value):
         raise argparse.ArgumentTypeError(f"--manifest-sha256 takes 64 hex digits, got {text!r}")
     return value
+
+
+def sns_arn_type(text: str) -> str:
+    if not SNS_ARN_RE.match(text):
+        raise argparse.ArgumentTypeError(f"takes an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:"
+                                         f"NAME), got {text!r}")
+    return text
+
+
+# Flags that mean something only with --async-output.
+ASYNC_ONLY = ("async_failure", "async_success_topic", "async_error_topic",
+              "async_max_concurrency", "async_scaling", "target_backlog")
+DEFAULT_TARGET_BACKLOG = 5.0
+
+
+def check_async_args(args: argparse.Namespace) -> None:
+    """The asynchronous flags fit together and with the endpoint (before any call)."""
+    given = [f"--{n.replace('_', '-')}" for n in ASYNC_ONLY if getattr(args, n) is not None]
+    if not args.async_output:
+        if given:
+            raise SettingsError(f"{given[0]} applies to an asynchronous endpoint: add "
+                                "--async-output S3_URI")
+        return
+    if args.serverless:
+        raise SettingsError("--async-output needs instances: a --serverless endpoint cannot "
+                            "be asynchronous")
+    if args.autoscale:
+        raise SettingsError("--autoscale tracks a real-time endpoint's invocations; an "
+                            "asynchronous one scales on its queue: use --async-scaling MIN:MAX")
+    if args.async_max_concurrency is not None and not 1 <= args.async_max_concurrency <= 1000:
+        raise SettingsError("--async-max-concurrency must be 1-1000")
+    if args.async_scaling:
+        low, high = args.async_scaling
+        if not 0 <= low <= high or high < 1:
+            raise SettingsError("--async-scaling MIN:MAX needs 0 <= MIN <= MAX and MAX >= 1")
+        if args.instance_count > high:
+            raise SettingsError(f"--instance-count {args.instance_count} is above "
+                                f"--async-scaling MAX {high}")
+    elif args.target_backlog is not None:
+        raise SettingsError("--target-backlog applies to --async-scaling MIN:MAX")
+    if args.target_backlog is not None and args.target_backlog <= 0:
+        raise SettingsError("--target-backlog must be above 0")
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -122,6 +194,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise SettingsError("--capture-percent must be 1-100")
     if args.instance_count < 1:
         raise SettingsError("--instance-count must be at least 1")
+    check_async_args(args)
     container_environment(args)  # --env / --manifest-sha256 conflicts, before any call
     if args.delete and not (args.yes or args.dry_run or sys.stdin.isatty()):
         raise SettingsError(f"--delete {args.delete} deletes an endpoint: add --yes (nothing "
@@ -138,7 +211,40 @@ def container_environment(args: argparse.Namespace) -> dict[str, str]:
             raise SettingsError(f"--manifest-sha256 and --env {MANIFEST_PIN_ENV}=... "
                                 "disagree: give one")
         env[MANIFEST_PIN_ENV] = args.manifest_sha256
+    if args.async_output:
+        env.update(async_environment(env))
     return env
+
+
+def async_environment(env: dict[str, str]) -> dict[str, str]:
+    """What an asynchronous endpoint's container needs: its larger body and time-out limits
+    (docs/serving-api.md); an --env that says otherwise is refused rather than overridden."""
+    given = env.get(ASYNC_ENV, "true").strip().lower()
+    if given not in ("true", "1"):
+        raise SettingsError(f"--async-output sets {ASYNC_ENV}=true and --env {ASYNC_ENV}="
+                            f"{env[ASYNC_ENV]} disagrees: drop that --env")
+    return {ASYNC_ENV: "true"}
+
+
+def failure_path(output: str) -> str:
+    return output.rstrip("/") + "/failures"
+
+
+def async_inference_config(args: argparse.Namespace) -> dict[str, Any]:
+    """CreateEndpointConfig's AsyncInferenceConfig: result and failure prefixes, SNS topics,
+    requests per instance."""
+    output: dict[str, Any] = {"S3OutputPath": args.async_output,
+                              "S3FailurePath": args.async_failure
+                              or failure_path(args.async_output)}
+    topics = {key: arn for key, arn in (("SuccessTopic", args.async_success_topic),
+                                        ("ErrorTopic", args.async_error_topic)) if arn}
+    if topics:
+        output["NotificationConfig"] = topics
+    config: dict[str, Any] = {"OutputConfig": output}
+    if args.async_max_concurrency is not None:
+        config["ClientConfig"] = {
+            "MaxConcurrentInvocationsPerInstance": args.async_max_concurrency}
+    return config
 
 
 def instance_note(instance_type: str) -> str | None:
@@ -186,6 +292,8 @@ def endpoint_config_request(args: argparse.Namespace, name: str, s: Any) -> dict
             "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
             "CaptureContentTypeHeader": {"JsonContentTypes": CAPTURE_JSON_TYPES},
         }
+    if args.async_output:
+        request["AsyncInferenceConfig"] = async_inference_config(args)
     return request
 
 
@@ -257,6 +365,58 @@ def autoscale(ctx: driver.DriverContext, endpoint: str, low: int, high: int, tar
     )
 
 
+def no_capacity_alarm(endpoint: str) -> str:
+    return f"{endpoint}-{NO_CAPACITY_ALARM_SUFFIX}"
+
+
+def async_autoscale(ctx: driver.DriverContext, endpoint: str, low: int, high: int,
+                    target: float) -> None:
+    """Target tracking on the queue per instance; with MIN 0 also the step policy and alarm
+    that start an instance when requests wait and none runs (AWS's async scale-to-zero)."""
+    aas = ctx.client("application-autoscaling")
+    scalable = {"ServiceNamespace": "sagemaker", "ResourceId": resource_id(endpoint),
+                "ScalableDimension": SCALABLE_DIMENSION}
+    aas.register_scalable_target(**scalable, MinCapacity=low, MaxCapacity=high)
+    dimensions = [{"Name": "EndpointName", "Value": endpoint}]
+    aas.put_scaling_policy(
+        PolicyName=f"{endpoint}-backlog", PolicyType="TargetTrackingScaling", **scalable,
+        TargetTrackingScalingPolicyConfiguration={
+            "TargetValue": target,
+            "CustomizedMetricSpecification": {
+                "MetricName": BACKLOG_METRIC, "Namespace": "AWS/SageMaker",
+                "Dimensions": dimensions, "Statistic": "Average"},
+            "ScaleInCooldown": 600,
+            "ScaleOutCooldown": 300,
+        })
+    if low > 0:
+        return
+    step = aas.put_scaling_policy(
+        PolicyName=f"{endpoint}-out-of-zero", PolicyType="StepScaling", **scalable,
+        StepScalingPolicyConfiguration={
+            "AdjustmentType": "ChangeInCapacity", "MetricAggregationType": "Average",
+            "Cooldown": 300,
+            "StepAdjustments": [{"MetricIntervalLowerBound": 0, "ScalingAdjustment": 1}]})
+    ctx.client("cloudwatch").put_metric_alarm(
+        AlarmName=no_capacity_alarm(endpoint),
+        AlarmDescription=f"requests wait for {endpoint} and no instance runs: start one",
+        Namespace="AWS/SageMaker", MetricName=NO_CAPACITY_METRIC, Dimensions=dimensions,
+        Statistic="Average", Period=60, EvaluationPeriods=2, DatapointsToAlarm=2,
+        Threshold=1, ComparisonOperator="GreaterThanOrEqualToThreshold",
+        TreatMissingData="missing", AlarmActions=[step["PolicyARN"]], Tags=[dict(OWNER_TAG)])
+
+
+def async_scaling_line(low: int, high: int, target: float) -> str:
+    line = f"autoscaling {low}-{high} instances at {target:g} queued requests/instance"
+    return line + (f", out of zero on {NO_CAPACITY_METRIC}" if low == 0 else "")
+
+
+def print_async_usage(region: str, endpoint: str) -> int:
+    print(f"endpoint: {endpoint} (asynchronous)")
+    print(f"try it:   python scripts/predict.py --region {shlex.quote(region)} --async "
+          f"--endpoint {shlex.quote(endpoint)} photo.jpg")
+    return 0
+
+
 @dataclass
 class Teardown:
     """What --delete removes (only resources tagged OWNER_TAG) and what it keeps."""
@@ -266,12 +426,14 @@ class Teardown:
     models: tuple[str, ...] = ()
     targets: tuple[dict[str, Any], ...] = ()
     kept: tuple[str, ...] = ()
+    alarms: tuple[str, ...] = ()  # --async-scaling MIN 0's alarm (named after the endpoint)
 
     def describe(self) -> str:
         parts = [f"endpoint {self.endpoint}"]
         parts += [f"endpoint config {self.config}"] if self.config else []
         parts += [f"model {m}" for m in self.models]
         parts += [f"autoscaling of {t['ResourceId']}" for t in self.targets]
+        parts += [f"alarm {a}" for a in self.alarms]
         return ", ".join(parts)
 
 
@@ -313,7 +475,17 @@ def plan_teardown(ctx: driver.DriverContext, name: str) -> Teardown:
                                               ResourceIds=[resource_id(name)])
     targets = tuple(t for page in pages for t in page.get("ScalableTargets", []))
     return Teardown(name, config_name if ours_config else None, tuple(models), targets,
-                    tuple(kept))
+                    tuple(kept), backlog_alarms(ctx, name, config))
+
+
+def backlog_alarms(ctx: driver.DriverContext, endpoint: str,
+                   config: dict[str, Any]) -> tuple[str, ...]:
+    """The alarm async_autoscale made, if any: deregistering the target deletes its policies,
+    not the CloudWatch alarm that fired one."""
+    if "AsyncInferenceConfig" not in config:
+        return ()
+    found = ctx.client("cloudwatch").describe_alarms(AlarmNames=[no_capacity_alarm(endpoint)])
+    return tuple(a["AlarmName"] for a in found.get("MetricAlarms", []))
 
 
 def confirm(plan: Teardown) -> None:
@@ -342,6 +514,9 @@ def delete_all(ctx: driver.DriverContext, name: str, yes: bool) -> None:
                                        ResourceId=target["ResourceId"],
                                        ScalableDimension=target["ScalableDimension"])
         ctx.did("deregister", f"autoscaling of {target['ResourceId']}")
+    if plan.alarms:
+        ctx.client("cloudwatch").delete_alarms(AlarmNames=list(plan.alarms))
+        ctx.did("delete", f"alarm {', '.join(plan.alarms)}")
     sm.delete_endpoint(EndpointName=name)
     ctx.did("delete", f"endpoint {name}")
     if plan.config:
@@ -393,9 +568,15 @@ def main(argv: list[str] | None = None) -> int:
             autoscale(ctx, name, *args.autoscale, args.target_invocations)
             ctx.did("register", f"autoscaling {args.autoscale[0]}-{args.autoscale[1]} "
                     f"instances at {args.target_invocations:g} invocations/instance/minute")
+        if args.async_scaling:
+            target = args.target_backlog or DEFAULT_TARGET_BACKLOG
+            async_autoscale(ctx, name, *args.async_scaling, target)
+            ctx.did("register", async_scaling_line(*args.async_scaling, target))
         if ctx.dry_run:
             driver.finish(ctx)
             return 0
+        if args.async_output:
+            return print_async_usage(ctx.region, name)
         print(f"endpoint: {name}")
         print(f"try it:   {invoke_command(ctx.region, name)}")
         print(f"or:       python scripts/predict.py --endpoint {name} photo.jpg")
