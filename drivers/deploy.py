@@ -4,6 +4,7 @@
     python scripts/deploy.py --training-job resnet-train-261127-2015
     python scripts/deploy.py --model-data s3://BUCKET/.../model.tar.gz --serverless 4096:5
     python scripts/deploy.py --from-best best_training_job.json --autoscale 1:4
+    python scripts/deploy.py --training-job NAME --async-output s3://BUCKET/out --async-scaling 0:4
     python scripts/deploy.py --delete resnet-serve-261127-2040 --yes
 
 Waits until the endpoint is InService (or reports why it failed), then prints its name and a

@@ -3,6 +3,7 @@
 
     python scripts/predict.py --endpoint resnet-serve-261127-2040 cat.jpg dog.png
     python scripts/predict.py --url http://localhost:8080 --top-k 3 sample.jpg
+    python scripts/predict.py --async --endpoint resnet-serve-261127-2040 big-photo.jpg
 
 One request per file; the content type comes from the file's bytes (JPEG, PNG, WebP, GIF, BMP,
 TIFF) or its name, ``--content-type`` overrides it. ``top_k`` travels in the
