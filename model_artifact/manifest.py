@@ -44,6 +44,14 @@ def _require(data: dict[str, Any], key: str, kind: type | tuple[type, ...], wher
     return value
 
 
+def _optional_sha256(data: dict[str, Any], key: str, where: str) -> str:
+    """An optional hash field: absent -> "", else 64 lowercase hex digits."""
+    value = data.get(key, "")
+    if value != "" and not (isinstance(value, str) and _SHA256_HEX.fullmatch(value)):
+        raise ArtifactError(f"{where}: {key} must be 64 lowercase hex digits, got {value!r:.80}")
+    return value
+
+
 @dataclass(frozen=True)
 class Variant:
     """Another form of the same network (e.g. int8), in its own file next to the weights."""
@@ -134,6 +142,10 @@ class Manifest:
     variants: dict[str, Variant] = field(default_factory=dict)
     # Optional, informative: how the weights were trained ({"device": ..., "precision": ...}).
     training: dict[str, str] = field(default_factory=dict)
+    # Optional: network.backbone_sha256 / head_sha256 of the weights. Models with the same
+    # backbone_sha256 share one backbone in multi-model serving (docs/artifact.md).
+    backbone_sha256: str = ""
+    head_sha256: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -158,6 +170,8 @@ class Manifest:
             **({"variants": {name: v.to_dict() for name, v in self.variants.items()}}
                if self.variants else {}),
             **({"training": dict(self.training)} if self.training else {}),
+            **({"backbone_sha256": self.backbone_sha256} if self.backbone_sha256 else {}),
+            **({"head_sha256": self.head_sha256} if self.head_sha256 else {}),
         }
 
     @classmethod
@@ -214,6 +228,8 @@ class Manifest:
             format_version=version,
             variants=variants,
             training=dict(data.get("training", {})),
+            backbone_sha256=_optional_sha256(data, "backbone_sha256", where),
+            head_sha256=_optional_sha256(data, "head_sha256", where),
         )
 
     def write(self, model_dir: str | os.PathLike[str]) -> Path:
