@@ -79,6 +79,7 @@ class SharedHead(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.training = False  # both parts are in eval mode already; .eval() would walk them
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(images))
@@ -110,29 +111,31 @@ def _serving_graph(model: nn.Module, settings: ServeSettings, crop: int) -> nn.M
     return graph
 
 
-def _head_state(weights: Path, manifest: Manifest) -> dict[str, torch.Tensor]:
-    """The head's tensors (prefix stripped), copied out of a memory-mapped ``weights``: only
-    their pages are read. ArtifactError unless they hash to the manifest's head_sha256."""
+def _head_state(path: Path, manifest: Manifest) -> dict[str, torch.Tensor]:
+    """The head's tensors from the artifact's head file (prefix stripped); ArtifactError unless
+    they hash to the manifest's head_sha256."""
     try:
-        state = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
+        head = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: head file named by the manifest is missing") from None
     except Exception as exc:  # pickle errors, truncated zip, disallowed globals
-        raise ArtifactError(f"{weights}: cannot be loaded as a state_dict: {exc}") from None
-    if not isinstance(state, dict):
-        raise ArtifactError(f"{weights}: expected a state_dict, got {type(state).__name__}")
-    head = {name: tensor for name, tensor in state.items() if name.startswith(HEAD_PREFIX)}
+        raise ArtifactError(f"{path}: cannot be loaded as a state_dict: {exc}") from None
+    if not isinstance(head, dict) or not all(
+            isinstance(k, str) and k.startswith(HEAD_PREFIX) for k in head):
+        raise ArtifactError(f"{path}: expected the head's tensors ({HEAD_PREFIX}*) alone")
     if head_sha256(head) != manifest.head_sha256:
-        raise ArtifactError(f"{weights}: the head's tensors do not match the manifest's "
+        raise ArtifactError(f"{path}: the head's tensors do not match the manifest's "
                             "head_sha256")
-    return {name.removeprefix(HEAD_PREFIX): t.clone() for name, t in head.items()}
+    return {name.removeprefix(HEAD_PREFIX): tensor for name, tensor in head.items()}
 
 
-def _head(weights: Path, manifest: Manifest, features: int) -> nn.Linear:
-    """The model's own last layer, Linear(features, num_classes), from its weights file."""
-    head = nn.Linear(features, manifest.num_classes)
+def _head(path: Path, manifest: Manifest, features: int) -> nn.Linear:
+    """The model's own last layer, Linear(features, num_classes), from its head file."""
+    head = nn.Linear(features, manifest.num_classes, device="meta")  # no init: loaded next
     try:
-        head.load_state_dict(_head_state(weights, manifest), strict=True)
+        head.load_state_dict(_head_state(path, manifest), strict=True, assign=True)
     except RuntimeError as exc:
-        raise ArtifactError(f"{weights}: the head does not fit the shared backbone "
+        raise ArtifactError(f"{path}: the head does not fit the shared backbone "
                             f"({features} features) and {manifest.num_classes} classes: "
                             f"{str(exc).strip().splitlines()[0]}") from None
     return head.eval()
@@ -203,10 +206,11 @@ class ResidentModels:
         """fp32 fingerprinted models share; int8 and forced compiled serving are whole-model
         graphs (a head cannot be split off them)."""
         return (self._settings.precision == "fp32" and self._settings.graph != "compiled"
-                and bool(manifest.backbone_sha256) and bool(manifest.head_sha256))
+                and bool(manifest.backbone_sha256 and manifest.head_sha256
+                         and manifest.head_file))
 
     def _served(self, manifest: Manifest, backbone: _Backbone, head: nn.Linear) -> ServedModel:
-        model = SharedHead(backbone.module, head).eval()
+        model = SharedHead(backbone.module, head)
         with torch.inference_mode():
             out = head(torch.zeros(1, backbone.features))
         if out.shape != (1, manifest.num_classes):
@@ -218,13 +222,10 @@ class ResidentModels:
 
     def _load_head(self, name: str, model_dir: str, manifest: Manifest) -> _Entry:
         """Only the head: the backbone with this fingerprint is resident already."""
-        weights = Path(model_dir) / manifest.weights_file
-        if not weights.is_file():
-            raise ArtifactError(f"{weights}: weights file named by the manifest is missing")
         with self._lock:
             backbone = self._backbones[manifest.backbone_sha256]
         check_fits(name, 2 * 4 * (backbone.features + 1) * manifest.num_classes)
-        head = _head(weights, manifest, backbone.features)
+        head = _head(Path(model_dir) / manifest.head_file, manifest, backbone.features)
         return _Entry(self._served(manifest, backbone, head), manifest.backbone_sha256, backbone)
 
     def _load_with_backbone(self, name: str, model_dir: str, manifest: Manifest) -> _Entry:

@@ -226,6 +226,10 @@ def test_the_backbone_fingerprint_ignores_the_head_only(tmp_path):
     assert one.head_sha256 != two.head_sha256
     assert one.head_sha256 == tuned.head_sha256
     assert Manifest.read(tmp_path / "one") == one  # written, and read back
+    head = torch.load(tmp_path / "one" / one.head_file, weights_only=True)
+    whole = torch.load(tmp_path / "one" / "model.pt", weights_only=True)
+    assert sorted(head) == ["fc.bias", "fc.weight"]
+    assert all(torch.equal(head[k], whole[k]) for k in head)
 
 
 def test_fingerprints_are_optional_and_checked():
@@ -233,3 +237,5 @@ def test_fingerprints_are_optional_and_checked():
     assert "backbone_sha256" not in Manifest.from_dict(_manifest()).to_dict()
     with pytest.raises(ArtifactError, match="backbone_sha256 must be 64 lowercase hex"):
         Manifest.from_dict(_manifest(backbone_sha256="abc"))
+    with pytest.raises(ArtifactError, match="head_file must be a plain file name"):
+        Manifest.from_dict(_manifest(head_file="model.pt"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import io
 import json
+import shutil
 import weakref
 from pathlib import Path
 
@@ -82,7 +83,7 @@ def family(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("family")
     old = write_model(root / "old", ("p", "q"), 7)
     manifest = json.loads((old / "manifest.json").read_text())
-    del manifest["backbone_sha256"], manifest["head_sha256"]
+    del manifest["backbone_sha256"], manifest["head_sha256"], manifest["head_file"]
     (old / "manifest.json").write_text(json.dumps(manifest))
     return {"a": write_model(root / "a", ("a", "b", "c"), 7),
             "b": write_model(root / "b", ("x", "y", "z", "w"), 7),
@@ -99,11 +100,13 @@ def test_head_sharing_models_answer_as_single_model_serving(family, monkeypatch)
     resident = ResidentModels(SETTINGS)
     resident.load("a", str(family["a"]))
     monkeypatch.setattr(resident_models, "load_artifact", None)  # b must not load whole
+    (family["b"] / "model.pt").rename(family["b"] / "moved.pt")  # nor read its model.pt
     b = resident.load("b", str(family["b"]))
     assert b.graph == "frozen-shared"
     assert b.model.backbone is resident.get("a").model.backbone
     assert list(resident.backbone_users().values()) == [2]
     monkeypatch.undo()
+    (family["b"] / "moved.pt").rename(family["b"] / "model.pt")
     for name in ("a", "b"):
         assert (probabilities(resident.get(name)) - single(family[name], monkeypatch)
                 ).abs().max() <= 1e-5
@@ -137,9 +140,7 @@ def test_the_backbone_goes_with_its_last_user(family):
 def test_a_head_that_is_not_the_manifests_is_refused(family, tmp_path):
     resident = ResidentModels(EAGER)
     resident.load("a", str(family["a"]))
-    copy = tmp_path / "b"
-    copy.mkdir()
-    (copy / "model.pt").write_bytes((family["b"] / "model.pt").read_bytes())
+    copy = shutil.copytree(family["b"], tmp_path / "b")
     manifest = json.loads((family["b"] / "manifest.json").read_text())
     manifest["head_sha256"] = "0" * 64
     (copy / "manifest.json").write_text(json.dumps(manifest))
@@ -149,9 +150,7 @@ def test_a_head_that_is_not_the_manifests_is_refused(family, tmp_path):
 
 
 def test_a_misnamed_backbone_is_registered_under_its_real_fingerprint(family, tmp_path):
-    copy = tmp_path / "a"
-    copy.mkdir()
-    (copy / "model.pt").write_bytes((family["a"] / "model.pt").read_bytes())
+    copy = shutil.copytree(family["a"], tmp_path / "a")
     manifest = json.loads((family["a"] / "manifest.json").read_text())
     real, manifest["backbone_sha256"] = manifest["backbone_sha256"], "1" * 64
     (copy / "manifest.json").write_text(json.dumps(manifest))
