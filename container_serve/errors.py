@@ -51,3 +51,10 @@ class PayloadTooLarge(ServeError):
 
 class UnsupportedMediaType(ServeError):
     status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+
+
+class InsufficientMemory(ServeError):
+    """Multi-model mode: loading this model would not fit in the memory left (SageMaker's
+    multi-model contract answers 507 so the platform unloads another model and retries)."""
+
+    status = HTTPStatus.INSUFFICIENT_STORAGE

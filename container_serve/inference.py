@@ -60,7 +60,7 @@ class ServedModel:
     manifest: Manifest
     transform: Callable[[Any], torch.Tensor]
     settings: ServeSettings
-    graph: str = "eager"  # what runs: compiled | frozen | eager | int8
+    graph: str = "eager"  # compiled | frozen | eager | int8 | frozen-shared | eager-shared
 
 
 @dataclass(frozen=True)
@@ -193,7 +193,11 @@ def model_fn(model_dir: str) -> ServedModel:
     (hash-checked, ``torch.jit.load``); absent -> ArtifactError.
     Everything that can be done once is done here, so a request only decodes and runs forward.
     """
-    settings = ServeSettings.from_env()
+    return load_served(model_dir, ServeSettings.from_env())
+
+
+def load_served(model_dir: str, settings: ServeSettings) -> ServedModel:
+    """model_fn with the settings given: the loading multi-model mode shares (resident_models)."""
     torch.set_num_threads(settings.threads_per_worker)
     manifest = Manifest.read(model_dir)
     size = manifest.preprocessing.crop_size
