@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from model_artifact.manifest import Calibration
+
 # The search range for T: wide enough for any network we train, narrow enough that a tiny or
 # perfectly separated valid set (whose NLL keeps falling as T -> 0) cannot send T to an extreme.
 MIN_TEMPERATURE = 0.05
@@ -90,3 +92,9 @@ def expected_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor
     if total == 0:
         return 0.0
     return float(sum(b.count * abs(b.accuracy - b.confidence) for b in table) / total)
+
+
+def serving_temperature(calibration: Calibration | None, enabled: bool = True) -> float:
+    """What serving divides the logits by: the manifest's temperature, 1.0 when the artifact
+    has none or the deployer turned calibration off (SERVE_CALIBRATION=false)."""
+    return calibration.temperature if enabled and calibration is not None else 1.0
