@@ -10,6 +10,8 @@ from typing import Any
 import torch
 
 from model_artifact.calibration import (
+    MAX_TEMPERATURE,
+    MIN_TEMPERATURE,
     ReliabilityBin,
     expected_calibration_error,
     fit_temperature,
@@ -58,6 +60,10 @@ def fit_trust(logits: torch.Tensor, labels: torch.Tensor, *, rate: float,
         log.warning("no valid image: the artifact has no calibration and no novelty detector")
         return TrustFit()
     temperature = fit_temperature(logits, labels)
+    if not MIN_TEMPERATURE * 1.01 < temperature < MAX_TEMPERATURE / 1.01:
+        log.warning("calibration: the temperature %.3f is at the end of its range [%g, %g]: the "
+                    "valid split is too small or the model too far from calibrated for a "
+                    "reliable fit", temperature, MIN_TEMPERATURE, MAX_TEMPERATURE)
     before = torch.softmax(logits.double(), dim=1)
     after = torch.softmax(logits.double() / temperature, dim=1)
     calibration = Calibration(temperature, expected_calibration_error(before, labels),

@@ -14,10 +14,12 @@ import torch
 
 from model_artifact.manifest import Calibration
 
-# The search range for T: wide enough for any network we train, narrow enough that a tiny or
-# perfectly separated valid set (whose NLL keeps falling as T -> 0) cannot send T to an extreme.
-MIN_TEMPERATURE = 0.05
-MAX_TEMPERATURE = 20.0
+# The search range for T. Low end: a small valid set the model gets all right has an NLL that
+# keeps falling as T -> 0, and a tiny T would serve probabilities of 1.0 for every image; 0.25
+# allows a clearly underconfident model. High end: a barely trained model (valid loss far above
+# ln classes) wants T -> infinity, i.e. near-uniform probabilities; 100 is that in practice.
+MIN_TEMPERATURE = 0.25
+MAX_TEMPERATURE = 100.0
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 _SEARCH_STEPS = 80  # golden-section steps on log T: the bracket shrinks to ~1e-16 of its width
 
