@@ -25,6 +25,7 @@ from torch import nn
 from container_serve.errors import InsufficientMemory
 from container_serve.inference import ServedModel, _freeze, load_served
 from container_serve.settings import ServeSettings
+from model_artifact.calibration import serving_temperature
 from model_artifact.manifest import ArtifactError, Manifest
 from model_artifact.network import HEAD_PREFIX, backbone_sha256, head_sha256, load_artifact
 from model_artifact.torch_warnings import quiet
@@ -217,8 +218,9 @@ class ResidentModels:
             raise ArtifactError(f"the head gives {tuple(out.shape)} outputs, the manifest has "
                                 f"{manifest.num_classes} classes")
         graph = "eager" if self._settings.graph == "eager" else "frozen"
+        temperature = serving_temperature(manifest.calibration, self._settings.calibration)
         return ServedModel(model, manifest, manifest.preprocessing.transform(), self._settings,
-                           f"{graph}-shared")
+                           f"{graph}-shared", temperature)
 
     def _load_head(self, name: str, model_dir: str, manifest: Manifest) -> _Entry:
         """Only the head: the backbone with this fingerprint is resident already."""

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from container_serve.env_names import (
     ASYNC_ENV,
+    CALIBRATION_ENV,
     GRAPH_ENV,
     MAX_IMAGES_ENV,
     MAX_PAYLOAD_MB_ENV,
@@ -76,8 +77,11 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     return raw
 
 
-def _flag(env: Mapping[str, str], name: str) -> bool:
+def _flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
+    """true/1 or false/0 (any case); unset or blank gives ``default``."""
     raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
     if raw not in FLAG_VALUES:
         raise ServeSettingsError(f"{name}={raw!r} must be true or false")
     return FLAG_VALUES[raw]
@@ -115,6 +119,7 @@ class ServeSettings:
     precision: str = PRECISIONS[0]
     graph: str = GRAPHS[0]
     asynchronous: bool = False
+    calibration: bool = True  # apply the manifest's temperature (when it has one)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServeSettings:
@@ -147,6 +152,7 @@ class ServeSettings:
             precision=_choice(env, PRECISION_ENV, PRECISIONS),
             graph=_choice(env, GRAPH_ENV, GRAPHS),
             asynchronous=asynchronous,
+            calibration=_flag(env, CALIBRATION_ENV, default.calibration),
         )
         if settings.port > 65535:
             raise ServeSettingsError(f"{PORT_ENV}={settings.port} is not a TCP port")
@@ -168,6 +174,7 @@ class ServeSettings:
             PRECISION_ENV: self.precision,
             GRAPH_ENV: self.graph,
             ASYNC_ENV: str(self.asynchronous).lower(),
+            CALIBRATION_ENV: str(self.calibration).lower(),
             # OpenMP/MKL pools outside torch.set_num_threads follow the same budget.
             OMP_THREADS_ENV: str(self.threads_per_worker),
         }
