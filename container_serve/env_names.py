@@ -7,6 +7,9 @@ those. The rest are set by ``serve`` for the processes it starts. Standard proce
 
 from __future__ import annotations
 
+# Set by the transform driver (--strict), or by anyone through a transform job's Environment.
+from job_contract.deployment import BATCH_STRICT_ENV as BATCH_STRICT_ENV
+
 # Set by the deploy driver, read by model_artifact (every reader of the manifest checks it).
 from job_contract.deployment import MANIFEST_PIN_ENV as MANIFEST_PIN_ENV
 

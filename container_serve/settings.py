@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from container_serve.env_names import (
+    BATCH_STRICT_ENV,
     GRAPH_ENV,
     MAX_IMAGES_ENV,
     MAX_PAYLOAD_MB_ENV,
@@ -39,6 +40,11 @@ MMS_DEFAULT_MAX_REQUEST_BYTES = 6_553_500
 REQUEST_PIXELS_PER_IMAGE_LIMIT = 2
 PRECISIONS = ("fp32", "int8")
 GRAPHS = ("auto", "compiled", "frozen", "eager")
+MIB = 1024 * 1024  # SageMaker's "MB" in MaxPayloadInMB and SAGEMAKER_MAX_PAYLOAD_IN_MB
+# CreateTransformJob refuses MaxPayloadInMB above 100, and MaxConcurrentTransforms x
+# MaxPayloadInMB above 100.
+TRANSFORM_PAYLOAD_LIMIT_MB = 100
+TRUE_WORDS = ("true", "1", "yes")
 
 
 class ServeSettingsError(ValueError):
@@ -65,6 +71,13 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     if raw not in choices:
         raise ServeSettingsError(f"{name}={raw!r} must be one of {', '.join(choices)}")
     return raw
+
+
+def _bool(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw and raw not in (*TRUE_WORDS, "false", "0", "no"):
+        raise ServeSettingsError(f"{name}={raw!r} must be true or false")
+    return raw in TRUE_WORDS
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
@@ -98,6 +111,7 @@ class ServeSettings:
     runtime_dir: str | None = None
     precision: str = PRECISIONS[0]
     graph: str = GRAPHS[0]
+    batch_strict: bool = False  # JSON Lines: a bad record fails the request (no error line)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServeSettings:
@@ -127,6 +141,7 @@ class ServeSettings:
             runtime_dir=env.get(RUNTIME_DIR_ENV) or default.runtime_dir,
             precision=_choice(env, PRECISION_ENV, PRECISIONS),
             graph=_choice(env, GRAPH_ENV, GRAPHS),
+            batch_strict=_bool(env, BATCH_STRICT_ENV),
         )
         if settings.port > 65535:
             raise ServeSettingsError(f"{PORT_ENV}={settings.port} is not a TCP port")
@@ -147,6 +162,28 @@ class ServeSettings:
             TOP_K_MAX_ENV: str(self.top_k_max),
             PRECISION_ENV: self.precision,
             GRAPH_ENV: self.graph,
+            BATCH_STRICT_ENV: str(self.batch_strict).lower(),
             # OpenMP/MKL pools outside torch.set_num_threads follow the same budget.
             OMP_THREADS_ENV: str(self.threads_per_worker),
         }
+
+    def execution_parameters(self) -> dict[str, int | str]:
+        """What GET /execution-parameters tells SageMaker's batch agent (a transform job that
+        does not set these itself uses them).
+
+        - BatchStrategy SingleRecord: one image per request. A record costs a forward pass
+          (tens of ms and more) against about a millisecond of HTTP; the compiled graph runs a
+          batch image by image anyway (model_artifact.compiled), and a multi-record request
+          of a few MB of thumbnails would run past the model server's time-out. MultiRecord
+          still works when a job asks for it (container_serve.batch).
+        - MaxPayloadInMB: the request limit in whole MiB (at least 1), so that any record the
+          real-time endpoint takes fits in one request.
+        - MaxConcurrentTransforms: one request per worker (a worker serves one at a time; more
+          would only queue), fewer when SageMaker's cap on concurrency x payload (100 MB)
+          demands: the payload must hold the largest record, fewer requests in flight only
+          cost time.
+        """
+        payload_mb = max(1, min(self.max_request_bytes // MIB, TRANSFORM_PAYLOAD_LIMIT_MB))
+        concurrent = max(1, min(self.workers, TRANSFORM_PAYLOAD_LIMIT_MB // payload_mb))
+        return {"MaxConcurrentTransforms": concurrent, "BatchStrategy": "SingleRecord",
+                "MaxPayloadInMB": payload_mb}

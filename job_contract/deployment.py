@@ -1,9 +1,14 @@
 """What the deploy driver tells the serving container, spelled once for both sides.
 
-The driver (drivers/deploy.py) sets these on the SageMaker model; the serving image
-(model_artifact.manifest, container_serve) reads them. docs/serving-api.md says what each does.
+The drivers (drivers/deploy.py, drivers/transform.py) set these on the SageMaker model or job;
+the serving image (model_artifact.manifest, container_serve) reads them. docs/serving-api.md
+says what each does.
 """
 
 # The sha256 of manifest.json's bytes, known from outside the archive
 # (deploy.py --manifest-sha256): every reader of the artifact refuses any other manifest.
 MANIFEST_PIN_ENV = "SERVE_MANIFEST_SHA256"
+
+# JSON Lines batch transform: "true" makes a bad record fail its whole request with a 4xx
+# (the job fails) instead of giving an error line in its place (transform.py --strict).
+BATCH_STRICT_ENV = "SERVE_BATCH_STRICT"
