@@ -5,7 +5,8 @@ posted, the answers assembled with AssembleWith Line, and every output line chec
 single-image /invocations of the same photo. A planted bad record gives an error line in its
 place; in strict mode its mini-batch fails with a 4xx. docs/serving-api.md, "Batch transform".
 
-One container (the tiny artifact of tests/conftest.py), 49 photos at 64 px.
+One container (the tiny artifact of tests/conftest.py), 49 photos at 64 px; then the SDK v3's
+own local-mode transform job (a second container, started and removed by the SDK).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shutil
 import socket
 import subprocess
 import time
@@ -29,11 +31,17 @@ from tests.conftest import HELD_OUT
 from tests.container.conftest import remove_containers, require_docker
 
 SERVE_IMAGE = local_image("serve")
+REPO = Path(__file__).resolve().parents[2]
+DRIVERS_PYTHON = REPO / ".venv-drivers" / "bin" / "python"
 NAME = f"batch-transform-{uuid.uuid4().hex[:8]}"
 MIB = 1024 * 1024
 JSONL = "application/jsonlines"
 BAD_AT = 10  # the planted bad record's index in the file
 BAD_RECORD = b'{"image": "bm90IGFuIGltYWdl"}\n'  # base64 of "not an image"
+
+# A loaded CI machine can take minutes to load a worker: MMS's time-out covers loading too. The
+# graph does not matter here (every comparison is within this container): eager starts fastest.
+SLOW_MACHINE = ("-e", "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS=600", "-e", "SERVE_GRAPH=eager")
 
 pytestmark = pytest.mark.container
 
@@ -57,7 +65,7 @@ def _request(port: int, path: str, data: bytes | None = None,
 
 def _wait_ready(port: int) -> None:
     jpeg = HELD_OUT[0].read_bytes()
-    deadline, last = time.monotonic() + 240, None
+    deadline, last = time.monotonic() + 600, None
     while time.monotonic() < deadline:
         try:
             last = _request(port, "/invocations", jpeg, {"Content-Type": "image/jpeg"})[:2]
@@ -68,7 +76,7 @@ def _wait_ready(port: int) -> None:
         time.sleep(2)
     logs = subprocess.run(["docker", "logs", "--tail", "60", NAME], capture_output=True,
                           text=True)
-    pytest.fail(f"server not ready in 240 s: {last}\n{logs.stdout}{logs.stderr}")
+    pytest.fail(f"server not ready in 600 s: {last}\n{logs.stdout}{logs.stderr}")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -85,7 +93,7 @@ def server(tiny_artifact: Path):
         ["docker", "run", "-d", "--rm", "--name", NAME, "-p", f"127.0.0.1:{port}:8080",
          "-e", "SAGEMAKER_MODEL_SERVER_WORKERS=1", "-e", "SERVE_THREADS_PER_WORKER=1",
          "-e", "SAGEMAKER_MAX_PAYLOAD_IN_MB=1", "-e", "SERVE_MAX_IMAGES=4",
-         "-e", "SAGEMAKER_BATCH=true", "-v", f"{tiny_artifact}:/opt/ml/model:ro",
+         "-e", "SAGEMAKER_BATCH=true", *SLOW_MACHINE, "-v", f"{tiny_artifact}:/opt/ml/model:ro",
          SERVE_IMAGE, "serve"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     try:
@@ -183,3 +191,33 @@ def test_one_image_per_object_split_type_none(server):
     assert labels
     assert [p["label"] for p in _single(server, png.getvalue(), "image/png")["top_k"]] == labels
     assert _single(server, photo, "application/x-image") == _single(server, photo)
+
+
+def test_sdk_local_mode_runs_the_transform_offline(server, tiny_artifact, tmp_path):
+    """The SageMaker SDK v3's own local transform job (docker compose, its Line split and
+    batching, the container's execution parameters) gives the same lines."""
+    if not DRIVERS_PYTHON.exists():
+        pytest.skip("no .venv-drivers (dev/setup_drivers_venv.sh makes it)")
+    if not shutil.which("docker-compose") and subprocess.run(
+            ["docker", "compose", "version"], capture_output=True).returncode:
+        pytest.skip("SDK local mode needs docker compose (apt-get install docker-compose)")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "photos.jsonl").write_bytes(b"".join(_jsonl_file()[:BAD_AT + 3]))
+    env = [arg for pair in ("SERVE_THREADS_PER_WORKER=1", "SAGEMAKER_MODEL_SERVER_WORKERS=1",
+                            "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS=600", "SERVE_GRAPH=eager")
+           for arg in ("--env", pair)]
+    proc = subprocess.run(
+        [str(DRIVERS_PYTHON), str(REPO / "local_test" / "sdk_local_transform.py"),
+         "--image", SERVE_IMAGE, "--model-dir", str(tiny_artifact), "--input",
+         str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--port", str(_free_port()),
+         *env], capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"batch_strategy": "SingleRecord", "outputs": ["photos.jsonl.out"]}
+    output = (tmp_path / "out" / "photos.jsonl.out").read_text().splitlines()
+    assert len(output) == BAD_AT + 3
+    assert json.loads(output[BAD_AT])["error"]["code"] == 400
+    photos = list(HELD_OUT)
+    for i, text in enumerate(output):
+        if i != BAD_AT:
+            _same(json.loads(text), _single(server, photos.pop(0).read_bytes()))
