@@ -118,7 +118,7 @@ def _with_record(exc: ServeError, number: int) -> ServeError:
 def predictions(records: list[bytes], served: ServedModel, handlers: Handlers,
                 top_k: int, strict: bool) -> list[dict[str, Any] | ServeError]:
     """One result per record, in order: the per-image object, or the error for that record
-    (raised at once in strict mode)."""
+    (in strict mode the first bad record's error is raised instead)."""
     results: list[dict[str, Any] | ServeError | None] = [None] * len(records)
     pending: list[tuple[int, bytes]] = []
     for i, record in enumerate(records):
@@ -138,7 +138,7 @@ def predictions(records: list[bytes], served: ServedModel, handlers: Handlers,
     errors = [(i, r) for i, r in enumerate(results) if isinstance(r, ServeError)]
     if strict and errors:
         raise _with_record(errors[0][1], errors[0][0] + 1)
-    return [_with_record(r, i + 1) if isinstance(r, ServeError) else r  # type: ignore[misc]
+    return [_with_record(r, i + 1) if isinstance(r, ServeError) else r
             for i, r in enumerate(results)]
 
 
