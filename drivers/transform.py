@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             driver.finish(ctx)
             return 0
         print(f"transform job: {name}")
-        print(f"output:        {output}/<input key>.out")
+        print(f"output:        {output.rstrip('/')}/<input key>.out")
         if args.wait:
             wait_done(ctx, name, args.timeout)
             print(f"completed:     {name}")

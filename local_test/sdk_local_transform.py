@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -33,14 +35,29 @@ HEALTH_CHECK_TIMEOUT_S = 600
 
 def local_session(port: int, root: Path) -> Any:
     """A LocalSession serving on ``port``, its files under ``root``."""
+    from sagemaker.core.local import entities
     from sagemaker.core.local.local_session import LocalSession
 
+    # The SDK reads local.health_check_timeout but its config schema refuses the key (3.27):
+    # its module default is the one way to wait longer.
+    entities.HEALTH_CHECK_TIMEOUT_LIMIT = HEALTH_CHECK_TIMEOUT_S
     session = LocalSession()
-    config = {"local": {"local_code": True, "serving_port": port, "container_root": str(root),
-                        "health_check_timeout": HEALTH_CHECK_TIMEOUT_S}}
+    config = {"local": {"local_code": True, "serving_port": port, "container_root": str(root)}}
     # the runtime client was built with the session's config: both must see the port
     session.config = session.sagemaker_runtime_client.config = config
     return session
+
+
+def remove_left_behind(root: Path) -> None:
+    """The SDK stops the serving container but leaves it (exited) behind, and its folder under
+    ``root``: remove the containers docker compose started from there, then the folder."""
+    label = '{{.ID}} {{.Label "com.docker.compose.project.working_dir"}}'
+    rows = subprocess.run(["docker", "ps", "-a", "--format", label], capture_output=True,
+                          text=True, check=False).stdout.splitlines()
+    ids = [row.split()[0] for row in rows if f" {root}" in row]
+    if ids:
+        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def transform(session: Any, args: argparse.Namespace) -> dict[str, Any]:
@@ -73,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     offline_environment()
     root = Path(tempfile.mkdtemp(prefix="sdk-local-transform-"))
-    job = transform(local_session(args.port, root), args)
+    try:
+        job = transform(local_session(args.port, root), args)
+    finally:
+        remove_left_behind(root)
     if job["TransformJobStatus"] != "Completed":
         print(f"transform job {job['TransformJobStatus']}", file=sys.stderr)
         return 1
