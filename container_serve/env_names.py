@@ -9,6 +9,9 @@ from __future__ import annotations
 
 # Set by the deploy driver, read by model_artifact (every reader of the manifest checks it).
 from job_contract.deployment import ASYNC_ENV as ASYNC_ENV
+
+# Set by the transform driver (--strict), or by anyone through a transform job's Environment.
+from job_contract.deployment import BATCH_STRICT_ENV as BATCH_STRICT_ENV
 from job_contract.deployment import MANIFEST_PIN_ENV as MANIFEST_PIN_ENV
 
 # Names SageMaker (or the inference toolkit) defines.

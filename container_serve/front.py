@@ -9,6 +9,8 @@ jar, nginx listens on the public port and:
 - keeps large bodies on disk, not in memory, cuts off clients that stall, and answers a JSON
   503 beyond MAX_ACTIVE requests in progress (bounded memory under a flood of big bodies);
 - answers 503 JSON while MMS is starting or if it is gone, instead of a refused connection;
+- answers GET /execution-parameters itself (SageMaker's batch agent asks for it before a
+  transform job; MMS answers 404): a fixed JSON object from ServeSettings, computed here;
 - sends /ping to container_serve.health, which answers 503 while no worker has the model
   (MMS's own /ping answers 200 even then);
 - passes everything else to MMS over a Unix socket in the runtime dir (no second port to pick,
@@ -19,6 +21,7 @@ The cost is one local hop per request (bench/serving_speed.py measures the endpo
 from __future__ import annotations
 
 import grp
+import json
 import os
 import pwd
 import shutil
@@ -108,6 +111,19 @@ def _error_pages(settings: ServeSettings, max_body_bytes: int) -> dict[str, str]
     }.items()}
 
 
+def _own_locations(settings: ServeSettings, runtime_dir: str) -> str:
+    """The routes MMS does not answer (right): /ping, and /execution-parameters, a fixed
+    answer computed now from the settings (SageMaker's batch agent reads it once a job)."""
+    return f"""\
+        location = /ping {{  # container_serve/health.py: 503 while no worker has the model
+            proxy_pass http://unix:{os.path.join(runtime_dir, HEALTH_SOCKET)}:/ping;
+            proxy_read_timeout 10s;
+        }}
+        location = /execution-parameters {{  # ServeSettings.execution_parameters
+            return 200 {_quoted(json.dumps(settings.execution_parameters()))};
+        }}"""
+
+
 def render_config(settings: ServeSettings, runtime_dir: str, max_body_bytes: int) -> str:
     page = _error_pages(settings, max_body_bytes)
     return f"""# Written by container_serve/front.py for one server; see that module for why.
@@ -143,10 +159,7 @@ http {{
     server {{
         listen {settings.port} backlog=1024;
         server_name serve;  # the limit_conn key: an empty key would not be counted
-        location = /ping {{  # container_serve/health.py: 503 while no worker has the model
-            proxy_pass http://unix:{os.path.join(runtime_dir, HEALTH_SOCKET)}:/ping;
-            proxy_read_timeout 10s;
-        }}
+{_own_locations(settings, runtime_dir)}
         location / {{  # not /ping: a busy server is not a dead one
             limit_conn active {MAX_ACTIVE};
             if ($form_type) {{ return 415 {page['form_415']}; }}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from container_serve.env_names import (
     ASYNC_ENV,
+    BATCH_STRICT_ENV,
     CALIBRATION_ENV,
     GRAPH_ENV,
     MAX_IMAGES_ENV,
@@ -49,6 +50,10 @@ ASYNC_TIMEOUT_SECONDS = 3600
 FLAG_VALUES = {"true": True, "1": True, "false": False, "0": False, "": False}
 PRECISIONS = ("fp32", "int8")
 GRAPHS = ("auto", "compiled", "frozen", "eager")
+MIB = 1024 * 1024  # SageMaker's "MB" in MaxPayloadInMB and SAGEMAKER_MAX_PAYLOAD_IN_MB
+# CreateTransformJob refuses MaxPayloadInMB above 100, and MaxConcurrentTransforms x
+# MaxPayloadInMB above 100.
+TRANSFORM_PAYLOAD_LIMIT_MB = 100
 
 
 class ServeSettingsError(ValueError):
@@ -85,8 +90,6 @@ def _flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
     if raw not in FLAG_VALUES:
         raise ServeSettingsError(f"{name}={raw!r} must be true or false")
     return FLAG_VALUES[raw]
-
-
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
     raw = env.get(name, "").strip()
     if not raw:
@@ -120,6 +123,7 @@ class ServeSettings:
     graph: str = GRAPHS[0]
     asynchronous: bool = False
     calibration: bool = True  # apply the manifest's temperature (when it has one)
+    batch_strict: bool = False  # JSON Lines: a bad record fails the request (no error line)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServeSettings:
@@ -153,6 +157,7 @@ class ServeSettings:
             graph=_choice(env, GRAPH_ENV, GRAPHS),
             asynchronous=asynchronous,
             calibration=_flag(env, CALIBRATION_ENV, default.calibration),
+            batch_strict=_flag(env, BATCH_STRICT_ENV),
         )
         if settings.port > 65535:
             raise ServeSettingsError(f"{PORT_ENV}={settings.port} is not a TCP port")
@@ -175,6 +180,28 @@ class ServeSettings:
             GRAPH_ENV: self.graph,
             ASYNC_ENV: str(self.asynchronous).lower(),
             CALIBRATION_ENV: str(self.calibration).lower(),
+            BATCH_STRICT_ENV: str(self.batch_strict).lower(),
             # OpenMP/MKL pools outside torch.set_num_threads follow the same budget.
             OMP_THREADS_ENV: str(self.threads_per_worker),
         }
+
+    def execution_parameters(self) -> dict[str, int | str]:
+        """What GET /execution-parameters tells SageMaker's batch agent (a transform job that
+        does not set these itself uses them).
+
+        - BatchStrategy SingleRecord: one image per request. A record costs a forward pass
+          (tens of ms and more) against about a millisecond of HTTP; the compiled graph runs a
+          batch image by image anyway (model_artifact.compiled), and a multi-record request
+          of a few MB of thumbnails would run past the model server's time-out. MultiRecord
+          still works when a job asks for it (container_serve.batch).
+        - MaxPayloadInMB: the request limit in whole MiB (at least 1), so that any record the
+          real-time endpoint takes fits in one request.
+        - MaxConcurrentTransforms: one request per worker (a worker serves one at a time; more
+          would only queue), fewer when SageMaker's cap on concurrency x payload (100 MB)
+          demands: the payload must hold the largest record, fewer requests in flight only
+          cost time.
+        """
+        payload_mb = max(1, min(self.max_request_bytes // MIB, TRANSFORM_PAYLOAD_LIMIT_MB))
+        concurrent = max(1, min(self.workers, TRANSFORM_PAYLOAD_LIMIT_MB // payload_mb))
+        return {"MaxConcurrentTransforms": concurrent, "BatchStrategy": "SingleRecord",
+                "MaxPayloadInMB": payload_mb}

@@ -17,7 +17,7 @@ from typing import Any
 
 from sagemaker_inference.transformer import Transformer
 
-from container_serve import inference
+from container_serve import batch, inference
 from container_serve.env_names import ARTIFACT_GATE_ENV, MODEL_DIR_ENV
 from container_serve.errors import ServeError, error_body, one_line
 from container_serve.toolkit_patches import OwnFunctionsOnly
@@ -31,6 +31,13 @@ def _headers(context: Any, idx: int) -> dict[str, str]:
     """Request headers of request ``idx``, names lower-cased (HTTP names are case-free)."""
     props = context.request_processor[idx].get_request_properties() or {}
     return {str(k).lower(): v for k, v in props.items() if isinstance(v, str)}
+
+
+def _response_type(context: Any, idx: int, status: HTTPStatus) -> str:
+    """JSON Lines for an answered JSON Lines request; JSON otherwise (every error body)."""
+    if status == HTTPStatus.OK and batch.is_jsonlines(_headers(context, idx).get("content-type")):
+        return batch.JSONLINES
+    return inference.JSON
 
 
 GATE_TIMEOUT_SECONDS = 600
@@ -80,7 +87,7 @@ class ServeTransformer(OwnFunctionsOnly, Transformer):
             if status != HTTPStatus.OK:
                 body = error_body(status, message)
                 context.set_response_status(code=int(status), phrase=status.phrase, idx=idx)
-            context.set_response_content_type(idx, inference.JSON)
+            context.set_response_content_type(idx, _response_type(context, idx, status))
             responses.append(body)
         return responses
 
@@ -89,6 +96,9 @@ class ServeTransformer(OwnFunctionsOnly, Transformer):
         self.validate_and_initialize(model_dir=model_dir, context=context)
         served = self._model
         headers = _headers(context, idx)
+        if batch.is_jsonlines(headers.get("content-type")):  # batch transform's JSON Lines
+            handlers = batch.Handlers(self._input_fn, self._predict_fn, self._output_fn)
+            return batch.transform(request.get("body"), headers, served, handlers)
         accept = headers.get("accept")
         inference.check_accept(accept)  # refuse before spending a forward pass
         top_k = inference.parse_top_k(headers.get(inference.CUSTOM_ATTRIBUTES), served.settings)

@@ -20,17 +20,16 @@ import re
 import shlex
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from drivers import common as driver
 from drivers.aws_settings import (
     SettingsError,
     add_common_arguments,
-    check_s3_uri,
     resolve,
     s3_uri_type,
 )
+from drivers.model_source import add_model_arguments, model_data_url
 from job_contract.deployment import ASYNC_ENV, MANIFEST_PIN_ENV
 
 ENDPOINT_PREFIX = "resnet-serve"
@@ -67,11 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_arguments(p, image="serve")
     m = p.add_argument_group("model (one of)")
     src = m.add_mutually_exclusive_group()
-    src.add_argument("--model-data", type=s3_uri_type, metavar="S3_URI",
-                     help="the model.tar.gz a training job wrote")
-    src.add_argument("--training-job", metavar="NAME", help="use this training job's artifact")
-    src.add_argument("--from-best", type=Path, metavar="FILE",
-                     help="the best job file tune.py wrote")
+    add_model_arguments(src)
     src.add_argument("--delete", metavar="ENDPOINT",
                      help="delete the endpoint, its config, its models and its autoscaling")
     m.add_argument("--env", action="append", metavar="NAME=VALUE",
@@ -255,22 +250,6 @@ def instance_note(instance_type: str) -> str | None:
     return (f"note: {instance_type} has an accelerator, but the serving image runs the model "
             "on its CPUs (the fastest CPU path: compiled fp32 or int8); the accelerator stays "
             "idle. A CPU instance type (ml.m5.xlarge, the default, or ml.c6i.xlarge) costs less.")
-
-
-def model_data_url(ctx: driver.DriverContext, args: argparse.Namespace) -> str:
-    if args.model_data:
-        return args.model_data
-    if args.from_best:
-        best = driver.load_best(args.from_best)
-        return check_s3_uri(best.get("model_data") or "", f"model_data in {args.from_best}")
-    from sagemaker.core.resources import TrainingJob
-
-    job = TrainingJob.get(training_job_name=args.training_job, session=ctx.boto_session,
-                          region=ctx.region)
-    if job.training_job_status != "Completed" and not ctx.dry_run:
-        raise driver.DriverError(f"training job {args.training_job} is {job.training_job_status}"
-                                 f" ({job.failure_reason}); only a completed job has a model")
-    return job.model_artifacts.s3_model_artifacts
 
 
 def endpoint_config_request(args: argparse.Namespace, name: str, s: Any) -> dict[str, Any]:

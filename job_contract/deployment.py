@@ -1,7 +1,8 @@
 """What the deploy driver tells the serving container, spelled once for both sides.
 
-The driver (drivers/deploy.py) sets these on the SageMaker model; the serving image
-(model_artifact.manifest, container_serve) reads them. docs/serving-api.md says what each does.
+The drivers (drivers/deploy.py, drivers/transform.py) set these on the SageMaker model or job;
+the serving image (model_artifact.manifest, container_serve) reads them. docs/serving-api.md
+says what each does.
 """
 
 # The sha256 of manifest.json's bytes, known from outside the archive
@@ -12,3 +13,6 @@ MANIFEST_PIN_ENV = "SERVE_MANIFEST_SHA256"
 # request-size and model time-out defaults to what SageMaker asynchronous inference allows
 # (container_serve.settings holds the numbers).
 ASYNC_ENV = "SERVE_ASYNC"
+# JSON Lines batch transform: "true" makes a bad record fail its whole request with a 4xx
+# (the job fails) instead of giving an error line in its place (transform.py --strict).
+BATCH_STRICT_ENV = "SERVE_BATCH_STRICT"

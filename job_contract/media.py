@@ -33,6 +33,12 @@ _MAGIC: tuple[tuple[bytes, ImageFormat], ...] = (
 )
 FORMAT_NAMES = "JPEG, PNG, WebP, GIF, BMP or TIFF"
 
+# JSON Lines (batch transform: one {"image": "<base64>"} record a line). The first is the
+# type the SageMaker SDK's JSONLinesSerializer and the built-in algorithms use; the others are
+# common spellings, taken alike. The transform driver and the server read this one list.
+JSONLINES = "application/jsonlines"
+JSONLINES_TYPES = (JSONLINES, "application/jsonl", "application/x-jsonlines")
+
 
 def sniff_image(data: bytes) -> ImageFormat | None:
     """The format from the first bytes of ``data``, or None for anything not decoded."""

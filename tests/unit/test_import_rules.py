@@ -34,7 +34,8 @@ ALLOWED: dict[str, set[str]] = {
 }
 # Driver commands are peers: none imports another (they share drivers.common and the modules
 # named there). tuning_job dispatches `--local` to local_tuning lazily: one named exception.
-DRIVER_COMMANDS = {"training_job", "tuning_job", "local_tuning", "deploy", "predict"}
+DRIVER_COMMANDS = {"training_job", "tuning_job", "local_tuning", "deploy", "predict",
+                   "transform"}
 PEER_EXCEPTIONS = {("tuning_job", "local_tuning")}
 
 

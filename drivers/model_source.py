@@ -1,0 +1,37 @@
+"""Where a command's model comes from: ``--model-data``, ``--training-job`` or ``--from-best``
+(deploy.py and transform.py take the same three; the commands are peers, so it lives here)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from drivers import common as driver
+from drivers.aws_settings import check_s3_uri, s3_uri_type
+
+
+def add_model_arguments(group: argparse._MutuallyExclusiveGroup) -> None:
+    """The three ways to name a model, in a mutually exclusive group."""
+    group.add_argument("--model-data", type=s3_uri_type, metavar="S3_URI",
+                       help="the model.tar.gz a training job wrote")
+    group.add_argument("--training-job", metavar="NAME", help="use this training job's artifact")
+    group.add_argument("--from-best", type=Path, metavar="FILE",
+                       help="the best job file tune.py wrote")
+
+
+def model_data_url(ctx: driver.DriverContext, args: argparse.Namespace) -> str:
+    """The model.tar.gz's S3 URI: given, from the best-job file, or from a completed training
+    job (DescribeTrainingJob; a dry run takes the job as it is)."""
+    if args.model_data:
+        return args.model_data
+    if args.from_best:
+        best = driver.load_best(args.from_best)
+        return check_s3_uri(best.get("model_data") or "", f"model_data in {args.from_best}")
+    from sagemaker.core.resources import TrainingJob
+
+    job = TrainingJob.get(training_job_name=args.training_job, session=ctx.boto_session,
+                          region=ctx.region)
+    if job.training_job_status != "Completed" and not ctx.dry_run:
+        raise driver.DriverError(f"training job {args.training_job} is {job.training_job_status}"
+                                 f" ({job.failure_reason}); only a completed job has a model")
+    return job.model_artifacts.s3_model_artifacts
