@@ -2,18 +2,15 @@
 deploy.py --async-output sets): a request body far above real-time's 6.5 MB limit is
 classified, and the same body is a JSON 413 from the image without that configuration.
 
-Needs Docker, the serving image (SERVE_IMAGE) and the training image (TRAIN_IMAGE, for the
-tiny artifact, as tests/container/test_images.py makes it). One worker per container, one
-container at a time; the body is a noise PNG (incompressible, so ~3 bytes a pixel) of about
-22 MB and 7.3 million pixels, under the unchanged pixel limit.
+Needs Docker and the serving image (SERVE_IMAGE); the tiny artifact is tests/conftest.py's.
+One worker per container, one container at a time; the body is a noise PNG (incompressible,
+so ~3 bytes a pixel) of about 22 MB and 7.3 million pixels, under the unchanged pixel limit.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
 import socket
 import subprocess
 import time
@@ -34,12 +31,8 @@ from model_artifact.preprocess import load_image
 from tests.container.conftest import remove_containers, require_docker
 
 REPO = Path(__file__).resolve().parents[2]
-LOCAL_TEST = REPO / "local_test"
 SAMPLE_DATA = REPO / "sample_data" / "photos5"
-TRAIN_IMAGE = local_image("train")
 SERVE_IMAGE = local_image("serve")
-TINY_HPS = {"epochs": "1", "image-size": "64", "batch-size": "16", "weights": "none",
-            "num-workers": "0", "log-interval": "2", "seed": "7", "compile": "false"}
 RUN_ID = uuid.uuid4().hex[:8]
 BIG_BODY_BYTES = 20 * 1024 * 1024
 SIDE = 2700  # 2700 x 2700 x 3 bytes of noise: ~21.9 MB as an uncompressed-level PNG
@@ -50,7 +43,7 @@ pytestmark = pytest.mark.container
 
 @pytest.fixture(scope="module", autouse=True)
 def _docker_ready() -> Iterator[None]:
-    require_docker(TRAIN_IMAGE, SERVE_IMAGE)
+    require_docker(SERVE_IMAGE)
     yield
     remove_containers(f"pytest-async-{RUN_ID}")
 
@@ -60,17 +53,10 @@ def _run(cmd: list[str], timeout: int = 600, **kwargs) -> subprocess.CompletedPr
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """local_test/train_local.sh with tiny settings: the artifact the other tests serve."""
-    test_dir = tmp_path_factory.mktemp("async-train") / "test_dir"
-    config = LOCAL_TEST / "test_dir" / "input" / "config"
-    shutil.copytree(config, test_dir / "input" / "config")
-    (test_dir / "input" / "config" / "hyperparameters.json").write_text(json.dumps(TINY_HPS))
-    env = {**os.environ, "TEST_DIR": str(test_dir), "TRAIN_IMAGE": TRAIN_IMAGE,
-           "TRAIN_CONTAINER": f"pytest-async-{RUN_ID}-train", "DOCKER_RUN_ARGS": ""}
-    proc = _run([str(LOCAL_TEST / "train_local.sh")], env=env)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    return test_dir / "model"
+def model_dir(tiny_artifact: Path) -> Path:
+    """The artifact the real training code wrote (tests/conftest.py), shared with the other
+    container tests of the session."""
+    return tiny_artifact
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +121,10 @@ def _reference(model_dir: Path, body: bytes) -> list[float]:
     pre = manifest.preprocessing
     pixels = pre.pixels()(load_image(body, min_side=pre.min_side))
     with torch.inference_mode():
-        return torch.softmax(model(pre.normalize(pixels.unsqueeze(0))), dim=1)[0].tolist()
+        logits = model(pre.normalize(pixels.unsqueeze(0)))
+    # Served probabilities are calibrated by default (docs/serving-api.md): softmax(logits / T).
+    temperature = manifest.calibration.temperature if manifest.calibration else 1.0
+    return torch.softmax(logits / temperature, dim=1)[0].tolist()
 
 
 def test_async_configuration_classifies_a_20_mb_body(model_dir: Path, big_png: bytes):
