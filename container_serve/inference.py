@@ -14,7 +14,7 @@ import logging
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -30,6 +30,7 @@ from container_serve.errors import (
 )
 from container_serve.media import IMAGE_TYPES, JSON, unsupported
 from container_serve.settings import ServeSettings
+from container_serve.startup_check import self_tested
 from model_artifact.compiled import load_compiled
 from model_artifact.manifest import COMPILED, INT8, ArtifactError, Manifest
 from model_artifact.network import load_artifact
@@ -214,6 +215,10 @@ def model_fn(model_dir: str) -> ServedModel:
             f"{model_dir}: the {settings.precision} model gives outputs of shape "
             f"{tuple(out.shape)}, the manifest has {manifest.num_classes} classes"
         )
+    # Serving's self-test (startup_check): the graph that will serve, on this CPU and thread
+    # count, against training's logits; auto falls back from a compiled variant that fails.
+    model, graph = self_tested(model_dir, manifest, model, graph, settings, lambda: _fp32_model(
+        model_dir, manifest, replace(settings, graph="frozen"), example))
     logger.info("serving %s: %s graph, %d thread(s)", model_dir, graph,
                 settings.threads_per_worker)
     return ServedModel(model, manifest, manifest.preprocessing.transform(), settings, graph)

@@ -120,6 +120,34 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class SelfTest:
+    """Held-out inputs with training's fp32 logits (model_artifact.self_test), in their own
+    file next to the weights: serving runs them through the graph it serves before it is ready."""
+
+    file: str
+    sha256: str
+    images: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "sha256": self.sha256, "images": self.images}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> SelfTest:
+        if not isinstance(data, dict):
+            raise ArtifactError(f"{where}: expected a JSON object")
+        file = _require(data, "file", str, where)
+        if os.path.basename(file) != file or file in ("", ".", ".."):
+            raise ArtifactError(f"{where}: file must be a plain file name")
+        sha = _require(data, "sha256", str, where)
+        if not _SHA256_HEX.fullmatch(sha):
+            raise ArtifactError(f"{where}: sha256 must be 64 hex digits")
+        images = _require(data, "images", int, where)
+        if images < 1:
+            raise ArtifactError(f"{where}: images must be at least 1")
+        return cls(file, sha, images)
+
+
+@dataclass(frozen=True)
 class Manifest:
     architecture: str
     class_names: tuple[str, ...]
@@ -134,6 +162,8 @@ class Manifest:
     variants: dict[str, Variant] = field(default_factory=dict)
     # Optional, informative: how the weights were trained ({"device": ..., "precision": ...}).
     training: dict[str, str] = field(default_factory=dict)
+    # Optional: the serving self-test's inputs and logits (absent: no self-test runs).
+    self_test: SelfTest | None = None
 
     @property
     def num_classes(self) -> int:
@@ -158,6 +188,7 @@ class Manifest:
             **({"variants": {name: v.to_dict() for name, v in self.variants.items()}}
                if self.variants else {}),
             **({"training": dict(self.training)} if self.training else {}),
+            **({"self_test": self.self_test.to_dict()} if self.self_test else {}),
         }
 
     @classmethod
@@ -214,6 +245,7 @@ class Manifest:
             format_version=version,
             variants=variants,
             training=dict(data.get("training", {})),
+            self_test=_self_test(data, where),
         )
 
     def write(self, model_dir: str | os.PathLike[str]) -> Path:
@@ -231,6 +263,11 @@ class Manifest:
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ArtifactError(f"{path}: not valid JSON: {exc}") from None
         return cls.from_dict(data, where=str(path))
+
+
+def _self_test(data: dict[str, Any], where: str) -> SelfTest | None:
+    raw = data.get("self_test")
+    return None if raw is None else SelfTest.from_dict(raw, f"{where}: self_test")
 
 
 def manifest_sha256(model_dir: str | os.PathLike[str]) -> str:
