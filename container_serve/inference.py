@@ -15,7 +15,7 @@ import math
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -31,6 +31,7 @@ from container_serve.errors import (
 )
 from container_serve.media import IMAGE_TYPES, JSON, unsupported
 from container_serve.settings import ServeSettings
+from container_serve.startup_check import self_tested
 from model_artifact.calibration import serving_temperature
 from model_artifact.compiled import load_compiled
 from model_artifact.manifest import COMPILED, INT8, ArtifactError, Manifest
@@ -240,6 +241,10 @@ def load_served(model_dir: str, settings: ServeSettings) -> ServedModel:
             f"{model_dir}: the {settings.precision} model gives outputs of shape "
             f"{tuple(out.shape)}, the manifest has {manifest.num_classes} classes"
         )
+    # Serving's self-test (startup_check): the graph that will serve, on this CPU and thread
+    # count, against training's logits; auto falls back from a compiled variant that fails.
+    model, graph = self_tested(model_dir, manifest, model, graph, settings, lambda: _fp32_model(
+        model_dir, manifest, replace(settings, graph="frozen"), example))
     temperature = serving_temperature(manifest.calibration, settings.calibration)
     logger.info("serving %s: %s graph, %d thread(s), temperature %g, novelty detector %s",
                 model_dir, graph, settings.threads_per_worker, temperature,

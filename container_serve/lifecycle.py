@@ -12,6 +12,7 @@ late /ping) changes nothing, and ``serve``'s exit code is read from them. Only R
 from __future__ import annotations
 
 import enum
+import os
 import threading
 
 
@@ -36,6 +37,20 @@ _NEXT: dict[ServeState, frozenset[ServeState]] = {
     _S.FAILED: frozenset(),
 }
 _FOLLOWS_MMS = frozenset({_S.LOADING, _S.READY, _S.DEGRADED})  # the port is open
+
+# A worker whose self-test refused the model (container_serve/startup_check.py) writes the
+# reason here, in serve's runtime dir; serve stops with it (read_refusal).
+SELF_TEST_REFUSAL_FILE = "self-test-refused"
+
+
+def read_refusal(runtime_dir: str) -> str | None:
+    """A worker's self-test refusal (one line), or None when no worker has refused."""
+    try:
+        with open(os.path.join(runtime_dir, SELF_TEST_REFUSAL_FILE)) as stream:
+            return stream.readline().strip() or None
+    except OSError:
+        return None
+
 
 # multi-model-server's /ping body status (health.mms_status reads it).
 MMS_HEALTHY = "Healthy"  # every configured worker has the model

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import uuid
 import warnings
 from pathlib import Path
@@ -35,7 +36,12 @@ from container_serve.env_names import (
     PORT_ENV,
     RUNTIME_DIR_ENV,
 )
-from container_serve.lifecycle import Lifecycle, ServeState
+from container_serve.lifecycle import (
+    SELF_TEST_REFUSAL_FILE,
+    Lifecycle,
+    ServeState,
+    read_refusal,
+)
 from container_serve.settings import ServeSettings, ServeSettingsError
 
 HANDLER_SERVICE = "container_serve.handler_service"
@@ -120,6 +126,9 @@ def _prepare_environment(settings: ServeSettings, model_dir: str, runtime_dir: s
     if os.path.exists(gate):  # a reused runtime dir: this start has checked nothing yet
         os.unlink(gate)
     os.environ[ARTIFACT_GATE_ENV] = gate
+    refusal = os.path.join(runtime_dir, SELF_TEST_REFUSAL_FILE)
+    if os.path.exists(refusal):  # an earlier start's workers refused; this one's have not yet
+        os.unlink(refusal)
     os.environ[RUNTIME_DIR_ENV] = runtime_dir
     os.environ[INSTANCE_ENV] = uuid.uuid4().hex
     os.environ[MMS_MAX_REQUEST_SIZE_ENV] = str(mms_max_request_bytes(settings))
@@ -225,6 +234,18 @@ class _Supervisor:
         log(f"nginx listens on port {settings.port}")
         threading.Thread(target=self._watch_front, args=(self.nginx,), name="watch-nginx",
                          daemon=True).start()
+        threading.Thread(target=self._watch_refusals, name="watch-self-test",
+                         daemon=True).start()
+
+    def _watch_refusals(self, interval: float = 0.5) -> None:
+        """A worker whose self-test refused the model (startup_check) would be forked again and
+        refuse again, on every worker alike: stop serve with the worker's reason instead, which
+        /ping answers (503) until the port closes."""
+        while not self.lifecycle.is_final():
+            if (reason := read_refusal(self.runtime_dir)) is not None:
+                self.fail(f"a worker refused to serve the model: {reason}")
+                return
+            time.sleep(interval)
 
     def _watch_front(self, nginx: subprocess.Popen) -> None:
         """If nginx dies, nothing reaches MMS any more: stop MMS so that the container exits

@@ -59,7 +59,7 @@ from job_contract.hyperparameters import HyperparameterError, Hyperparameters
 from job_contract.metrics import format_metric_line
 from model_artifact.manifest import ArtifactError, Manifest, manifest_sha256
 from model_artifact.preprocess import EvalPreprocessing
-from model_artifact.writer import write_artifact, write_compiled, write_int8
+from model_artifact.writer import write_artifact, write_compiled, write_int8, write_self_test
 
 log = logging.getLogger("container_train")
 FAILURE_REASON_CHARS = 1024  # what SageMaker shows as FailureReason
@@ -409,6 +409,8 @@ def export_model(trained: Trained) -> Manifest:
     manifest = write_artifact(model_dir, net, manifest)
     train_images = [path for path, _ in job.splits["train"].samples]
     valid_images = [path for path, _ in job.splits["valid"].samples]
+    manifest = write_self_test(model_dir, net, manifest, valid_images=valid_images,
+                               seed=hp.seed, log=log)
     if hp.int8:
         manifest = write_int8(model_dir, net, manifest, train_images=train_images,
                               valid_images=valid_images, seed=hp.seed, log=log)

@@ -232,6 +232,34 @@ def _matrix(rows: Any, where: str, size: int) -> tuple[tuple[float, ...], ...]:
 
 
 @dataclass(frozen=True)
+class SelfTest:
+    """Held-out inputs with training's fp32 logits (model_artifact.self_test), in their own
+    file next to the weights: serving runs them through the graph it serves before it is ready."""
+
+    file: str
+    sha256: str
+    images: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "sha256": self.sha256, "images": self.images}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> SelfTest:
+        if not isinstance(data, dict):
+            raise ArtifactError(f"{where}: expected a JSON object")
+        file = _require(data, "file", str, where)
+        if os.path.basename(file) != file or file in ("", ".", ".."):
+            raise ArtifactError(f"{where}: file must be a plain file name")
+        sha = _require(data, "sha256", str, where)
+        if not _SHA256_HEX.fullmatch(sha):
+            raise ArtifactError(f"{where}: sha256 must be 64 hex digits")
+        images = _require(data, "images", int, where)
+        if images < 1:
+            raise ArtifactError(f"{where}: images must be at least 1")
+        return cls(file, sha, images)
+
+
+@dataclass(frozen=True)
 class Manifest:
     architecture: str
     class_names: tuple[str, ...]
@@ -255,6 +283,8 @@ class Manifest:
     # Optional (docs/artifact.md): temperature scaling and the "none of my classes" detector.
     calibration: Calibration | None = None
     novelty: Novelty | None = None
+    # Optional: the serving self-test's inputs and logits (absent: no self-test runs).
+    self_test: SelfTest | None = None
 
     @property
     def num_classes(self) -> int:
@@ -284,6 +314,7 @@ class Manifest:
             **({"head_file": self.head_file} if self.head_file else {}),
             **({"calibration": self.calibration.to_dict()} if self.calibration else {}),
             **({"novelty": self.novelty.to_dict()} if self.novelty else {}),
+            **({"self_test": self.self_test.to_dict()} if self.self_test else {}),
         }
 
     @classmethod
@@ -344,6 +375,7 @@ class Manifest:
             head_sha256=_optional_sha256(data, "head_sha256", where),
             head_file=_head_file(data, weights_file, where),
             **_trust_fields(data, where, len(names)),
+            self_test=_self_test(data, where),
         )
 
     def with_trust(self, calibration: Calibration | None,
@@ -377,6 +409,9 @@ def _trust_fields(data: dict[str, Any], where: str, num_classes: int) -> dict[st
         "novelty": None if novelty is None
         else Novelty.from_dict(novelty, f"{where}: novelty", num_classes),
     }
+def _self_test(data: dict[str, Any], where: str) -> SelfTest | None:
+    raw = data.get("self_test")
+    return None if raw is None else SelfTest.from_dict(raw, f"{where}: self_test")
 
 
 def manifest_sha256(model_dir: str | os.PathLike[str]) -> str:

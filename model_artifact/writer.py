@@ -102,3 +102,27 @@ def write_compiled(model_dir: Path, model: nn.Module, manifest: Manifest, *,
              time.perf_counter() - start, variant.top1_agreement, variant.agreement_images,
              variant.max_logit_difference)
     return written
+
+
+def write_self_test(model_dir: Path, model: nn.Module, manifest: Manifest, *,
+                    valid_images: Images, seed: int, log: logging.Logger = _log) -> Manifest:
+    """The serving self-test (model_artifact.self_test): the clearest of a seeded sample of
+    validation images, preprocessed as serving does, with this model's fp32 logits. Returns
+    the manifest as written, or ``manifest`` unchanged when it could not be written (logged:
+    serving then runs no self-test)."""
+    from model_artifact.preprocess import image_batches
+    from model_artifact.self_test import CANDIDATES, write_self_test_file
+
+    images = list(valid_images)
+    chosen = sorted(random.Random(seed).sample(images, min(CANDIDATES, len(images))))
+    try:
+        if not chosen:
+            raise ArtifactError("no validation image to take the inputs from")
+        inputs = torch.cat(list(image_batches(chosen, manifest.preprocessing)))
+        written = write_self_test_file(model_dir, model, manifest, inputs)
+    except Exception as exc:  # optional: the artifact serves without it
+        log.warning("self-test inputs not written: %s: %s", type(exc).__name__, exc)
+        return manifest
+    log.info("self-test: %d valid images with their fp32 logits in %s",
+             written.self_test.images, written.self_test.file)
+    return written

@@ -17,15 +17,10 @@ from model_artifact.compiled import COMPILED_FILE, COMPILED_FORMAT, load_compile
 from model_artifact.manifest import COMPILED, MANIFEST_FILE, ArtifactError, Manifest
 from model_artifact.network import load_artifact
 from model_artifact.preprocess import image_batches
-from tests.conftest import HELD_OUT, TrainingRun, sample_run
+from tests.conftest import HELD_OUT, TrainingRun
 
 pytestmark = pytest.mark.slow
 
-
-
-@pytest.fixture(scope="module")
-def compiled_run(tmp_path_factory: pytest.TempPathFactory) -> TrainingRun:
-    return sample_run(tmp_path_factory, "compiled_run", "--compile", "true")
 
 
 def _copy(artifact: Path, to: Path) -> Path:
