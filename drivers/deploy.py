@@ -4,6 +4,7 @@
     python scripts/deploy.py --training-job resnet-train-261127-2015
     python scripts/deploy.py --model-data s3://BUCKET/.../model.tar.gz --serverless 4096:5
     python scripts/deploy.py --from-best best_training_job.json --autoscale 1:4
+    python scripts/deploy.py --multi-model s3://BUCKET/models/ --instance-type ml.m5.xlarge
     python scripts/deploy.py --delete resnet-serve-261127-2040 --yes
 
 Waits until the endpoint is InService (or reports why it failed), then prints its name and a
@@ -30,7 +31,7 @@ from drivers.aws_settings import (
     resolve,
     s3_uri_type,
 )
-from job_contract.deployment import MANIFEST_PIN_ENV
+from job_contract.deployment import MANIFEST_PIN_ENV, MULTI_MODEL_ENV, MULTI_MODEL_MODE
 
 ENDPOINT_PREFIX = "resnet-serve"
 VARIANT = "AllTraffic"
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-wait", dest="wait", action="store_false",
                    help="return once the endpoint is being created")
     e.add_argument("--timeout", type=int, default=1800, help="seconds to wait for InService")
+    add_multi_model_arguments(p)
     return p
 
 
@@ -102,8 +104,43 @@ def sha256_type(text: str) -> str:
     return value
 
 
+def add_multi_model_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("multi-model endpoint (instead of one model)")
+    g.add_argument("--multi-model", type=s3_uri_type, metavar="S3_PREFIX",
+                   help="serve every model.tar.gz under this prefix from one endpoint "
+                        "(Mode MultiModel); invoke one with predict.py --target-model KEY")
+
+
+def check_multi_model(args: argparse.Namespace) -> None:
+    """--multi-model takes an S3 prefix instead of one model, on instances only."""
+    if not args.multi_model:
+        return
+    if args.model_data or args.training_job or args.from_best or args.delete:
+        raise SettingsError("--multi-model S3_PREFIX replaces --model-data, --training-job and "
+                            "--from-best (and is not for --delete): give one")
+    if not args.multi_model.endswith("/"):
+        raise SettingsError(f"--multi-model takes an S3 prefix ending in '/', got "
+                            f"{args.multi_model!r}; the models are the .tar.gz files under it")
+    if args.serverless:
+        raise SettingsError("--multi-model needs instances: serverless endpoints do not host "
+                            "multi-model containers")
+    if args.manifest_sha256:
+        raise SettingsError("--manifest-sha256 pins one artifact; a multi-model endpoint "
+                            "serves many: leave it out")
+
+
+def multi_model_container(args: argparse.Namespace) -> dict[str, Any]:
+    """The container definition's fields for --multi-model (none without it)."""
+    if not args.multi_model:
+        return {}
+    return {"mode": MULTI_MODEL_MODE,
+            "environment": {**container_environment(args), MULTI_MODEL_ENV: "true"}}
+
+
 def check_args(args: argparse.Namespace) -> None:
-    if not (args.delete or args.model_data or args.training_job or args.from_best):
+    check_multi_model(args)
+    if not (args.delete or args.model_data or args.training_job or args.from_best
+            or args.multi_model):
         raise SettingsError("missing model: set --model-data S3_URI, --training-job NAME or "
                             "--from-best FILE (or --delete ENDPOINT)")
     if args.serverless:
@@ -151,8 +188,8 @@ def instance_note(instance_type: str) -> str | None:
 
 
 def model_data_url(ctx: driver.DriverContext, args: argparse.Namespace) -> str:
-    if args.model_data:
-        return args.model_data
+    if args.model_data or args.multi_model:
+        return args.model_data or args.multi_model
     if args.from_best:
         best = driver.load_best(args.from_best)
         return check_s3_uri(best.get("model_data") or "", f"model_data in {args.from_best}")
@@ -199,9 +236,9 @@ def create_all(ctx: driver.DriverContext, args: argparse.Namespace, name: str,
     tags = [shapes.Tag(key=OWNER_TAG["Key"], value=OWNER_TAG["Value"])]
     Model.create(
         model_name=name,
-        primary_container=shapes.ContainerDefinition(
-            image=s.serve_image, model_data_url=data_url,
-            environment=container_environment(args)),
+        primary_container=shapes.ContainerDefinition(**{
+            "image": s.serve_image, "model_data_url": data_url,
+            "environment": container_environment(args), **multi_model_container(args)}),
         execution_role_arn=s.role,
         tags=tags,
         **common,
@@ -399,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"endpoint: {name}")
         print(f"try it:   {invoke_command(ctx.region, name)}")
         print(f"or:       python scripts/predict.py --endpoint {name} photo.jpg")
+        if args.multi_model:
+            print(f"models:   add --target-model KEY (KEY: a .tar.gz under {args.multi_model})")
         return 0
 
     return driver.run(body)
