@@ -9,6 +9,7 @@ from __future__ import annotations
 
 # Set by the deploy driver, read by model_artifact (every reader of the manifest checks it).
 from job_contract.deployment import MANIFEST_PIN_ENV as MANIFEST_PIN_ENV
+from job_contract.deployment import MULTI_MODEL_ENV as MULTI_MODEL_ENV  # the /models API
 
 # Names SageMaker (or the inference toolkit) defines.
 PORT_ENV = "SAGEMAKER_BIND_TO_PORT"
@@ -29,6 +30,9 @@ PRECISION_ENV = "SERVE_PRECISION"  # fp32 | int8 (the artifact's int8 variant)
 # fp32 graph: auto (the artifact's compiled variant if it loads here, else frozen) | compiled
 # (the variant or fail) | frozen (TorchScript trace + freeze, once per worker) | eager
 GRAPH_ENV = "SERVE_GRAPH"
+# Multi-model mode: bytes the loaded models may take in all (default: the memory limit of the
+# container or machine, less a reserve); a load beyond it answers 507.
+MODELS_MEMORY_ENV = "SERVE_MODELS_MEMORY_BYTES"
 
 # Set by serve for the processes it starts.
 MODEL_DIR_ENV = "SERVE_MODEL_DIR"  # the workers: the artifact to load

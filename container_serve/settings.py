@@ -20,6 +20,8 @@ from container_serve.env_names import (
     MAX_PIXELS_ENV,
     MAX_REQUEST_BYTES_ENV,
     MAX_REQUEST_PIXELS_ENV,
+    MODELS_MEMORY_ENV,
+    MULTI_MODEL_ENV,
     OMP_THREADS_ENV,
     PORT_ENV,
     PRECISION_ENV,
@@ -98,6 +100,8 @@ class ServeSettings:
     runtime_dir: str | None = None
     precision: str = PRECISIONS[0]
     graph: str = GRAPHS[0]
+    multi_model: bool = False  # the /models API (container_serve/management.py)
+    models_memory_bytes: int = 0  # multi-model memory budget; 0: from the machine
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServeSettings:
@@ -127,6 +131,8 @@ class ServeSettings:
             runtime_dir=env.get(RUNTIME_DIR_ENV) or default.runtime_dir,
             precision=_choice(env, PRECISION_ENV, PRECISIONS),
             graph=_choice(env, GRAPH_ENV, GRAPHS),
+            multi_model=_choice(env, MULTI_MODEL_ENV, ("false", "true")) == "true",
+            models_memory_bytes=_int(env, MODELS_MEMORY_ENV, 0, minimum=0),
         )
         if settings.port > 65535:
             raise ServeSettingsError(f"{PORT_ENV}={settings.port} is not a TCP port")
@@ -147,6 +153,8 @@ class ServeSettings:
             TOP_K_MAX_ENV: str(self.top_k_max),
             PRECISION_ENV: self.precision,
             GRAPH_ENV: self.graph,
+            MULTI_MODEL_ENV: str(self.multi_model).lower(),
+            MODELS_MEMORY_ENV: str(self.models_memory_bytes),
             # OpenMP/MKL pools outside torch.set_num_threads follow the same budget.
             OMP_THREADS_ENV: str(self.threads_per_worker),
         }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -10,7 +9,10 @@ import torch
 from torch import nn
 from torchvision import models
 
+from model_artifact.files import file_sha256, verified_file
 from model_artifact.manifest import ArtifactError, Manifest
+
+__all__ = ["build_model", "file_sha256", "load_artifact", "verified_file"]  # re-exported
 
 
 def build_model(architecture: str, num_classes: int) -> nn.Module:
@@ -20,24 +22,6 @@ def build_model(architecture: str, num_classes: int) -> nn.Module:
     model = models.resnet50(weights=None)
     model.fc = nn.Linear(model.fc.in_features, num_classes)
     return model
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def verified_file(path: Path, sha256: str, what: str) -> Path:
-    """``path`` if it exists and (when the manifest gives one) has that sha256; else
-    ArtifactError naming the file. ``what`` says which file the manifest meant."""
-    if not path.is_file():
-        raise ArtifactError(f"{path}: {what} named by the manifest is missing")
-    if sha256 and file_sha256(path) != sha256:
-        raise ArtifactError(f"{path}: sha256 does not match the manifest")
-    return path
 
 
 def load_artifact(model_dir: str | os.PathLike[str], manifest: Manifest | None = None
