@@ -23,6 +23,7 @@ from model_artifact.preprocess import EvalPreprocessing
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "model.pt"
+HEAD_FILE = "head.pt"  # the head's tensors alone: what a head-only load reads
 ARCHITECTURES = ("resnet50",)
 INT8 = "int8"
 COMPILED = "compiled"
@@ -41,6 +42,25 @@ def _require(data: dict[str, Any], key: str, kind: type | tuple[type, ...], wher
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
         raise ArtifactError(f"{where}: field '{key}' must be {names}, got {value!r:.80}")
+    return value
+
+
+def _optional_sha256(data: dict[str, Any], key: str, where: str) -> str:
+    """An optional hash field: absent -> "", else 64 lowercase hex digits."""
+    value = data.get(key, "")
+    if value != "" and not (isinstance(value, str) and _SHA256_HEX.fullmatch(value)):
+        raise ArtifactError(f"{where}: {key} must be 64 lowercase hex digits, got {value!r:.80}")
+    return value
+
+
+def _head_file(data: dict[str, Any], weights_file: str, where: str) -> str:
+    value = data.get("head_file", "")
+    if value == "":
+        return ""
+    if (not isinstance(value, str) or os.path.basename(value) != value or value in (".", "..")
+            or value == weights_file):
+        raise ArtifactError(f"{where}: head_file must be a plain file name other than "
+                            "weights_file")
     return value
 
 
@@ -134,6 +154,12 @@ class Manifest:
     variants: dict[str, Variant] = field(default_factory=dict)
     # Optional, informative: how the weights were trained ({"device": ..., "precision": ...}).
     training: dict[str, str] = field(default_factory=dict)
+    # Optional: network.backbone_sha256 / head_sha256 of the weights, and the file holding the
+    # head alone. Models with the same backbone_sha256 share one backbone in multi-model
+    # serving (docs/artifact.md).
+    backbone_sha256: str = ""
+    head_sha256: str = ""
+    head_file: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -158,6 +184,9 @@ class Manifest:
             **({"variants": {name: v.to_dict() for name, v in self.variants.items()}}
                if self.variants else {}),
             **({"training": dict(self.training)} if self.training else {}),
+            **({"backbone_sha256": self.backbone_sha256} if self.backbone_sha256 else {}),
+            **({"head_sha256": self.head_sha256} if self.head_sha256 else {}),
+            **({"head_file": self.head_file} if self.head_file else {}),
         }
 
     @classmethod
@@ -214,6 +243,9 @@ class Manifest:
             format_version=version,
             variants=variants,
             training=dict(data.get("training", {})),
+            backbone_sha256=_optional_sha256(data, "backbone_sha256", where),
+            head_sha256=_optional_sha256(data, "head_sha256", where),
+            head_file=_head_file(data, weights_file, where),
         )
 
     def write(self, model_dir: str | os.PathLike[str]) -> Path:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 from torchvision import models
 
-from model_artifact.files import file_sha256, verified_file
+# Torch-free since the serve process checks hashes too; re-exported for the existing importers.
+from model_artifact.files import file_sha256 as file_sha256
+from model_artifact.files import verified_file as verified_file
 from model_artifact.manifest import ArtifactError, Manifest
-
-__all__ = ["build_model", "file_sha256", "load_artifact", "verified_file"]  # re-exported
 
 
 def build_model(architecture: str, num_classes: int) -> nn.Module:
@@ -22,6 +24,31 @@ def build_model(architecture: str, num_classes: int) -> nn.Module:
     model = models.resnet50(weights=None)
     model.fc = nn.Linear(model.fc.in_features, num_classes)
     return model
+
+
+# The head: the only layer that depends on the class set. Everything else is the backbone.
+HEAD_PREFIX = "fc."
+
+
+def tensors_sha256(state: Mapping[str, torch.Tensor], names: list[str]) -> str:
+    """sha256 over ``names`` in sorted order: each tensor's name, dtype, shape, then its bytes
+    (CPU, contiguous). Equal hashes mean equal tensors, whatever file or layout they came from."""
+    digest = hashlib.sha256()
+    for name in sorted(names):
+        tensor = state[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def backbone_sha256(state: Mapping[str, torch.Tensor]) -> str:
+    """The backbone's fingerprint: every state_dict tensor except the head's (docs/artifact.md)."""
+    return tensors_sha256(state, [n for n in state if not n.startswith(HEAD_PREFIX)])
+
+
+def head_sha256(state: Mapping[str, torch.Tensor]) -> str:
+    """The head's tensors' hash: what a head-only load checks (docs/artifact.md)."""
+    return tensors_sha256(state, [n for n in state if n.startswith(HEAD_PREFIX)])
 
 
 def load_artifact(model_dir: str | os.PathLike[str], manifest: Manifest | None = None

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from model_artifact.manifest import COMPILED, INT8, ArtifactError, Manifest
-from model_artifact.network import file_sha256
+from model_artifact.manifest import COMPILED, HEAD_FILE, INT8, ArtifactError, Manifest
+from model_artifact.network import HEAD_PREFIX, backbone_sha256, file_sha256, head_sha256
 
 _log = logging.getLogger(__name__)
 
@@ -32,12 +32,18 @@ COMPILED_CHECK_IMAGES = 32  # held-out images the compiled variant is checked on
 
 
 def write_artifact(model_dir: Path, model: nn.Module, manifest: Manifest) -> Manifest:
-    """model.pt (state_dict) + manifest.json with the weights' sha256. Returns the manifest as
-    written; ArtifactError (one line) when the folder cannot take the files."""
+    """model.pt (state_dict), head.pt (the head's tensors alone, for head-only loads) and
+    manifest.json with the weights' sha256 and the backbone's and head's fingerprints. Returns
+    the manifest as written; ArtifactError (one line) when the folder cannot take the files."""
     weights = Path(model_dir) / manifest.weights_file
+    state = model.state_dict()
     try:
-        torch.save(model.state_dict(), weights)
-        manifest = replace(manifest, weights_sha256=file_sha256(weights))
+        torch.save(state, weights)
+        torch.save({k: v for k, v in state.items() if k.startswith(HEAD_PREFIX)},
+                   Path(model_dir) / HEAD_FILE)
+        manifest = replace(manifest, weights_sha256=file_sha256(weights),
+                           backbone_sha256=backbone_sha256(state), head_sha256=head_sha256(state),
+                           head_file=HEAD_FILE)
         manifest.write(model_dir)
     except OSError as exc:
         raise ArtifactError(f"cannot write the model to {model_dir}: {exc.strerror or exc}"

@@ -203,3 +203,39 @@ def test_uint8_pixels_then_batch_normalize_equal_the_serving_transform():
     assert torch.equal(pre.normalize(pixels), expected)
     channels_last = pixels.contiguous(memory_format=torch.channels_last)
     assert torch.equal(pre.normalize(channels_last), expected)
+
+
+def _written(folder, classes, seed, tune=False):
+    from model_artifact.writer import write_artifact
+
+    folder.mkdir()
+    torch.manual_seed(seed)
+    model = build_model("resnet50", len(classes))
+    if tune:  # fine-tuning moves the backbone; a BatchNorm statistic is enough
+        model.layer1[0].bn1.running_mean.add_(0.5)
+    manifest = Manifest(architecture="resnet50", class_names=classes,
+                        preprocessing=EvalPreprocessing.for_image_size(32))
+    return write_artifact(folder, model, manifest)
+
+
+def test_the_backbone_fingerprint_ignores_the_head_only(tmp_path):
+    one = _written(tmp_path / "one", ("a", "b"), 3)
+    two = _written(tmp_path / "two", ("x", "y", "z"), 3)
+    tuned = _written(tmp_path / "tuned", ("a", "b"), 3, tune=True)
+    assert one.backbone_sha256 == two.backbone_sha256 != tuned.backbone_sha256
+    assert one.head_sha256 != two.head_sha256
+    assert one.head_sha256 == tuned.head_sha256
+    assert Manifest.read(tmp_path / "one") == one  # written, and read back
+    head = torch.load(tmp_path / "one" / one.head_file, weights_only=True)
+    whole = torch.load(tmp_path / "one" / "model.pt", weights_only=True)
+    assert sorted(head) == ["fc.bias", "fc.weight"]
+    assert all(torch.equal(head[k], whole[k]) for k in head)
+
+
+def test_fingerprints_are_optional_and_checked():
+    assert Manifest.from_dict(_manifest()).backbone_sha256 == ""
+    assert "backbone_sha256" not in Manifest.from_dict(_manifest()).to_dict()
+    with pytest.raises(ArtifactError, match="backbone_sha256 must be 64 lowercase hex"):
+        Manifest.from_dict(_manifest(backbone_sha256="abc"))
+    with pytest.raises(ArtifactError, match="head_file must be a plain file name"):
+        Manifest.from_dict(_manifest(head_file="model.pt"))

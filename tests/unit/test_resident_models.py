@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import io
+import json
+import shutil
+import weakref
 from pathlib import Path
 
 import pytest
@@ -19,13 +23,19 @@ from model_artifact.preprocess import EvalPreprocessing
 from model_artifact.writer import write_artifact
 
 SETTINGS = ServeSettings(graph="frozen")
+EAGER = ServeSettings(graph="eager")  # where the answer is not compared: no tracing, faster
 
 
-def write_model(folder: Path, classes: tuple[str, ...], seed: int) -> Path:
-    """A real ResNet50 artifact (random weights) written by the project's writer."""
+def write_model(folder: Path, classes: tuple[str, ...], seed: int, tuned: bool = False) -> Path:
+    """A real ResNet50 artifact (random weights) written by the project's writer. The same
+    seed gives the same backbone whatever the classes (the head is initialised last), as a
+    frozen-backbone run does; ``tuned`` changes layer4 as fine-tuning would."""
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     model = build_model("resnet50", len(classes)).eval()
+    if tuned:
+        with torch.no_grad():
+            model.layer4[2].conv3.weight.mul_(1.01)
     manifest = Manifest(architecture="resnet50", class_names=classes,
                         preprocessing=EvalPreprocessing.for_image_size(32))
     write_artifact(folder, model, manifest)
@@ -64,6 +74,89 @@ def test_each_model_answers_as_single_model_serving(two_models, monkeypatch):
         single = inference.model_fn(str(folder))
         assert served.manifest.class_names == single.manifest.class_names
         assert torch.allclose(probabilities(served), probabilities(single), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two frozen-backbone models on one backbone, a fine-tuned one, and one whose manifest
+    predates fingerprints."""
+    root = tmp_path_factory.mktemp("family")
+    old = write_model(root / "old", ("p", "q"), 7)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["backbone_sha256"], manifest["head_sha256"], manifest["head_file"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    return {"a": write_model(root / "a", ("a", "b", "c"), 7),
+            "b": write_model(root / "b", ("x", "y", "z", "w"), 7),
+            "tuned": write_model(root / "tuned", ("a", "b", "c"), 7, tuned=True),
+            "old": old}
+
+
+def single(folder: Path, monkeypatch: pytest.MonkeyPatch) -> torch.Tensor:
+    monkeypatch.setenv("SERVE_GRAPH", "frozen")
+    return probabilities(inference.model_fn(str(folder)))
+
+
+def test_head_sharing_models_answer_as_single_model_serving(family, monkeypatch):
+    resident = ResidentModels(SETTINGS)
+    resident.load("a", str(family["a"]))
+    monkeypatch.setattr(resident_models, "load_artifact", None)  # b must not load whole
+    (family["b"] / "model.pt").rename(family["b"] / "moved.pt")  # nor read its model.pt
+    b = resident.load("b", str(family["b"]))
+    assert b.graph == "frozen-shared"
+    assert b.model.backbone is resident.get("a").model.backbone
+    assert list(resident.backbone_users().values()) == [2]
+    monkeypatch.undo()
+    (family["b"] / "moved.pt").rename(family["b"] / "model.pt")
+    for name in ("a", "b"):
+        assert (probabilities(resident.get(name)) - single(family[name], monkeypatch)
+                ).abs().max() <= 1e-5
+
+
+def test_fine_tuned_and_unfingerprinted_models_load_whole(family, monkeypatch):
+    resident = ResidentModels(SETTINGS)
+    a = resident.load("a", str(family["a"]))
+    tuned = resident.load("tuned", str(family["tuned"]))
+    old = resident.load("old", str(family["old"]))
+    assert tuned.model.backbone is not a.model.backbone  # fingerprints differ: no sharing
+    assert sorted(resident.backbone_users().values()) == [1, 1]
+    assert old.graph == "frozen" and not isinstance(old.model, resident_models.SharedHead)
+    for name in ("tuned", "old"):
+        assert (probabilities(resident.get(name)) - single(family[name], monkeypatch)
+                ).abs().max() <= 1e-5
+
+
+def test_the_backbone_goes_with_its_last_user(family):
+    resident = ResidentModels(EAGER)
+    backbone = weakref.ref(resident.load("a", str(family["a"])).model.backbone)
+    resident.load("b", str(family["b"]))
+    resident.unload("a")
+    assert list(resident.backbone_users().values()) == [1]
+    resident.unload("b")
+    assert resident.backbone_users() == {}
+    gc.collect()
+    assert backbone() is None
+
+
+def test_a_head_that_is_not_the_manifests_is_refused(family, tmp_path):
+    resident = ResidentModels(EAGER)
+    resident.load("a", str(family["a"]))
+    copy = shutil.copytree(family["b"], tmp_path / "b")
+    manifest = json.loads((family["b"] / "manifest.json").read_text())
+    manifest["head_sha256"] = "0" * 64
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="head_sha256"):
+        resident.load("b", str(copy))
+    assert resident.names() == ["a"]
+
+
+def test_a_misnamed_backbone_is_registered_under_its_real_fingerprint(family, tmp_path):
+    copy = shutil.copytree(family["a"], tmp_path / "a")
+    manifest = json.loads((family["a"] / "manifest.json").read_text())
+    real, manifest["backbone_sha256"] = manifest["backbone_sha256"], "1" * 64
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    resident = ResidentModels(EAGER)
+    resident.load("liar", str(copy))
+    assert list(resident.backbone_users()) == [real]
 
 
 def test_unload_forgets_the_model(two_models):
