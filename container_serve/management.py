@@ -41,6 +41,8 @@ from container_serve.model_registry import (
     RESIDENT_FACTOR,
     Registration,
     Registry,
+    committed_bytes,
+    head_file_bytes,
     memory_refusal,
     verify_artifact,
 )
@@ -112,12 +114,17 @@ class ModelsApi:
                 manifest, size = verify_artifact(url)
             except (ArtifactError, OSError) as exc:
                 raise BadRequest(f"cannot load model {name!r}: {exc}") from None
-            need = RESIDENT_FACTOR * size * self.settings.workers  # every worker holds it
-            committed = sum(r.estimate_bytes for r in self.registry.all())
+            workers = self.settings.workers  # every worker holds its own copy
+            new = Registration(name, url, uuid.uuid4().hex, RESIDENT_FACTOR * size * workers,
+                               manifest.backbone_sha256,
+                               RESIDENT_FACTOR * head_file_bytes(url, manifest) * workers)
+            loaded = self.registry.all()
+            committed = committed_bytes(loaded)
+            need = committed_bytes([*loaded, new]) - committed
             refusal = memory_refusal(name, need, committed, self.settings.models_memory_bytes)
             if refusal is not None:
                 raise InsufficientMemory(refusal)
-            self.registry.add(Registration(name, url, uuid.uuid4().hex, need))
+            self.registry.add(new)
         log(f"loaded model {name!r} from {url}: {manifest.num_classes} classes, "
             f"about {need >> 20} MiB in {self.settings.workers} worker(s)")
         return json.dumps({"status": f"model {name!r} loaded", "modelName": name,

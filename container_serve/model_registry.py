@@ -38,7 +38,11 @@ class Registration:
     model_name: str
     url: str  # the unpacked artifact directory SageMaker gave
     token: str  # new at each load: a worker holding an older token reloads
-    estimate_bytes: int  # memory the model takes in all the workers together
+    estimate_bytes: int  # memory the whole model takes in all the workers together
+    # Models with the same backbone share it in a worker (resident_models.py): each adds its
+    # head (head_bytes); the backbone is counted once (committed_bytes).
+    backbone_sha256: str = ""
+    head_bytes: int = 0
 
     def describe(self) -> dict[str, str]:
         """The contract's view of a model (GET /models, GET /models/<name>)."""
@@ -99,6 +103,27 @@ class Registry:
             return []
         found = [Registration(**json.loads(p.read_text())) for p in self.root.glob("*.json")]
         return sorted(found, key=lambda r: r.model_name)
+
+
+def committed_bytes(models: list[Registration]) -> int:
+    """The memory estimate of these models together: a shared backbone counts once."""
+    total, backbones = 0, {}
+    for model in models:
+        if model.backbone_sha256 and model.head_bytes:
+            total += model.head_bytes
+            backbones[model.backbone_sha256] = max(backbones.get(model.backbone_sha256, 0),
+                                                   model.estimate_bytes)
+        else:
+            total += model.estimate_bytes
+    return total + sum(backbones.values())
+
+
+def head_file_bytes(model_dir: str, manifest: Manifest) -> int:
+    """The size of the head-only file, 0 when the artifact has none (loads whole)."""
+    if not (manifest.backbone_sha256 and manifest.head_file):
+        return 0
+    path = Path(model_dir) / manifest.head_file
+    return path.stat().st_size if path.is_file() else 0
 
 
 def verify_artifact(model_dir: str) -> tuple[Manifest, int]:

@@ -25,13 +25,18 @@ WEIGHTS_BYTES = 1 << 20
 SETTINGS = ServeSettings(workers=2, multi_model=True, models_memory_bytes=1 << 40)
 
 
-def artifact(folder: Path, classes: tuple[str, ...] = ("a", "b")) -> str:
-    """An artifact as the serve process sees it: manifest + weights file (never unpickled)."""
+def artifact(folder: Path, classes: tuple[str, ...] = ("a", "b"), backbone: str = "") -> str:
+    """An artifact as the serve process sees it: manifest + weights file (never unpickled);
+    with ``backbone`` (a fingerprint), also a head-only file of 1 KiB."""
     folder.mkdir(parents=True)
     (folder / "model.pt").write_bytes(b"w" * WEIGHTS_BYTES)
+    head = {}
+    if backbone:
+        (folder / "head.pt").write_bytes(b"h" * 1024)
+        head = {"backbone_sha256": backbone * 64, "head_file": "head.pt"}
     Manifest(architecture="resnet50", class_names=classes,
              preprocessing=EvalPreprocessing.for_image_size(32),
-             weights_sha256=file_sha256(folder / "model.pt")).write(folder)
+             weights_sha256=file_sha256(folder / "model.pt"), **head).write(folder)
     return str(folder)
 
 
@@ -119,6 +124,18 @@ def test_a_model_beyond_the_memory_budget_is_refused_with_507(tmp_path: Path):
     assert [r.model_name for r in api.registry.all()] == ["one", "two"]
     assert api.answer("DELETE", "/models/one", b"")[0] == 200  # SageMaker frees room, retries
     assert load(api, "three", url)[0] == 200
+
+
+def test_models_on_one_backbone_count_it_once(tmp_path: Path):
+    # Whole: 2 x 1 MiB x 2 workers = 4 MiB; a head on a resident backbone: 2 x 1 KiB x 2.
+    api = ModelsApi(Registry(tmp_path / "runtime"),
+                    dataclasses.replace(SETTINGS, models_memory_bytes=5 << 20))
+    for name in ("one", "two", "three"):
+        assert load(api, name, artifact(tmp_path / name, backbone="a"))[0] == 200
+    assert load(api, "own-backbone", artifact(tmp_path / "own", backbone="b"))[0] == 507
+    assert load(api, "fine-tuned", artifact(tmp_path / "whole"))[0] == 507
+    api.answer("DELETE", "/models/one", b"")  # two and three still hold the backbone
+    assert load(api, "fine-tuned", str(tmp_path / "whole"))[0] == 507
 
 
 def test_every_change_moves_the_generation_the_workers_watch(api: ModelsApi, tmp_path: Path):
