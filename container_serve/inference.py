@@ -60,7 +60,7 @@ class ServedModel:
     manifest: Manifest
     transform: Callable[[Any], torch.Tensor]
     settings: ServeSettings
-    graph: str = "eager"  # what runs: compiled | frozen | eager | int8
+    graph: str = "eager"  # compiled | frozen | eager | int8 | frozen-shared | eager-shared
 
 
 @dataclass(frozen=True)
