@@ -138,6 +138,14 @@ def test_models_on_one_backbone_count_it_once(tmp_path: Path):
     assert load(api, "fine-tuned", str(tmp_path / "whole"))[0] == 507
 
 
+def test_with_int8_or_compiled_every_model_counts_whole(tmp_path: Path):
+    for knob in ({"precision": "int8"}, {"graph": "compiled"}):
+        api = ModelsApi(Registry(tmp_path / "runtime" / next(iter(knob.values()))),
+                        dataclasses.replace(SETTINGS, models_memory_bytes=5 << 20, **knob))
+        assert load(api, "one", artifact(tmp_path / f"{knob}-1", backbone="a"))[0] == 200
+        assert load(api, "two", artifact(tmp_path / f"{knob}-2", backbone="a"))[0] == 507
+
+
 def test_every_change_moves_the_generation_the_workers_watch(api: ModelsApi, tmp_path: Path):
     url = artifact(tmp_path / "m")
     seen = {api.registry.generation()}
