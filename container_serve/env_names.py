@@ -13,6 +13,7 @@ from job_contract.deployment import ASYNC_ENV as ASYNC_ENV
 # Set by the transform driver (--strict), or by anyone through a transform job's Environment.
 from job_contract.deployment import BATCH_STRICT_ENV as BATCH_STRICT_ENV
 from job_contract.deployment import MANIFEST_PIN_ENV as MANIFEST_PIN_ENV
+from job_contract.deployment import MULTI_MODEL_ENV as MULTI_MODEL_ENV  # the /models API
 
 # Names SageMaker (or the inference toolkit) defines.
 PORT_ENV = "SAGEMAKER_BIND_TO_PORT"
@@ -35,6 +36,9 @@ PRECISION_ENV = "SERVE_PRECISION"  # fp32 | int8 (the artifact's int8 variant)
 GRAPH_ENV = "SERVE_GRAPH"
 # true (default) | false: divide the logits by the artifact's temperature (docs/serving-api.md)
 CALIBRATION_ENV = "SERVE_CALIBRATION"
+# Multi-model mode: bytes the loaded models may take in all (default: the memory limit of the
+# container or machine, less a reserve); a load beyond it answers 507.
+MODELS_MEMORY_ENV = "SERVE_MODELS_MEMORY_BYTES"
 
 # Set by serve for the processes it starts.
 MODEL_DIR_ENV = "SERVE_MODEL_DIR"  # the workers: the artifact to load

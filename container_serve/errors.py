@@ -58,3 +58,15 @@ class InsufficientMemory(ServeError):
     multi-model contract answers 507 so the platform unloads another model and retries)."""
 
     status = HTTPStatus.INSUFFICIENT_STORAGE
+
+
+class ModelNotFound(ServeError):
+    """Multi-model mode: no model of that name is loaded."""
+
+    status = HTTPStatus.NOT_FOUND
+
+
+class ModelConflict(ServeError):
+    """Multi-model mode: a model of that name is already loaded (unload it first)."""
+
+    status = HTTPStatus.CONFLICT

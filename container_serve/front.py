@@ -36,7 +36,9 @@ from container_serve.env_names import (
 )
 from container_serve.errors import error_body
 from container_serve.health import HEALTH_SOCKET
+from container_serve.management import MANAGEMENT_SOCKET
 from container_serve.media import FORM_TYPES, unsupported
+from container_serve.model_registry import MODEL_HEADER
 from container_serve.settings import ServeSettings
 
 MMS_SOCKET = "mms.sock"
@@ -122,6 +124,51 @@ def _own_locations(settings: ServeSettings, runtime_dir: str) -> str:
         location = /execution-parameters {{  # ServeSettings.execution_parameters
             return 200 {_quoted(json.dumps(settings.execution_parameters()))};
         }}"""
+def _to_mms(settings: ServeSettings, page: dict[str, str], model: str = "", path: str = ""
+            ) -> str:
+    """A location's body that proxies to MMS; ``model``: the multi-model header's value;
+    ``path``: the path MMS gets (after the checks: a rewrite with ``break`` ends them)."""
+    rewrite = f"\n            rewrite ^ {path} break;" if path else ""
+    return f"""            limit_conn active {MAX_ACTIVE};
+            if ($form_type) {{ return 415 {page['form_415']}; }}
+            # MMS's Netty decoder answers 500 to a %-escape in the query string that is not two
+            # hex digits (bench/fuzz_serve.py found it); nothing reads the query, so refuse it.
+            if ($args ~ "%(?![0-9A-Fa-f]{{2}})") {{ return 400 {page['bad_query']}; }}{rewrite}
+            proxy_pass http://mms;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header {MODEL_HEADER} "{model}";  # a client's own is never passed on
+            proxy_read_timeout {settings.timeout_seconds + 30}s;
+            proxy_send_timeout {settings.timeout_seconds + 30}s;"""
+
+
+def _multi_model_http(settings: ServeSettings, runtime_dir: str) -> str:
+    """The model name of /models/<name>/invoke as the client encoded it (the raw URI: nginx's
+    decoded $uri could put any byte into a header); the worker decodes it."""
+    if not settings.multi_model:
+        return ""
+    management = os.path.join(runtime_dir, MANAGEMENT_SOCKET)
+    return f"""    map $request_uri $invoked_model {{
+        default "";
+        "~^/models/([^?]+)/invoke(\\?.*)?$" $1;
+    }}
+    upstream models_api {{ server unix:{management}; }}
+"""
+
+
+def _multi_model_locations(settings: ServeSettings, page: dict[str, str]) -> str:
+    """Multi-model mode: load/list/describe/unload go to the serve process
+    (container_serve/management.py), invocations to MMS's /invocations with the model's name."""
+    if not settings.multi_model:
+        return ""
+    return f"""        location ~ ^/models/.+/invoke$ {{  # $uri is decoded: %2F is a / here
+{_to_mms(settings, page, "$invoked_model", "/invocations")}
+        }}
+        location ~ ^/models(/.+)?$ {{  # the path goes on as the client sent it
+            proxy_pass http://models_api;
+            proxy_read_timeout 120s;  # a load hashes the weights
+        }}
+"""
 
 
 def render_config(settings: ServeSettings, runtime_dir: str, max_body_bytes: int) -> str:
@@ -152,7 +199,7 @@ http {{
         default "";
 {_form_patterns()}
     }}
-    upstream mms {{
+{_multi_model_http(settings, runtime_dir)}    upstream mms {{
         server {mms_address(runtime_dir)};
         keepalive 32;
     }}
@@ -161,18 +208,9 @@ http {{
         server_name serve;  # the limit_conn key: an empty key would not be counted
 {_own_locations(settings, runtime_dir)}
         location / {{  # not /ping: a busy server is not a dead one
-            limit_conn active {MAX_ACTIVE};
-            if ($form_type) {{ return 415 {page['form_415']}; }}
-            # MMS's Netty decoder answers 500 to a %-escape in the query string that is not two
-            # hex digits (bench/fuzz_serve.py found it); nothing reads the query, so refuse it.
-            if ($args ~ "%(?![0-9A-Fa-f]{{2}})") {{ return 400 {page['bad_query']}; }}
-            proxy_pass http://mms;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_read_timeout {settings.timeout_seconds + 30}s;
-            proxy_send_timeout {settings.timeout_seconds + 30}s;
+{_to_mms(settings, page)}
         }}
-        error_page 413 = @too_large;
+{_multi_model_locations(settings, page)}        error_page 413 = @too_large;
         error_page 429 = @busy;
         error_page 502 504 = @down;
         location @too_large {{ return 413 {page['too_large']}; }}

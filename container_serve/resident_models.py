@@ -28,6 +28,7 @@ from container_serve.settings import ServeSettings
 from model_artifact.calibration import serving_temperature
 from model_artifact.manifest import ArtifactError, Manifest
 from model_artifact.network import HEAD_PREFIX, backbone_sha256, head_sha256, load_artifact
+from model_artifact.self_test import load_self_test, run_self_test
 from model_artifact.torch_warnings import quiet
 
 logger = logging.getLogger(__name__)
@@ -228,7 +229,8 @@ class ResidentModels:
             backbone = self._backbones[manifest.backbone_sha256]
         check_fits(name, 2 * 4 * (backbone.features + 1) * manifest.num_classes)
         head = _head(Path(model_dir) / manifest.head_file, manifest, backbone.features)
-        return _Entry(self._served(manifest, backbone, head), manifest.backbone_sha256, backbone)
+        served = _self_tested(model_dir, self._served(manifest, backbone, head))
+        return _Entry(served, manifest.backbone_sha256, backbone)
 
     def _load_with_backbone(self, name: str, model_dir: str, manifest: Manifest) -> _Entry:
         """The whole model (weights_sha256 checked); its backbone becomes the shared one, under
@@ -243,7 +245,18 @@ class ResidentModels:
         graph = _serving_graph(model, self._settings, manifest.preprocessing.crop_size)
         with self._lock:
             backbone = self._backbones.get(key) or _Backbone(graph, head.in_features)
-        return _Entry(self._served(manifest, backbone, head.eval()), key, backbone)
+        served = _self_tested(model_dir, self._served(manifest, backbone, head.eval()))
+        return _Entry(served, key, backbone)
+
+
+def _self_tested(model_dir: str, served: ServedModel) -> ServedModel:
+    """The shared backbone with this head must answer the artifact's held-out inputs as the
+    training job did (model_artifact.self_test); SelfTestError (an ArtifactError) refuses this
+    model only, the server goes on."""
+    loaded = load_self_test(model_dir, served.manifest)
+    if loaded is not None:
+        run_self_test(served.model, served.graph, *loaded)
+    return served
 
 
 def _weights_size(model_dir: str, manifest: Manifest) -> int:

@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from container_serve import front, health, privileges, toolkit_patches
+from container_serve import front, health, management, privileges, toolkit_patches
 from container_serve.env_names import (
     ARTIFACT_GATE_ENV,
     GRAPH_ENV,
@@ -42,6 +42,7 @@ from container_serve.lifecycle import (
     ServeState,
     read_refusal,
 )
+from container_serve.model_registry import Registry
 from container_serve.settings import ServeSettings, ServeSettingsError
 
 HANDLER_SERVICE = "container_serve.handler_service"
@@ -217,8 +218,10 @@ class _Supervisor:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
 
-    def open_port_once_checked(self, check: subprocess.Popen) -> None:
-        check.wait()
+    def open_port_once_checked(self, check: subprocess.Popen | None) -> None:
+        """``check`` None: multi-model mode, where each load checks its artifact."""
+        if check is not None:
+            check.wait()
         if not os.path.exists(os.environ[ARTIFACT_GATE_ENV]):  # the workers wait for this file
             self.fail("the artifact check failed", quiet=True)  # the check logged why
             return
@@ -227,6 +230,8 @@ class _Supervisor:
             return  # stopped or failed meanwhile: no port
         try:
             health.start(self.runtime_dir, front.mms_socket(self.runtime_dir), self.lifecycle)
+            if settings.multi_model:
+                management.start(self.runtime_dir, settings)
             self.nginx = front.start(settings, self.runtime_dir, mms_max_request_bytes(settings))
         except (front.FrontError, OSError) as exc:
             self.fail(f"cannot open port {settings.port}: {exc}")
@@ -253,10 +258,10 @@ class _Supervisor:
         code = nginx.wait()
         self.fail(f"nginx exited {code}; stopping multi-model-server")
 
-    def shut_down(self, check: subprocess.Popen, gate: threading.Thread) -> int:
+    def shut_down(self, check: subprocess.Popen | None, gate: threading.Thread) -> int:
         """MMS has exited: end the rest and return serve's exit code."""
         self.fail("multi-model-server exited on its own")  # unless stopped or failed before
-        if check.poll() is None:
+        if check is not None and check.poll() is None:
             check.kill()
         gate.join(timeout=30)
         if self.nginx is not None:
@@ -303,8 +308,10 @@ def serve(model_dir: str | None, port: int | None) -> int:
     warnings.filterwarnings("ignore", "pkg_resources is deprecated")  # the toolkit's import
     from sagemaker_inference import environment
 
+    # Multi-model mode: SageMaker unpacks each model under /opt/ml/models (the toolkit's
+    # model_dir when SAGEMAKER_MULTI_MODEL=true) and names it in each load request.
     model_dir = os.path.abspath(model_dir or environment.model_dir)
-    if (refusal := _pin_refusal(model_dir)) is not None:
+    if not settings.multi_model and (refusal := _pin_refusal(model_dir)) is not None:
         log(refusal)
         return 1
     runtime_dir = os.environ.get(RUNTIME_DIR_ENV) or tempfile.mkdtemp(prefix="serve-")
@@ -323,7 +330,10 @@ def _run(settings: ServeSettings, model_dir: str, runtime_dir: str) -> int:
     # reason, not leave workers that fail forever. The check runs while MMS starts on its
     # private socket: the workers import torch meanwhile and wait for the check
     # (transformer.wait_for_artifact_check) before loading the model.
-    check = _start_check(model_dir)
+    check = None if settings.multi_model else _start_check(model_dir)
+    if settings.multi_model:  # no model at start: each load checks its own artifact
+        Path(os.environ[ARTIFACT_GATE_ENV]).touch()
+        Registry(runtime_dir).clear()
     mms_model_dir = os.path.join(runtime_dir, "mms-model")  # empty: toolkit_patches says why
     os.makedirs(mms_model_dir, exist_ok=True)
     supervisor = _Supervisor(settings, runtime_dir)
@@ -333,6 +343,7 @@ def _run(settings: ServeSettings, model_dir: str, runtime_dir: str) -> int:
         f"starting MMS ({settings.workers} worker(s) x {settings.threads_per_worker} "
         f"thread(s), timeout {settings.timeout_seconds} s) while the artifact is checked; "
         f"model {model_dir}, runtime dir {runtime_dir}"
+        + (" (multi-model mode: models come with POST /models)" if settings.multi_model else "")
     )
     gate = threading.Thread(target=supervisor.open_port_once_checked, args=(check,),
                             name="artifact-check", daemon=True)

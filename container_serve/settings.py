@@ -23,6 +23,8 @@ from container_serve.env_names import (
     MAX_PIXELS_ENV,
     MAX_REQUEST_BYTES_ENV,
     MAX_REQUEST_PIXELS_ENV,
+    MODELS_MEMORY_ENV,
+    MULTI_MODEL_ENV,
     OMP_THREADS_ENV,
     PORT_ENV,
     PRECISION_ENV,
@@ -124,6 +126,8 @@ class ServeSettings:
     asynchronous: bool = False
     calibration: bool = True  # apply the manifest's temperature (when it has one)
     batch_strict: bool = False  # JSON Lines: a bad record fails the request (no error line)
+    multi_model: bool = False  # the /models API (container_serve/management.py)
+    models_memory_bytes: int = 0  # multi-model memory budget; 0: from the machine
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServeSettings:
@@ -158,6 +162,8 @@ class ServeSettings:
             asynchronous=asynchronous,
             calibration=_flag(env, CALIBRATION_ENV, default.calibration),
             batch_strict=_flag(env, BATCH_STRICT_ENV),
+            multi_model=_flag(env, MULTI_MODEL_ENV),
+            models_memory_bytes=_int(env, MODELS_MEMORY_ENV, 0, minimum=0),
         )
         if settings.port > 65535:
             raise ServeSettingsError(f"{PORT_ENV}={settings.port} is not a TCP port")
@@ -181,6 +187,8 @@ class ServeSettings:
             ASYNC_ENV: str(self.asynchronous).lower(),
             CALIBRATION_ENV: str(self.calibration).lower(),
             BATCH_STRICT_ENV: str(self.batch_strict).lower(),
+            MULTI_MODEL_ENV: str(self.multi_model).lower(),
+            MODELS_MEMORY_ENV: str(self.models_memory_bytes),
             # OpenMP/MKL pools outside torch.set_num_threads follow the same budget.
             OMP_THREADS_ENV: str(self.threads_per_worker),
         }

@@ -30,10 +30,12 @@ logger = logging.getLogger(__name__)
 Fallback = Callable[[], tuple[nn.Module, Any, str]]  # inference._fp32_model's answer
 
 
-def record_refusal(reason: str) -> None:
-    """Leave the reason where serve looks for it (only under serve: it sets the runtime dir)."""
+def record_refusal(reason: str, settings: ServeSettings) -> None:
+    """Leave the reason where serve looks for it (only under serve: it sets the runtime dir).
+    Not in multi-model mode: there a refused model fails its own invocations, and the server
+    goes on serving the others."""
     runtime_dir = os.environ.get(RUNTIME_DIR_ENV)
-    if not runtime_dir:
+    if not runtime_dir or settings.multi_model:
         return
     path = Path(runtime_dir) / SELF_TEST_REFUSAL_FILE
     partial = path.with_name(f"{path.name}.{os.getpid()}")
@@ -65,13 +67,13 @@ def self_tested(model_dir: str, manifest: Manifest, model: nn.Module, graph: str
         return model, graph
     except SelfTestError as exc:
         if graph != "compiled" or settings.graph != "auto":
-            record_refusal(str(exc))
+            record_refusal(str(exc), settings)
             raise
         logger.warning("compiled variant not used (%s); serving the TorchScript graph", exc)
     model, _, graph = fallback()
     try:
         _tested(model, graph, loaded)
     except SelfTestError as exc:
-        record_refusal(str(exc))
+        record_refusal(str(exc), settings)
         raise
     return model, graph

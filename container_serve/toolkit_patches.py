@@ -48,6 +48,9 @@ def patch_model_server(mms_model_dir: str, config_file: str, find_mms: Callable[
       gives up if there are two (tests, other containers seen from the host); ``find_mms``
       finds *ours*.
     - ``_add_sigterm_handler``: ``add_stop_handlers`` also notes that the stop was asked for.
+    - ``ENABLE_MULTI_MODEL`` (read from SAGEMAKER_MULTI_MODEL at import): off. In our
+      multi-model mode MMS still serves one model, our handler (container_serve/management.py
+      says why); the toolkit's would start MMS with no model and MMS's own /models API.
     """
     from sagemaker_inference import environment, model_server
 
@@ -55,6 +58,7 @@ def patch_model_server(mms_model_dir: str, config_file: str, find_mms: Callable[
     model_server.MMS_CONFIG_FILE = config_file
     model_server._retrieve_mms_server_process = find_mms
     model_server._add_sigterm_handler = add_stop_handlers
+    model_server.ENABLE_MULTI_MODEL = False
 
 
 class OwnFunctionsOnly:

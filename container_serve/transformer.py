@@ -18,8 +18,14 @@ from typing import Any
 from sagemaker_inference.transformer import Transformer
 
 from container_serve import batch, inference
-from container_serve.env_names import ARTIFACT_GATE_ENV, MODEL_DIR_ENV
+from container_serve.env_names import (
+    ARTIFACT_GATE_ENV,
+    MODEL_DIR_ENV,
+    MULTI_MODEL_ENV,
+    RUNTIME_DIR_ENV,
+)
 from container_serve.errors import ServeError, error_body, one_line
+from container_serve.settings import ServeSettings
 from container_serve.toolkit_patches import OwnFunctionsOnly
 from model_artifact.manifest import ArtifactError
 
@@ -59,11 +65,29 @@ def wait_for_artifact_check(timeout: float = GATE_TIMEOUT_SECONDS) -> None:
 
 
 class ServeTransformer(OwnFunctionsOnly, Transformer):
+    # Multi-model mode (container_serve/multi_model.py): the models this worker holds.
+    _models: Any = None
+
     def validate_and_initialize(self, model_dir: str | None = None, context: Any = None) -> None:
+        if os.environ.get(MULTI_MODEL_ENV) == "true":  # serve exports the parsed value
+            self._initialize_multi_model()
+            return
         # MMS is given an empty directory (see serve.py); the artifact's path comes from serve.
         model_dir = os.environ.get(MODEL_DIR_ENV) or model_dir
         wait_for_artifact_check()
         super().validate_and_initialize(model_dir=model_dir, context=context)
+
+    def _initialize_multi_model(self) -> None:
+        """No model at start: each is loaded on its first invocation (multi_model.py)."""
+        if self._initialized:
+            return
+        from container_serve.model_registry import Registry
+        from container_serve.multi_model import WorkerModels
+
+        self._validate_user_module_and_set_functions()
+        self._models = WorkerModels(ServeSettings.from_env(),
+                                    Registry(os.environ[RUNTIME_DIR_ENV]))
+        self._initialized = True
 
     def own_functions(self) -> tuple[Callable[..., Any], ...]:
         return inference.model_fn, inference.input_fn, inference.predict_fn, inference.output_fn
@@ -94,8 +118,8 @@ class ServeTransformer(OwnFunctionsOnly, Transformer):
     def _handle_one(self, request: dict[str, Any], context: Any, idx: int) -> str:
         model_dir = context.system_properties.get("model_dir")
         self.validate_and_initialize(model_dir=model_dir, context=context)
-        served = self._model
         headers = _headers(context, idx)
+        served = self._model if self._models is None else self._models.served(headers)
         if batch.is_jsonlines(headers.get("content-type")):  # batch transform's JSON Lines
             handlers = batch.Handlers(self._input_fn, self._predict_fn, self._output_fn)
             return batch.transform(request.get("body"), headers, served, handlers)

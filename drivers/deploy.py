@@ -5,6 +5,7 @@
     python scripts/deploy.py --model-data s3://BUCKET/.../model.tar.gz --serverless 4096:5
     python scripts/deploy.py --from-best best_training_job.json --autoscale 1:4
     python scripts/deploy.py --training-job NAME --async-output s3://BUCKET/out --async-scaling 0:4
+    python scripts/deploy.py --multi-model s3://BUCKET/models/ --instance-type ml.m5.xlarge
     python scripts/deploy.py --delete resnet-serve-261127-2040 --yes
 
 Waits until the endpoint is InService (or reports why it failed), then prints its name and a
@@ -30,7 +31,7 @@ from drivers.aws_settings import (
     s3_uri_type,
 )
 from drivers.model_source import add_model_arguments, model_data_url
-from job_contract.deployment import ASYNC_ENV, MANIFEST_PIN_ENV
+from job_contract.deployment import ASYNC_ENV, MANIFEST_PIN_ENV, MULTI_MODEL_ENV, MULTI_MODEL_MODE
 
 ENDPOINT_PREFIX = "resnet-serve"
 VARIANT = "AllTraffic"
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="return once the endpoint is being created")
     e.add_argument("--timeout", type=int, default=1800, help="seconds to wait for InService")
     add_async_arguments(p)
+    add_multi_model_arguments(p)
     return p
 
 
@@ -168,10 +170,46 @@ def check_async_args(args: argparse.Namespace) -> None:
         raise SettingsError("--target-backlog applies to --async-scaling MIN:MAX")
     if args.target_backlog is not None and args.target_backlog <= 0:
         raise SettingsError("--target-backlog must be above 0")
+def add_multi_model_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("multi-model endpoint (instead of one model)")
+    g.add_argument("--multi-model", type=s3_uri_type, metavar="S3_PREFIX",
+                   help="serve every model.tar.gz under this prefix from one endpoint "
+                        "(Mode MultiModel); invoke one with predict.py --target-model KEY")
+
+
+def check_multi_model(args: argparse.Namespace) -> None:
+    """--multi-model takes an S3 prefix instead of one model, on instances only."""
+    if not args.multi_model:
+        return
+    if args.model_data or args.training_job or args.from_best or args.delete:
+        raise SettingsError("--multi-model S3_PREFIX replaces --model-data, --training-job and "
+                            "--from-best (and is not for --delete): give one")
+    if not args.multi_model.endswith("/"):
+        raise SettingsError(f"--multi-model takes an S3 prefix ending in '/', got "
+                            f"{args.multi_model!r}; the models are the .tar.gz files under it")
+    if args.serverless:
+        raise SettingsError("--multi-model needs instances: serverless endpoints do not host "
+                            "multi-model containers")
+    if args.manifest_sha256:
+        raise SettingsError("--manifest-sha256 pins one artifact; a multi-model endpoint "
+                            "serves many: leave it out")
+    if args.async_output:
+        raise SettingsError("--multi-model with --async-output: InvokeEndpointAsync has no "
+                            "TargetModel, so an asynchronous endpoint serves one model")
+
+
+def multi_model_container(args: argparse.Namespace) -> dict[str, Any]:
+    """The container definition's fields for --multi-model (none without it)."""
+    if not args.multi_model:
+        return {}
+    return {"mode": MULTI_MODEL_MODE,
+            "environment": {**container_environment(args), MULTI_MODEL_ENV: "true"}}
 
 
 def check_args(args: argparse.Namespace) -> None:
-    if not (args.delete or args.model_data or args.training_job or args.from_best):
+    check_multi_model(args)
+    if not (args.delete or args.model_data or args.training_job or args.from_best
+            or args.multi_model):
         raise SettingsError("missing model: set --model-data S3_URI, --training-job NAME or "
                             "--from-best FILE (or --delete ENDPOINT)")
     if args.serverless:
@@ -252,6 +290,11 @@ def instance_note(instance_type: str) -> str | None:
             "idle. A CPU instance type (ml.m5.xlarge, the default, or ml.c6i.xlarge) costs less.")
 
 
+def model_url(ctx: driver.DriverContext, args: argparse.Namespace) -> str:
+    """--multi-model's S3 prefix, else the one model's S3 URI (drivers.model_source)."""
+    return args.multi_model or model_data_url(ctx, args)
+
+
 def endpoint_config_request(args: argparse.Namespace, name: str, s: Any) -> dict[str, Any]:
     """The CreateEndpointConfig request: one variant (instances or serverless), data capture."""
     if args.serverless:
@@ -287,9 +330,9 @@ def create_all(ctx: driver.DriverContext, args: argparse.Namespace, name: str,
     tags = [shapes.Tag(key=OWNER_TAG["Key"], value=OWNER_TAG["Value"])]
     Model.create(
         model_name=name,
-        primary_container=shapes.ContainerDefinition(
-            image=s.serve_image, model_data_url=data_url,
-            environment=container_environment(args)),
+        primary_container=shapes.ContainerDefinition(**{
+            "image": s.serve_image, "model_data_url": data_url,
+            "environment": container_environment(args), **multi_model_container(args)}),
         execution_role_arn=s.role,
         tags=tags,
         **common,
@@ -539,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         if note:
             ctx.log(note)
         driver.complete_settings(ctx, ["role"])
-        endpoint = create_all(ctx, args, name, model_data_url(ctx, args))
+        endpoint = create_all(ctx, args, name, model_url(ctx, args))
         ctx.did("create", f"model, endpoint config and endpoint {name} (tagged "
                 f"{OWNER_TAG['Key']})")
         if args.wait and not ctx.dry_run:
@@ -560,6 +603,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"endpoint: {name}")
         print(f"try it:   {invoke_command(ctx.region, name)}")
         print(f"or:       python scripts/predict.py --endpoint {name} photo.jpg")
+        if args.multi_model:
+            print(f"models:   add --target-model KEY (KEY: a .tar.gz under {args.multi_model})")
         return 0
 
     return driver.run(body)

@@ -4,6 +4,7 @@
     python scripts/predict.py --endpoint resnet-serve-261127-2040 cat.jpg dog.png
     python scripts/predict.py --url http://localhost:8080 --top-k 3 sample.jpg
     python scripts/predict.py --async --endpoint resnet-serve-261127-2040 big-photo.jpg
+    python scripts/predict.py --endpoint resnet-serve-261201-2300 --target-model a.tar.gz x.jpg
 
 One request per file; the content type comes from the file's bytes (JPEG, PNG, WebP, GIF, BMP,
 TIFF) or its name, ``--content-type`` overrides it. ``top_k`` travels in the
@@ -32,6 +33,7 @@ from job_contract.media import sniff_image
 
 ACCEPT = "application/json"
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
+TARGET_MODEL_HEADER = "X-Amzn-SageMaker-Target-Model"
 
 
 def content_type_of(path: Path, data: bytes) -> str:
@@ -82,6 +84,34 @@ def add_async_arguments(p: argparse.ArgumentParser) -> None:
     a.add_argument("--invocation-timeout", type=int, metavar="SECONDS",
                    help="InvocationTimeoutSeconds: how long the endpoint may work on a "
                         "request (1-3600; default SageMaker's 900)")
+    add_target_model_argument(p)
+    return p
+
+
+def add_target_model_argument(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("multi-model endpoint (deploy.py --multi-model)")
+    g.add_argument("--target-model", metavar="KEY",
+                   help="the model to run: its key under the endpoint's S3 prefix "
+                        "(TargetModel); with --url, the name a model was loaded under "
+                        "(POST /models/NAME/invoke)")
+
+
+def target_model_params(args: argparse.Namespace) -> dict[str, str]:
+    """InvokeEndpoint's TargetModel, when given."""
+    return {"TargetModel": args.target_model} if args.target_model else {}
+
+
+def local_url(args: argparse.Namespace) -> str:
+    """--url's /invocations, or a multi-model server's /models/NAME/invoke."""
+    url = invocations_url(args.url)
+    if not args.target_model:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    if parts.path != "/invocations":
+        raise SettingsError("--target-model with --url takes the server's address without a "
+                            f"path, got {args.url!r}")
+    name = urllib.parse.quote(args.target_model, safe="")
+    return urllib.parse.urlunsplit(parts._replace(path=f"/models/{name}/invoke"))
 
 
 def invocations_url(url: str) -> str:
@@ -144,10 +174,11 @@ def read_payloads(args: argparse.Namespace) -> list[Payload]:
 def send_local(args: argparse.Namespace, payloads: list[Payload],
                attributes: str) -> list[tuple[str, dict[str, Any]]] | None:
     """POST each file to the local server; in a dry run print the requests, return None."""
-    url = invocations_url(args.url)
+    url = local_url(args)
+    target = {TARGET_MODEL_HEADER: args.target_model} if args.target_model else {}
     requests = [{"url": url, "method": "POST",
                  "headers": {"Content-Type": ctype, "Accept": ACCEPT,
-                             CUSTOM_ATTRIBUTES_HEADER: attributes},
+                             CUSTOM_ATTRIBUTES_HEADER: attributes, **target},
                  "body": data} for _, data, ctype in payloads]
     if args.dry_run:
         print(json.dumps(to_jsonable(requests), indent=2))
@@ -165,7 +196,7 @@ def send_endpoint(args: argparse.Namespace, payloads: list[Payload],
     for path, data, ctype in payloads:
         response = runtime.invoke_endpoint(
             EndpointName=args.endpoint, ContentType=ctype, Accept=ACCEPT,
-            CustomAttributes=attributes, Body=data)
+            CustomAttributes=attributes, Body=data, **target_model_params(args))
         if not args.dry_run:
             results.append((path.name, json.loads(response["Body"].read())))
     if args.dry_run:
@@ -182,6 +213,9 @@ def check_async_args(args: argparse.Namespace) -> None:
     if args.url:
         raise SettingsError("--async invokes a SageMaker endpoint: use it with --endpoint, "
                             "not --url")
+    if args.target_model:
+        raise SettingsError("--async takes no --target-model: InvokeEndpointAsync has no "
+                            "TargetModel (multi-model endpoints answer real-time requests)")
     if args.invocation_timeout is not None and not 1 <= args.invocation_timeout <= 3600:
         raise SettingsError("--invocation-timeout must be 1-3600 seconds")
     if args.wait_timeout < 0:

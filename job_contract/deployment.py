@@ -16,3 +16,7 @@ ASYNC_ENV = "SERVE_ASYNC"
 # JSON Lines batch transform: "true" makes a bad record fail its whole request with a 4xx
 # (the job fails) instead of giving an error line in its place (transform.py --strict).
 BATCH_STRICT_ENV = "SERVE_BATCH_STRICT"
+# "true": the serving image answers SageMaker's multi-model container API (/models);
+# deploy.py --multi-model sets it with Mode MultiModel (the inference toolkits read the same name).
+MULTI_MODEL_ENV = "SAGEMAKER_MULTI_MODEL"
+MULTI_MODEL_MODE = "MultiModel"  # the container definition's Mode

@@ -11,6 +11,9 @@ import torch
 from torch import nn
 from torchvision import models
 
+# Torch-free since the serve process checks hashes too; re-exported for the existing importers.
+from model_artifact.files import file_sha256 as file_sha256
+from model_artifact.files import verified_file as verified_file
 from model_artifact.manifest import ArtifactError, Manifest
 
 
@@ -46,24 +49,6 @@ def backbone_sha256(state: Mapping[str, torch.Tensor]) -> str:
 def head_sha256(state: Mapping[str, torch.Tensor]) -> str:
     """The head's tensors' hash: what a head-only load checks (docs/artifact.md)."""
     return tensors_sha256(state, [n for n in state if n.startswith(HEAD_PREFIX)])
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def verified_file(path: Path, sha256: str, what: str) -> Path:
-    """``path`` if it exists and (when the manifest gives one) has that sha256; else
-    ArtifactError naming the file. ``what`` says which file the manifest meant."""
-    if not path.is_file():
-        raise ArtifactError(f"{path}: {what} named by the manifest is missing")
-    if sha256 and file_sha256(path) != sha256:
-        raise ArtifactError(f"{path}: sha256 does not match the manifest")
-    return path
 
 
 def load_artifact(model_dir: str | os.PathLike[str], manifest: Manifest | None = None

@@ -182,3 +182,28 @@ def test_a_model_that_would_not_fit_is_refused_with_507(two_models, monkeypatch)
 def test_a_bad_artifact_is_an_artifact_error(tmp_path):
     with pytest.raises(ArtifactError, match="manifest.json"):
         ResidentModels(SETTINGS).load("none", str(tmp_path))
+
+
+def test_a_shared_head_whose_self_test_disagrees_is_refused_the_others_stay(tmp_path):
+    """The self-test (model_artifact.self_test) runs on the shared backbone + head as served: a
+    head that does not answer as its training job did is refused, and only that model."""
+    from model_artifact.self_test import SelfTestError, write_self_test_file
+
+    classes = ("a", "b", "c")
+    one = write_model(tmp_path / "one", classes, 3)
+    two = write_model(tmp_path / "two", ("x", "y", "z"), 3)  # same backbone: head-only load
+    torch.manual_seed(3)
+    trained = build_model("resnet50", len(classes)).eval()  # what write_model wrote
+    wrong = build_model("resnet50", len(classes)).eval()
+    wrong.load_state_dict(trained.state_dict())
+    with torch.no_grad():  # classes in reverse order: every answer moves
+        wrong.fc.weight.copy_(trained.fc.weight.flip(0))
+        wrong.fc.bias.copy_(trained.fc.bias.flip(0))
+    inputs = torch.randn(16, 3, 32, 32)
+    write_self_test_file(one, trained, Manifest.read(one), inputs)  # positive control
+    write_self_test_file(two, wrong, Manifest.read(two), inputs)
+    resident = ResidentModels(EAGER)
+    resident.load("one", str(one))
+    with pytest.raises(SelfTestError, match="self-test failed"):
+        resident.load("two", str(two))
+    assert resident.names() == ["one"]

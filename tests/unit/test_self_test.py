@@ -150,6 +150,19 @@ def test_a_requested_graph_that_fails_is_refused_and_recorded_for_serve(
     assert (tmp_path / SELF_TEST_REFUSAL_FILE).read_text() == f"{refused.value}\n"
 
 
+def test_multi_model_mode_refuses_the_model_but_leaves_serve_running(
+        artifact, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One bad model among many must not stop the endpoint: no refusal file for serve."""
+    model_dir, model, manifest = artifact
+    _, reference = load_self_test(model_dir, manifest)
+    monkeypatch.setenv("SERVE_RUNTIME_DIR", str(tmp_path))
+    with pytest.raises(SelfTestError):
+        startup_check.self_tested(str(model_dir), manifest, _shifted(model, 1.0, reference),
+                                  "frozen", ServeSettings(graph="frozen", multi_model=True),
+                                  lambda: pytest.fail("fallback"))
+    assert not (tmp_path / SELF_TEST_REFUSAL_FILE).exists()
+
+
 def test_an_artifact_without_a_self_test_serves_as_before_with_one_line(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     model = _toy()
