@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -119,6 +120,97 @@ class Variant:
                    None if difference is None else float(difference), threads)
 
 
+def _number(data: dict[str, Any], key: str, where: str, low: float = -math.inf,
+            high: float = math.inf) -> float:
+    value = _require(data, key, (int, float), where)
+    if not math.isfinite(value) or not low <= value <= high:
+        raise ArtifactError(f"{where}: field '{key}' must be a finite number in [{low}, {high}]")
+    return float(value)
+
+
+def _count(data: dict[str, Any], key: str, where: str) -> int:
+    value = data.get(key, 0)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ArtifactError(f"{where}: {key} must be a non-negative integer")
+    return value
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Temperature scaling fitted on the valid split (model_artifact/calibration.py)."""
+
+    temperature: float  # serving divides the logits by this before the softmax
+    ece_before: float | None = None  # expected calibration error on the valid split, T = 1
+    ece_after: float | None = None  # ... and with this temperature
+    valid_images: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "ece_before": self.ece_before,
+                "ece_after": self.ece_after, "valid_images": self.valid_images}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> Calibration:
+        if not isinstance(data, dict):
+            raise ArtifactError(f"{where}: expected a JSON object")
+        temperature = _number(data, "temperature", where, 1e-6)
+        ece = [None if data.get(k) is None else _number(data, k, where, 0.0, 1.0)
+               for k in ("ece_before", "ece_after")]
+        return cls(temperature, ece[0], ece[1], _count(data, "valid_images", where))
+
+
+NOVELTY_METHODS = ("energy", "mahalanobis")
+
+
+@dataclass(frozen=True)
+class Novelty:
+    """What serving needs to score how far an image is from the training classes, from the
+    logits alone (model_artifact/novelty.py); higher is further; abstain when > threshold."""
+
+    method: str  # one of NOVELTY_METHODS
+    threshold: float
+    target_false_abstain: float  # the rate asked for (hyperparameter abstain-rate)
+    valid_false_abstain: float  # the rate the threshold gives on the valid split
+    valid_images: int = 0
+    temperature: float = 1.0  # energy: the logits are divided by this
+    means: tuple[tuple[float, ...], ...] = ()  # mahalanobis: per-class mean logit vector
+    precision: tuple[tuple[float, ...], ...] = ()  # mahalanobis: inverse shared covariance
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "threshold": self.threshold,
+                "target_false_abstain": self.target_false_abstain,
+                "valid_false_abstain": self.valid_false_abstain,
+                "valid_images": self.valid_images, "temperature": self.temperature,
+                **({"means": [list(r) for r in self.means],
+                    "precision": [list(r) for r in self.precision]} if self.means else {})}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str, num_classes: int) -> Novelty:
+        if not isinstance(data, dict):
+            raise ArtifactError(f"{where}: expected a JSON object")
+        method = _require(data, "method", str, where)
+        if method not in NOVELTY_METHODS:
+            raise ArtifactError(f"{where}: method {method!r} is not one of {NOVELTY_METHODS}")
+        matrices = [_matrix(data.get(k, []), f"{where}.{k}", num_classes if method ==
+                            "mahalanobis" else 0) for k in ("means", "precision")]
+        return cls(method, _number(data, "threshold", where),
+                   _number(data, "target_false_abstain", where, 0.0, 1.0),
+                   _number(data, "valid_false_abstain", where, 0.0, 1.0),
+                   _count(data, "valid_images", where),
+                   _number(data, "temperature", where, 1e-6) if "temperature" in data else 1.0,
+                   matrices[0], matrices[1])
+
+
+def _matrix(rows: Any, where: str, size: int) -> tuple[tuple[float, ...], ...]:
+    """A size x size matrix of finite numbers (size 0: must be empty)."""
+    ok = isinstance(rows, list) and len(rows) == size and all(
+        isinstance(r, list) and len(r) == size and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in r) for r in rows)
+    if not ok:
+        raise ArtifactError(f"{where}: must be a {size}x{size} matrix of finite numbers")
+    return tuple(tuple(float(v) for v in r) for r in rows)
+
+
 @dataclass(frozen=True)
 class Manifest:
     architecture: str
@@ -134,6 +226,9 @@ class Manifest:
     variants: dict[str, Variant] = field(default_factory=dict)
     # Optional, informative: how the weights were trained ({"device": ..., "precision": ...}).
     training: dict[str, str] = field(default_factory=dict)
+    # Optional (docs/artifact.md): temperature scaling and the "none of my classes" detector.
+    calibration: Calibration | None = None
+    novelty: Novelty | None = None
 
     @property
     def num_classes(self) -> int:
@@ -158,6 +253,8 @@ class Manifest:
             **({"variants": {name: v.to_dict() for name, v in self.variants.items()}}
                if self.variants else {}),
             **({"training": dict(self.training)} if self.training else {}),
+            **({"calibration": self.calibration.to_dict()} if self.calibration else {}),
+            **({"novelty": self.novelty.to_dict()} if self.novelty else {}),
         }
 
     @classmethod
@@ -214,7 +311,13 @@ class Manifest:
             format_version=version,
             variants=variants,
             training=dict(data.get("training", {})),
+            **_trust_fields(data, where, len(names)),
         )
+
+    def with_trust(self, calibration: Calibration | None,
+                   novelty: Novelty | None) -> Manifest:
+        """This manifest with its calibration and novelty fields set."""
+        return replace(self, calibration=calibration, novelty=novelty)
 
     def write(self, model_dir: str | os.PathLike[str]) -> Path:
         path = Path(model_dir) / MANIFEST_FILE
@@ -231,6 +334,17 @@ class Manifest:
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ArtifactError(f"{path}: not valid JSON: {exc}") from None
         return cls.from_dict(data, where=str(path))
+
+
+def _trust_fields(data: dict[str, Any], where: str, num_classes: int) -> dict[str, Any]:
+    """The optional calibration and novelty fields, parsed (absent: None)."""
+    calibration, novelty = data.get("calibration"), data.get("novelty")
+    return {
+        "calibration": None if calibration is None
+        else Calibration.from_dict(calibration, f"{where}: calibration"),
+        "novelty": None if novelty is None
+        else Novelty.from_dict(novelty, f"{where}: novelty", num_classes),
+    }
 
 
 def manifest_sha256(model_dir: str | os.PathLike[str]) -> str:
