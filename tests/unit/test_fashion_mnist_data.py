@@ -62,11 +62,13 @@ def test_held_out_classes_are_only_in_unknown(tmp_path: Path) -> None:
     synthetic(tmp_path / "idx", per_class=6)
     layout = Layout(held_out=("shirt", "bag"), train_per_class=3, valid_per_class=2,
                     test_per_class=4)
-    data, unknown = prepare(tmp_path / "out", layout, source=tmp_path / "idx")
+    folders = prepare(tmp_path / "out", layout, source=tmp_path / "idx")
+    data, unknown = folders["data"], folders["unknown"]
     known = [c for c in CLASSES if c not in ("shirt", "bag")]
     assert _counts(data / "train") == dict.fromkeys(sorted(known), 3)
     assert _counts(data / "valid") == dict.fromkeys(sorted(known), 2)
-    assert _counts(data / "test") == dict.fromkeys(sorted(known), 4)
+    assert _counts(folders["test"]) == dict.fromkeys(sorted(known), 4)
+    assert sorted(p.name for p in data.iterdir()) == ["train", "valid"]  # the job's splits
     assert _counts(unknown) == {"bag": 4, "shirt": 4}
     # train and valid are drawn from the training file without overlap
     for name in known:
