@@ -544,6 +544,9 @@ class Reference:
         self.model = model.to(memory_format=torch.channels_last)
         self.pre = self.manifest.preprocessing
         self.transform = self.pre.transform()
+        # Serving divides the logits by the artifact's temperature (SERVE_CALIBRATION default).
+        calibration = self.manifest.calibration
+        self.temperature = calibration.temperature if calibration else 1.0
         self.cache: dict[str, list[float] | None] = {}
 
     def probabilities(self, data: bytes) -> list[float] | None:
@@ -560,7 +563,8 @@ class Reference:
                 tensor = self.transform(image).unsqueeze(0)
                 with self.torch.inference_mode():
                     batch = tensor.contiguous(memory_format=self.torch.channels_last)
-                    probs = self.torch.softmax(self.model(batch).float(), dim=1)[0].tolist()
+                    logits = self.model(batch).float() / self.temperature
+                    probs = self.torch.softmax(logits, dim=1)[0].tolist()
                 self.cache[key] = probs
         return self.cache[key]
 

@@ -29,6 +29,8 @@ PRECISION_ENV = "SERVE_PRECISION"  # fp32 | int8 (the artifact's int8 variant)
 # fp32 graph: auto (the artifact's compiled variant if it loads here, else frozen) | compiled
 # (the variant or fail) | frozen (TorchScript trace + freeze, once per worker) | eager
 GRAPH_ENV = "SERVE_GRAPH"
+# true (default) | false: divide the logits by the artifact's temperature (docs/serving-api.md)
+CALIBRATION_ENV = "SERVE_CALIBRATION"
 
 # Set by serve for the processes it starts.
 MODEL_DIR_ENV = "SERVE_MODEL_DIR"  # the workers: the artifact to load

@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 import logging
+import math
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,9 +31,11 @@ from container_serve.errors import (
 )
 from container_serve.media import IMAGE_TYPES, JSON, unsupported
 from container_serve.settings import ServeSettings
+from model_artifact.calibration import serving_temperature
 from model_artifact.compiled import load_compiled
 from model_artifact.manifest import COMPILED, INT8, ArtifactError, Manifest
 from model_artifact.network import load_artifact
+from model_artifact.novelty import novelty_scores
 from model_artifact.preprocess import (
     FORMAT_NAMES,
     HEADER_SIZE,
@@ -61,12 +64,17 @@ class ServedModel:
     transform: Callable[[Any], torch.Tensor]
     settings: ServeSettings
     graph: str = "eager"  # what runs: compiled | frozen | eager | int8
+    temperature: float = 1.0  # the logits are divided by it (calibration; 1.0: none or off)
 
 
 @dataclass(frozen=True)
 class Prediction:
     probabilities: torch.Tensor  # [images, classes], rows sum to 1
     class_names: tuple[str, ...]
+    # "None of my classes" (docs/serving-api.md): per-image score and the artifact's threshold;
+    # None when the artifact has no novelty detector.
+    novelty_scores: torch.Tensor | None = None
+    novelty_threshold: float | None = None
 
 
 def media_type(content_type: str | None) -> str | None:
@@ -101,6 +109,20 @@ def parse_top_k(custom_attributes: str | None, settings: ServeSettings) -> int:
             raise BadRequest(f"top_k must be at least 1, got {k}")
         return min(k, settings.top_k_max)
     return settings.top_k
+
+
+def parse_abstain(custom_attributes: str | None) -> bool:
+    """``abstain=false`` in CustomAttributes: answer without the abstain fields (as before they
+    existed); ``abstain=true`` or nothing: with them (when the artifact has a detector)."""
+    for part in re.split(r"[;,]", custom_attributes or ""):
+        key, _, value = part.partition("=")
+        if key.strip().lower() != "abstain":
+            continue
+        flag = value.strip().lower()
+        if flag not in ("true", "false"):
+            raise BadRequest(f"abstain must be true or false, got {value.strip()[:40]!r}")
+        return flag == "true"
+    return True
 
 
 def _decode_base64(item: Any, where: str) -> bytes:
@@ -214,9 +236,12 @@ def model_fn(model_dir: str) -> ServedModel:
             f"{model_dir}: the {settings.precision} model gives outputs of shape "
             f"{tuple(out.shape)}, the manifest has {manifest.num_classes} classes"
         )
-    logger.info("serving %s: %s graph, %d thread(s)", model_dir, graph,
-                settings.threads_per_worker)
-    return ServedModel(model, manifest, manifest.preprocessing.transform(), settings, graph)
+    temperature = serving_temperature(manifest.calibration, settings.calibration)
+    logger.info("serving %s: %s graph, %d thread(s), temperature %g, novelty detector %s",
+                model_dir, graph, settings.threads_per_worker, temperature,
+                manifest.novelty.method if manifest.novelty else "none")
+    return ServedModel(model, manifest, manifest.preprocessing.transform(), settings, graph,
+                       temperature)
 
 
 def input_fn(
@@ -294,23 +319,37 @@ def predict_fn(images: list[bytes], served: ServedModel) -> Prediction:
     with torch.inference_mode():
         # One forward for the whole JSON batch.
         batch = torch.stack(tensors).contiguous(memory_format=torch.channels_last)
-        logits = served.model(batch)
-        probabilities = torch.softmax(logits.float(), dim=1)
-    return Prediction(probabilities, served.manifest.class_names)
+        logits = served.model(batch).float()
+        probabilities = torch.softmax(logits / served.temperature, dim=1)
+    novelty = served.manifest.novelty  # scored on the raw logits, whatever SERVE_CALIBRATION
+    return Prediction(probabilities, served.manifest.class_names,
+                      None if novelty is None else novelty_scores(logits, novelty),
+                      None if novelty is None else novelty.threshold)
 
 
-def output_fn(prediction: Prediction, accept: str | None, top_k: int) -> str:
-    """Top-k per image, most probable first: {"predictions": [{"top_k": [...]}, ...]}."""
-    check_accept(accept)
+def image_result(prediction: Prediction, i: int, top_k: int,
+                 abstain: bool = True) -> dict[str, Any]:
+    """Image ``i``'s answer: {"top_k": [...]}, most probable first, plus "abstain",
+    "novelty_score" and "novelty_threshold" when the artifact has a novelty detector and
+    ``abstain`` (the client did not send abstain=false). docs/serving-api.md is the contract."""
     k = min(top_k, len(prediction.class_names))
-    values, indices = torch.topk(prediction.probabilities, k, dim=1)
-    predictions = [
-        {
-            "top_k": [
-                {"label": prediction.class_names[j], "index": j, "probability": p}
-                for p, j in zip(row_values.tolist(), row_indices.tolist(), strict=True)
-            ]
-        }
-        for row_values, row_indices in zip(values, indices, strict=True)
-    ]
-    return json.dumps({"predictions": predictions})
+    values, indices = torch.topk(prediction.probabilities[i], k)
+    result: dict[str, Any] = {"top_k": [
+        {"label": prediction.class_names[j], "index": j, "probability": p}
+        for p, j in zip(values.tolist(), indices.tolist(), strict=True)]}
+    if abstain and prediction.novelty_scores is not None:
+        score = float(prediction.novelty_scores[i])
+        finite = math.isfinite(score)  # a non-finite score (NaN logits) is not an answer
+        result["abstain"] = not finite or score > prediction.novelty_threshold
+        result["novelty_score"] = score if finite else None
+        result["novelty_threshold"] = prediction.novelty_threshold
+    return result
+
+
+def output_fn(prediction: Prediction, accept: str | None, top_k: int,
+              abstain: bool = True) -> str:
+    """{"predictions": [image_result, ...]}, one per image in request order."""
+    check_accept(accept)
+    images = prediction.probabilities.shape[0]
+    return json.dumps({"predictions": [image_result(prediction, i, top_k, abstain)
+                                       for i in range(images)]})

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from container_serve.env_names import (
+    CALIBRATION_ENV,
     GRAPH_ENV,
     MAX_IMAGES_ENV,
     MAX_PAYLOAD_MB_ENV,
@@ -67,6 +68,15 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     return raw
 
 
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in ("true", "false"):
+        raise ServeSettingsError(f"{name}={raw!r} must be true or false")
+    return raw == "true"
+
+
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
     raw = env.get(name, "").strip()
     if not raw:
@@ -98,6 +108,7 @@ class ServeSettings:
     runtime_dir: str | None = None
     precision: str = PRECISIONS[0]
     graph: str = GRAPHS[0]
+    calibration: bool = True  # apply the manifest's temperature (when it has one)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServeSettings:
@@ -127,6 +138,7 @@ class ServeSettings:
             runtime_dir=env.get(RUNTIME_DIR_ENV) or default.runtime_dir,
             precision=_choice(env, PRECISION_ENV, PRECISIONS),
             graph=_choice(env, GRAPH_ENV, GRAPHS),
+            calibration=_bool(env, CALIBRATION_ENV, default.calibration),
         )
         if settings.port > 65535:
             raise ServeSettingsError(f"{PORT_ENV}={settings.port} is not a TCP port")
@@ -147,6 +159,7 @@ class ServeSettings:
             TOP_K_MAX_ENV: str(self.top_k_max),
             PRECISION_ENV: self.precision,
             GRAPH_ENV: self.graph,
+            CALIBRATION_ENV: str(self.calibration).lower(),
             # OpenMP/MKL pools outside torch.set_num_threads follow the same budget.
             OMP_THREADS_ENV: str(self.threads_per_worker),
         }

@@ -92,6 +92,7 @@ class ServeTransformer(OwnFunctionsOnly, Transformer):
         accept = headers.get("accept")
         inference.check_accept(accept)  # refuse before spending a forward pass
         top_k = inference.parse_top_k(headers.get(inference.CUSTOM_ATTRIBUTES), served.settings)
+        abstain = inference.parse_abstain(headers.get(inference.CUSTOM_ATTRIBUTES))
         images = self._input_fn(request.get("body"), headers.get("content-type"), served.settings)
         prediction = self._predict_fn(images, served)
-        return self._output_fn(prediction, accept, top_k)
+        return self._output_fn(prediction, accept, top_k, abstain)

@@ -36,7 +36,8 @@ CHECKPOINT_FILE = "checkpoint-latest.pt"
 FORMAT = 2  # 2: gradient scaler and mid-epoch progress
 # Hyperparameters that may change between a run and its resumption (none that shape the result).
 RESUMABLE_CHANGES = frozenset({"log-interval", "num-workers", "early-stopping-patience",
-                               "profile-steps"})
+                               "profile-steps",
+                               "abstain-rate", "abstain-score"})  # used after the epochs only
 
 
 @dataclass

@@ -44,6 +44,7 @@ class EpochStats:
     seconds: float
     labels: list[int] = field(default_factory=list)
     predictions: list[int] = field(default_factory=list)
+    logits: list[torch.Tensor] = field(default_factory=list)  # per batch, fp32 on the CPU
 
     @property
     def images_per_sec(self) -> float:
@@ -218,8 +219,10 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
 def eval_pass(model: nn.Module, criterion: nn.Module, loader: DataLoader, device: torch.device,
               callbacks: list[Callback], precision: Precision = Precision(),
               normalize: Normalize | None = None,
-              should_stop: Callable[[], bool] = _never) -> EpochStats | None:
-    """One pass over ``loader`` in eval mode: loss, accuracy, and every label and prediction.
+              should_stop: Callable[[], bool] = _never,
+              keep_logits: bool = False) -> EpochStats | None:
+    """One pass over ``loader`` in eval mode: loss, accuracy, and every label and prediction
+    (and, ``keep_logits``, every logit row: calibration fits on them).
     None when ``should_stop()`` turned true (checked after every batch)."""
     model.eval()
     for cb in callbacks:
@@ -227,6 +230,7 @@ def eval_pass(model: nn.Module, criterion: nn.Module, loader: DataLoader, device
     total_loss, seen = 0.0, 0
     labels_all: list[int] = []
     preds_all: list[int] = []
+    logits_all: list[torch.Tensor] = []
     start = last = time.perf_counter()
     for step, (images, labels) in enumerate(loader, 1):
         data_seconds = time.perf_counter() - last
@@ -240,6 +244,8 @@ def eval_pass(model: nn.Module, criterion: nn.Module, loader: DataLoader, device
         seen += labels.size(0)
         labels_all += labels.tolist()
         preds_all += outputs.argmax(1).tolist()
+        if keep_logits:
+            logits_all.append(outputs.detach().float().cpu())
         now = time.perf_counter()
         for cb in callbacks:
             cb.on_step_end("eval", step, batch_loss, labels.size(0), data_seconds,
@@ -249,4 +255,4 @@ def eval_pass(model: nn.Module, criterion: nn.Module, loader: DataLoader, device
         last = time.perf_counter()
     correct = sum(int(a == b) for a, b in zip(labels_all, preds_all, strict=True))
     return EpochStats(total_loss / max(seen, 1), correct / max(seen, 1), seen,
-                      time.perf_counter() - start, labels_all, preds_all)
+                      time.perf_counter() - start, labels_all, preds_all, logits_all)

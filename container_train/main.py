@@ -11,7 +11,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import torchvision
 from torch import nn
 from torch.utils.data import DataLoader
 
-from container_train import checkpoint, distributed, profiling, reports
+from container_train import checkpoint, distributed, profiling, reports, trust
 from container_train.config import (
     JobConfig,
     describe,
@@ -110,6 +110,7 @@ class Trained:
     eval_split: str  # test when the job has one, else valid
     scored: EpochStats  # the kept weights on eval_split, every rank's labels and predictions
     stopped_early: bool
+    trust: trust.TrustFit = field(default_factory=trust.TrustFit)  # fitted on valid's logits
 
     @property
     def state(self) -> checkpoint.TrainingState:
@@ -233,8 +234,9 @@ def _reduce(stats: EpochStats, ctx: distributed.Context, gather: bool = False) -
         ctx, stats.loss * stats.images, stats.accuracy * stats.images, stats.images)
     labels = distributed.gather_lists(ctx, stats.labels) if gather else stats.labels
     preds = distributed.gather_lists(ctx, stats.predictions) if gather else stats.predictions
+    logits = distributed.gather_lists(ctx, stats.logits) if gather else stats.logits
     return EpochStats(loss_sum / max(images, 1), correct / max(images, 1), int(images),
-                      stats.seconds, labels, preds)
+                      stats.seconds, labels, preds, logits)
 
 
 def _save_stopped(job: Job, epoch: int, progress: EpochProgress) -> None:
@@ -349,7 +351,8 @@ def _score(job: Job, stopped_early: bool) -> Trained:
         final.update(valid_loss=best["valid_loss"], valid_accuracy=best["valid_accuracy"])
     eval_split = "test" if "test" in job.loaders else "valid"
     scored = _reduce(eval_pass(job.step_module, job.criterion, job.loaders[eval_split],
-                               job.device, [], job.precision, job.pre.normalize),
+                               job.device, [], job.precision, job.pre.normalize,
+                               keep_logits=eval_split == "valid"),
                      job.ctx, gather=True)
     if eval_split == "test":
         final.update(test_loss=scored.loss, test_accuracy=scored.accuracy)
@@ -357,7 +360,20 @@ def _score(job: Job, stopped_early: bool) -> Trained:
         print(format_metric_line(final, tag="final"), flush=True)
         log.info("best epoch %d of %d%s", state.best_epoch, state.epoch,
                  " (stopped early)" if stopped_early else "")
-    return Trained(job, final, eval_split, scored, stopped_early)
+    return Trained(job, final, eval_split, scored, stopped_early,
+                   _fit_trust(job, scored if eval_split == "valid" else None))
+
+
+def _fit_trust(job: Job, valid: EpochStats | None) -> trust.TrustFit:
+    """Temperature and novelty detector on the kept weights' valid logits (one more pass over
+    valid when the scored split was test)."""
+    if valid is None:
+        valid = _reduce(eval_pass(job.step_module, job.criterion, job.loaders["valid"],
+                                  job.device, [], job.precision, job.pre.normalize,
+                                  keep_logits=True), job.ctx, gather=True)
+    logits = torch.cat(valid.logits) if valid.logits else torch.zeros(0, len(job.classes))
+    return trust.fit_trust(logits, torch.tensor(valid.labels, dtype=torch.long),
+                           rate=job.hp.abstain_rate, method=job.hp.abstain_score)
 
 
 def fit(job: Job, callbacks: list[Callback] | None = None, stop: StopSignal = NEVER
@@ -388,7 +404,7 @@ def export_model(trained: Trained) -> Manifest:
         versions={"python": platform.python_version(), "torch": torch.__version__,
                   "torchvision": torchvision.__version__},
         training={"device": describe_device(job.device), "precision": job.precision.short_name},
-    )
+    ).with_trust(trained.trust.calibration, trained.trust.novelty)
     net = job.net.to("cpu", memory_format=torch.contiguous_format)
     manifest = write_artifact(model_dir, net, manifest)
     train_images = [path for path, _ in job.splits["train"].samples]
@@ -418,7 +434,8 @@ def finish(trained: Trained, *, figures: bool = True, export: bool = True) -> No
     reports.write_reports(job.config.output_data_dir, class_names=job.classes,
                           history=job.state.history, final=trained.final,
                           eval_split=trained.eval_split, labels=trained.scored.labels,
-                          predictions=trained.scored.predictions, figures=figures)
+                          predictions=trained.scored.predictions, figures=figures,
+                          calibration=trained.trust.report())
 
 
 def run(config: JobConfig, callbacks: list[Callback] | None = None,

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 REPORT_FILE = "report.html"
 FINDINGS_FILE = "findings.json"
 STEP_TIMES_PNG = "step_times.png"
+CALIBRATION_FILE = "calibration.json"  # container_train.trust's fit, written by reports.py
+RELIABILITY_PNG = "reliability.png"
 MAX_BARS = 300  # longer runs are averaged into this many bars
 
 
@@ -141,6 +143,26 @@ def _timing_section(summary: dict[str, Any] | None) -> str:
             "warm-up).</p>")
 
 
+def _calibration_section(output_dir: Path) -> str:
+    """ECE before/after temperature scaling, the novelty threshold, the reliability diagram."""
+    fitted = _read_json(output_dir / CALIBRATION_FILE)
+    if not fitted:
+        return "<p>Not fitted (no valid image, or a run from before calibration).</p>"
+    rows = [["temperature", _fmt(fitted.get("temperature"))],
+            ["expected calibration error, T = 1", _fmt(fitted.get("ece_before"))],
+            ["expected calibration error, fitted T", _fmt(fitted.get("ece_after"))],
+            ["valid images", _fmt(fitted.get("valid_images"))]]
+    novelty = fitted.get("novelty") or {}
+    if novelty:
+        rows += [["novelty score", _fmt(novelty.get("method"))],
+                 ["abstain threshold", _fmt(novelty.get("threshold"))],
+                 ["valid images that abstain", _fmt(novelty.get("valid_false_abstain"))]]
+    return (_table(["", "value"], rows) + _img(output_dir / RELIABILITY_PNG,
+                                               "reliability diagram")
+            + "<p class='note'>Fitted and measured on the valid split: the same images, so "
+            "the ECE after is optimistic; docs/artifact.md says what the numbers mean.</p>")
+
+
 def _findings_section(found: list[rules.Finding]) -> str:
     checked = ", ".join(rule.__name__.replace("_", " ") for rule in rules.RULES)
     if not found:
@@ -200,6 +222,8 @@ the test split.</p></section>
 {history_table}</section>
 <section id="steps"><h2>Step time</h2>{_timing_section(summary)}
 {_img(output_dir / STEP_TIMES_PNG, "time per training step")}</section>
+<section id="calibration"><h2>Calibration and abstention</h2>
+{_calibration_section(output_dir)}</section>
 <section id="confusion"><h2>Confusion matrix ({html.escape(str(split))} split)</h2>
 {_img(output_dir / "confusion_matrix.png", "confusion matrix")}</section>
 </body></html>

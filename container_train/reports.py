@@ -13,6 +13,7 @@ matplotlib.use("Agg")  # no display in a training container
 import matplotlib.pyplot as plt
 
 from container_train import report_html
+from container_train.report_html import CALIBRATION_FILE, RELIABILITY_PNG
 
 
 def confusion_matrix(labels: list[int], predictions: list[int], num_classes: int
@@ -68,11 +69,36 @@ def plot_confusion(matrix: list[list[int]], class_names: list[str], path: Path) 
     plt.close(fig)
 
 
+def plot_reliability(calibration: dict[str, Any], path: Path) -> None:
+    """The reliability diagram: accuracy vs confidence per bin, before and after temperature
+    scaling (a calibrated model lies on the diagonal)."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    for key, label in (("bins_before", "T = 1"),
+                       ("bins_after", f"T = {calibration['temperature']:.2f}")):
+        bins = [b for b in calibration[key] if b["count"]]
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-",
+                label=label)
+    ax.set_xlabel("confidence (top-1 probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"reliability ({calibration.get('split', 'valid')} split, "
+                 f"{calibration.get('valid_images', 0)} images)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def write_reports(output_dir: Path, *, class_names: list[str], history: list[dict[str, float]],
                   final: dict[str, float], eval_split: str, labels: list[int],
-                  predictions: list[int], figures: bool = True) -> None:
-    """metrics.json, per_class_accuracy.json, confusion_matrix.json, then (``figures``) the
-    figures and report.html from them: local tuning renders those only for its best trial."""
+                  predictions: list[int], figures: bool = True,
+                  calibration: dict[str, Any] | None = None) -> None:
+    """metrics.json, per_class_accuracy.json, confusion_matrix.json, calibration.json (when
+    given: container_train.trust), then (``figures``) the figures and report.html from them:
+    local tuning renders those only for its best trial."""
     output_dir.mkdir(parents=True, exist_ok=True)
     matrix = confusion_matrix(labels, predictions, len(class_names))
     _write_json(output_dir / "metrics.json", {"final": final, "history": history})
@@ -80,6 +106,8 @@ def write_reports(output_dir: Path, *, class_names: list[str], history: list[dic
                 {"split": eval_split, "accuracy": per_class_accuracy(matrix, class_names)})
     _write_json(output_dir / "confusion_matrix.json",
                 {"split": eval_split, "class_names": class_names, "matrix": matrix})
+    if calibration is not None:
+        _write_json(output_dir / CALIBRATION_FILE, calibration)
     if figures:
         render_figures(output_dir)
 
@@ -94,6 +122,9 @@ def render_figures(output_dir: Path) -> None:
                    output_dir / "confusion_matrix.png")
     if history:
         plot_curves(history, output_dir / "curves.png")
+    if (output_dir / CALIBRATION_FILE).is_file():
+        plot_reliability(json.loads((output_dir / CALIBRATION_FILE).read_text()),
+                         output_dir / RELIABILITY_PNG)
     try:  # report.html + findings.json, from the files above (and the step timings)
         report_html.write_report(output_dir)
     except Exception:  # a convenience: never fail a finished job over it

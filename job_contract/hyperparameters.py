@@ -116,6 +116,13 @@ SPECS: tuple[Spec, ...] = (
          "(compute capability >= 8.0: A10G, A100, H100, L4), fp16 autocast + gradient scaler "
          "on older GPUs (T4, V100), fp32 on CPU; fp16 and bf16 fail on a device without them",
          choices=(AUTO, "fp32", "fp16", "bf16")),
+    Spec("abstain-rate", "float", 0.05,
+         "share of the valid split's (known-class) images that serving may flag abstain=true: "
+         "sets the novelty threshold (docs/artifact.md)", low=0.0, high=0.5),
+    Spec("abstain-score", "choice", "energy",
+         "the novelty score serving abstains on: energy (from the logits and the temperature) "
+         "or mahalanobis (class-conditional Gaussian on the logits; at most 64 classes, else "
+         "energy)", choices=("energy", "mahalanobis")),
 )
 
 SPECS_BY_NAME: dict[str, Spec] = {s.name: s for s in SPECS}

@@ -12,10 +12,14 @@ from dataclasses import dataclass
 
 import torch
 
-# The search range for T: wide enough for any network we train, narrow enough that a tiny or
-# perfectly separated valid set (whose NLL keeps falling as T -> 0) cannot send T to an extreme.
-MIN_TEMPERATURE = 0.05
-MAX_TEMPERATURE = 20.0
+from model_artifact.manifest import Calibration
+
+# The search range for T. Low end: a small valid set the model gets all right has an NLL that
+# keeps falling as T -> 0, and a tiny T would serve probabilities of 1.0 for every image; 0.25
+# allows a clearly underconfident model. High end: a barely trained model (valid loss far above
+# ln classes) wants T -> infinity, i.e. near-uniform probabilities; 100 is that in practice.
+MIN_TEMPERATURE = 0.25
+MAX_TEMPERATURE = 100.0
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 _SEARCH_STEPS = 80  # golden-section steps on log T: the bracket shrinks to ~1e-16 of its width
 
@@ -90,3 +94,9 @@ def expected_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor
     if total == 0:
         return 0.0
     return float(sum(b.count * abs(b.accuracy - b.confidence) for b in table) / total)
+
+
+def serving_temperature(calibration: Calibration | None, enabled: bool = True) -> float:
+    """What serving divides the logits by: the manifest's temperature, 1.0 when the artifact
+    has none or the deployer turned calibration off (SERVE_CALIBRATION=false)."""
+    return calibration.temperature if enabled and calibration is not None else 1.0

@@ -160,14 +160,16 @@ def server(serve_artifact: Path, tmp_path_factory: pytest.TempPathFactory,
 def reference(serve_artifact: Path):
     """Probabilities the way the training code evaluates: its dataset class (model_artifact's
     load_image + the manifest's uint8 pixels), batch normalisation as the engine does it,
-    channels_last model in eval mode."""
+    channels_last model in eval mode; softmax of the logits over the manifest's temperature
+    (docs/serving-api.md: calibration is on by default)."""
     from container_train.data import ImageListDataset
 
     model, manifest = load_artifact(serve_artifact)
     model = model.to(memory_format=torch.channels_last)
     pre = manifest.preprocessing
+    temperature = manifest.calibration.temperature if manifest.calibration else 1.0
 
-    def probabilities(source: Path | bytes) -> list[float]:
+    def probabilities(source: Path | bytes, temperature: float = temperature) -> list[float]:
         if isinstance(source, Path):
             pixels = ImageListDataset([(source, 0)], pre.pixels(), min_side=pre.resize)[0][0]
         else:  # the same pipeline on bytes (variants made in memory)
@@ -175,7 +177,7 @@ def reference(serve_artifact: Path):
         with torch.inference_mode():
             batch = pre.normalize(pixels.unsqueeze(0)).contiguous(
                 memory_format=torch.channels_last)
-            return torch.softmax(model(batch), dim=1)[0].tolist()
+            return torch.softmax(model(batch) / temperature, dim=1)[0].tolist()
 
     probabilities.class_names = manifest.class_names
     return probabilities
@@ -342,6 +344,37 @@ def test_parity_with_training_evaluation(server: Server, reference) -> None:
         served = full_distribution(server.invoke(path.read_bytes(), **{CUSTOM: "top_k=5"}), 5)[0]
         expected = reference(path)
         assert max(abs(a - b) for a, b in zip(served, expected, strict=True)) < 1e-5, path
+
+
+def test_abstain_fields_appear_and_disappear_with_the_attribute(server: Server,
+                                                               photo: bytes) -> None:
+    """The tiny artifact has a novelty detector: each image answers with abstain and its score;
+    CustomAttributes abstain=false gives the answer without them (top_k unchanged)."""
+    default = server.invoke(photo, **{CUSTOM: "top_k=3"}).json()["predictions"][0]
+    assert isinstance(default["abstain"], bool)
+    assert default["abstain"] is (default["novelty_score"] > default["novelty_threshold"])
+    plain = server.invoke(photo, **{CUSTOM: "top_k=3; abstain=false"}).json()["predictions"][0]
+    assert plain == {"top_k": default["top_k"]}
+    refused = server.invoke(photo, **{CUSTOM: "abstain=maybe"})
+    assert refused.status == 400 and b"abstain must be true or false" in refused.body
+
+
+def test_calibration_off_serves_the_raw_softmax(serve_artifact: Path, server: Server, reference,
+                                                 tmp_path: Path) -> None:
+    """SERVE_CALIBRATION=false: softmax of the logits (T = 1), not the calibrated answer."""
+    temperature = load_artifact(serve_artifact)[1].calibration.temperature
+    assert abs(temperature - 1.0) > 1e-3  # else this test could not tell them apart
+    path = PHOTOS[0]
+    calibrated = full_distribution(server.invoke(path.read_bytes(), **{CUSTOM: "top_k=5"}), 5)[0]
+    raw_server = start_server(serve_artifact, tmp_path, path.read_bytes(),
+                              SERVE_CALIBRATION="false")
+    try:
+        raw = full_distribution(raw_server.invoke(path.read_bytes(), **{CUSTOM: "top_k=5"}),
+                                5)[0]
+    finally:
+        stop_server(raw_server)
+    assert max(abs(a - b) for a, b in zip(raw, reference(path, 1.0), strict=True)) < 1e-5
+    assert max(abs(a - b) for a, b in zip(calibrated, raw, strict=True)) > 1e-3
 
 
 def _nginx_workers(server: Server) -> list[psutil.Process]:
