@@ -246,14 +246,19 @@ def test_profiler_trace_is_chrome_trace_json(plain_run):
     assert any(n.startswith("aten::") for n in names)
 
 
+REPORT_IMAGES = 4  # curves, step time, reliability diagram (a run with a valid split), confusion
+
+
 @pytest.mark.slow
 def test_report_is_self_contained(plain_run):
     out, _, _ = plain_run
     page = (out / "report.html").read_text()
     sources = re.findall(r"""src=['"]([^'"]*)['"]""", page)
-    assert len(sources) == 3 and all(s.startswith("data:image/png;base64,") for s in sources)
+    # curves, step times, reliability diagram, confusion matrix: all embedded
+    assert len(sources) == REPORT_IMAGES
+    assert all(s.startswith("data:image/png;base64,") for s in sources)
     assert "<link" not in page and "http://" not in page and "https://" not in page
-    for section in ("findings", "metrics", "curves", "steps", "confusion"):
+    for section in ("findings", "metrics", "curves", "steps", "calibration", "confusion"):
         assert f'id="{section}"' in page
     assert json.loads((out / "findings.json").read_text()) is not None
 
@@ -266,7 +271,7 @@ def test_report_opens_in_headless_chromium_and_shows_its_images(plain_run, tmp_p
     out, _, _ = plain_run
     result = render(browser, out / "report.html", [], tmp_path)
     assert result["errors"] == []
-    assert len(result["images"]) == 3, result
+    assert len(result["images"]) == REPORT_IMAGES, result
     assert all(i["ok"] and i["w"] > 100 and i["h"] > 100 for i in result["images"]), result
     # The rendered page is not blank: many distinct colours (plots, tables, text).
     from PIL import Image

@@ -176,11 +176,13 @@ def test_serve_auto_answers_with_the_fallback_graph_as_fp32_does(
     assert re.search(r"serving \S+: frozen graph", log) and "compiled graph, 1 thread" not in log
     model, manifest = load_artifact(bad_compiled)
     model = model.to(memory_format=torch.channels_last)
+    # Served probabilities are calibrated by default: softmax(logits / T) (serving-api.md).
+    temperature = manifest.calibration.temperature if manifest.calibration else 1.0
     for path, reply in zip(photos, replies, strict=True):
         assert reply.status == 200, reply.body[:300]
         top = {t["index"]: t["probability"] for t in reply.json()["predictions"][0]["top_k"]}
         with torch.inference_mode():
-            expected = torch.softmax(model(next(image_batches([path], manifest.preprocessing))),
-                                     dim=1)[0]
+            logits = model(next(image_batches([path], manifest.preprocessing)))
+            expected = torch.softmax(logits / temperature, dim=1)[0]
         assert [top[i] for i in range(len(expected))] == pytest.approx(expected.tolist(),
                                                                       abs=1e-4)
