@@ -161,6 +161,24 @@ def memory_limit_bytes() -> int | None:
     return _meminfo("MemTotal")
 
 
+def _cgroup_available() -> int | None:
+    """cgroup v2 limit minus usage (a container's memory limit), None when unlimited."""
+    try:
+        limit = (_CGROUP / "memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return int(limit) - int((_CGROUP / "memory.current").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def available_memory_bytes() -> int | None:
+    """The smaller of the machine's and the container's free memory; None when unknown (a
+    worker's check before it loads: resident_models)."""
+    known = [m for m in (_meminfo("MemAvailable"), _cgroup_available()) if m is not None]
+    return min(known) if known else None
+
+
 def models_budget_bytes(configured: int) -> int | None:
     """Bytes all loaded models may take: SERVE_MODELS_MEMORY_BYTES, else the memory limit less
     RESERVED_BYTES; None when unknown (then only MemAvailable is checked)."""

@@ -24,6 +24,7 @@ from torch import nn
 
 from container_serve.errors import InsufficientMemory
 from container_serve.inference import ServedModel, _freeze, load_served
+from container_serve.model_registry import available_memory_bytes
 from container_serve.settings import ServeSettings
 from model_artifact.calibration import serving_temperature
 from model_artifact.manifest import ArtifactError, Manifest
@@ -36,34 +37,6 @@ logger = logging.getLogger(__name__)
 # Loading holds the state_dict, the eager network and the frozen graph at once: about three
 # copies of the weights at the peak.
 LOAD_PEAK_FACTOR = 3
-_CGROUP = Path("/sys/fs/cgroup")
-
-
-def _meminfo_available() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _cgroup_available() -> int | None:
-    """cgroup v2 limit minus usage (a container's memory limit), None when unlimited."""
-    try:
-        limit = (_CGROUP / "memory.max").read_text().strip()
-        if limit == "max":
-            return None
-        return int(limit) - int((_CGROUP / "memory.current").read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def available_memory_bytes() -> int | None:
-    """The smaller of the machine's and the container's free memory; None when unknown."""
-    known = [m for m in (_meminfo_available(), _cgroup_available()) if m is not None]
-    return min(known) if known else None
 
 
 def check_fits(name: str, need: int) -> None:
