@@ -67,17 +67,21 @@ def ping(mms_socket: str, lifecycle: Lifecycle) -> tuple[int, str]:
     return code, error_body(code, reason)
 
 
+def send_json(handler: http.server.BaseHTTPRequestHandler, code: int, body: str) -> None:
+    """Answer ``code`` with the JSON ``body`` (the Unix-socket services nginx proxies to)."""
+    data = body.encode()
+    handler.send_response(code)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     server: _Server
 
     def do_GET(self) -> None:  # http.server calls do_<METHOD>
-        code, body = ping(self.server.mms_socket, self.server.lifecycle)
-        data = body.encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, *ping(self.server.mms_socket, self.server.lifecycle))
 
     def log_message(self, format: str, *args: Any) -> None:  # /ping every few seconds: quiet
         pass

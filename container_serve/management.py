@@ -37,6 +37,7 @@ from container_serve.errors import (
     ServeError,
     error_body,
 )
+from container_serve.health import send_json
 from container_serve.model_registry import (
     RESIDENT_FACTOR,
     Registration,
@@ -172,12 +173,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
         else:
             code, body = self.server.api.answer(self.command, self.path, self.rfile.read(length))
-        data = body.encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, code, body)
 
     do_GET = do_POST = do_DELETE = do_PUT = _serve  # http.server calls do_<METHOD>
 
