@@ -36,7 +36,14 @@ from bench.fashion_mnist import CLASSES, Layout, SetupError, TrainSettings, prep
 from model_artifact.calibration import expected_calibration_error, fit_temperature
 from model_artifact.manifest import Manifest, Novelty
 from model_artifact.network import load_artifact
-from model_artifact.novelty import auroc, fit_novelty, novelty_scores
+from model_artifact.novelty import (
+    auroc,
+    fit_class_gaussian,
+    fit_novelty,
+    mahalanobis_score,
+    novelty_scores,
+    threshold_for_false_abstain,
+)
 from model_artifact.preprocess import EvalPreprocessing, image_batches
 
 CACHE = Path.home() / ".cache" / "sagemaker-resnet50-bench"
@@ -49,6 +56,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 class Logits:
     logits: torch.Tensor
     labels: torch.Tensor  # -1 for held-out classes
+    features: torch.Tensor  # (N, 2048) pooled features: the input of the head
 
 
 def _images(folder: Path) -> list[Path]:
@@ -60,14 +68,19 @@ def logits_of(model: torch.nn.Module, pre: EvalPreprocessing, folder: Path,
               classes: tuple[str, ...]) -> Logits:
     """Logits of every image under folder/<class>/, preprocessed as serving does; labels are
     indices into ``classes`` (-1 for a class the model does not know)."""
-    outputs, labels = [], []
-    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
-        paths = _images(class_dir)
-        for batch in image_batches(paths, pre, batch_size=256):
-            outputs.append(model(batch).float())
-        index = classes.index(class_dir.name) if class_dir.name in classes else -1
-        labels += [index] * len(paths)
-    return Logits(torch.cat(outputs), torch.tensor(labels))
+    outputs, labels, pooled = [], [], []
+    head = model.fc  # torchvision ResNet: the head's input is the pooled feature vector
+    hook = head.register_forward_hook(lambda _m, args, _out: pooled.append(args[0].float()))
+    try:
+        for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+            paths = _images(class_dir)
+            for batch in image_batches(paths, pre, batch_size=256):
+                outputs.append(model(batch).float())
+            index = classes.index(class_dir.name) if class_dir.name in classes else -1
+            labels += [index] * len(paths)
+    finally:
+        hook.remove()
+    return Logits(torch.cat(outputs), torch.tensor(labels), torch.cat(pooled))
 
 
 def _temperature(manifest: Manifest, valid: Logits) -> tuple[float, str]:
@@ -101,7 +114,26 @@ def _abstain_rows(manifest: Manifest, valid: Logits, test: Logits, unknown: Logi
         rows.append({"method": method, "source": source, "auroc": auroc(known, other),
                      "false_abstain": float((known > novelty.threshold).double().mean()),
                      "abstain_unknown": float((other > novelty.threshold).double().mean())})
-    return rows
+    return [*rows, _feature_row(valid, test, unknown, rate)]
+
+
+def _feature_row(valid: Logits, test: Logits, unknown: Logits, rate: float) -> dict:
+    """The class-conditional Gaussian score on the 2048-d pooled features instead of the
+    logits (same functions, fitted on valid): a candidate the served graphs cannot compute
+    today (they return logits only), measured here to see whether it is worth serving."""
+    num_classes = int(valid.labels.max()) + 1
+    means, precision = fit_class_gaussian(valid.features, valid.labels, num_classes)
+
+    def scores(features: torch.Tensor) -> torch.Tensor:  # in chunks: (N, C, 2048) doubles
+        return torch.cat([mahalanobis_score(chunk, means, precision)
+                          for chunk in features.split(256)])
+
+    threshold = threshold_for_false_abstain(scores(valid.features), rate)
+    known, other = scores(test.features), scores(unknown.features)
+    return {"method": "features-mahalanobis", "source": "bench only, fitted here on valid",
+            "auroc": auroc(known, other),
+            "false_abstain": float((known > threshold).double().mean()),
+            "abstain_unknown": float((other > threshold).double().mean())}
 
 
 def measure(model_dir: Path, folders: dict[str, Path], rate: float) -> dict:
