@@ -70,10 +70,14 @@ def _pixels(image: Image.Image) -> torch.Tensor:
     return F.pil_to_tensor(image)
 
 
+Payload = bytearray | torch.Tensor | str
+
+
 class EncodedImageDataset(Dataset):
-    """(payload, label, path) per sample: payload is the JPEG's bytes (1-D uint8), Pillow's
-    decoded pixels (uint8 CHW) for anything else, or why the file cannot be used (str): a
-    worker does not raise, so the training process can report the file in one line."""
+    """(payload, label, path) per sample: payload is the JPEG file (bytearray: pickled through
+    the worker queue, where a tensor per image would hold a file descriptor each), Pillow's
+    decoded pixels (uint8 CHW tensor) for anything else, or why the file cannot be used (str):
+    a worker does not raise, so the training process can report the file in one line."""
 
     def __init__(self, samples: list[tuple[Path, int]], pre: EvalPreprocessing):
         self.samples = samples
@@ -82,14 +86,14 @@ class EncodedImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor | str, int, str]:
+    def __getitem__(self, index: int) -> tuple[Payload, int, str]:
         path, label = self.samples[index]
         try:
             data = Path(path).read_bytes()
         except OSError as exc:
             return f"cannot be read: {exc.strerror or exc}", label, str(path)
         if device_decodable(data, self.pre):
-            return torch.frombuffer(bytearray(data), dtype=torch.uint8), label, str(path)
+            return bytearray(data), label, str(path)
         try:
             return _pixels(self.pre.load(data)), label, str(path)
         except ImageDecodeError as exc:
@@ -132,7 +136,7 @@ class DeviceAugment:
 class EncodedBatch:
     """A loader batch before decoding: the engine calls :meth:`to_device`."""
 
-    payloads: list[torch.Tensor | str]
+    payloads: list[Payload]
     paths: list[str]
     augment: DeviceAugment
 
@@ -147,7 +151,7 @@ class Collate:
 
     augment: DeviceAugment
 
-    def __call__(self, samples: list[tuple[torch.Tensor | str, int, str]]
+    def __call__(self, samples: list[tuple[Payload, int, str]]
                  ) -> tuple[EncodedBatch, torch.Tensor]:
         payloads, labels, paths = zip(*samples, strict=True)
         return (EncodedBatch(list(payloads), list(paths), self.augment),
@@ -179,12 +183,16 @@ def _decode_jpegs(jpegs: list[torch.Tensor], paths: list[str], device: torch.dev
 def decode_batch(batch: EncodedBatch, device: torch.device) -> list[torch.Tensor]:
     """Every image of the batch as uint8 CHW RGB on ``device``: the JPEGs decoded together,
     the pixels Pillow decoded in the worker copied over."""
+    images: list[torch.Tensor] = []
+    jpeg_at: list[int] = []
     for payload, path in zip(batch.payloads, batch.paths, strict=True):
         if isinstance(payload, str):
             raise TrainingError(f"training image {path} {payload}")
-    jpeg_at = [i for i, p in enumerate(batch.payloads) if p.dim() == 1]
-    images: list[torch.Tensor] = [
-        p if p.dim() == 1 else p.to(device, non_blocking=True) for p in batch.payloads]
+        if isinstance(payload, bytearray):
+            jpeg_at.append(len(images))
+            images.append(torch.frombuffer(payload, dtype=torch.uint8))
+        else:
+            images.append(payload.to(device, non_blocking=True))
     if jpeg_at:
         decoded = _decode_jpegs([images[i] for i in jpeg_at],
                                 [batch.paths[i] for i in jpeg_at], device)
