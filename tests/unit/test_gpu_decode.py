@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 from torch import nn
+from torchvision import transforms
 
 from container_train import checkpoint, data, engine, gpu_decode
 from container_train import main as job
@@ -199,3 +200,25 @@ def test_a_resumed_epoch_keeps_the_byte_batches(sample_data):
     batches = list(rest)
     assert len(batches) == 2
     assert all(isinstance(images, gpu_decode.EncodedBatch) for images, _ in batches)
+
+
+def test_batch_crop_boxes_follow_torchvision_random_resized_crop():
+    """crop_boxes draws the CPU path's RandomResizedCrop boxes for a whole batch at once."""
+    rrc = transforms.RandomResizedCrop(64)
+    torch.manual_seed(0)
+    boxes = gpu_decode.crop_boxes(torch.tensor([[375, 500]] * 4000))
+    top, left, h, w = boxes.T
+    assert (top >= 0).all() and (left >= 0).all()
+    assert (top + h <= 375).all() and (left + w <= 500).all() and (h > 0).all()
+    image = torch.zeros(3, 375, 500)
+    reference = torch.tensor([rrc.get_params(image, rrc.scale, rrc.ratio)
+                              for _ in range(4000)])
+    for column in range(4):  # same distribution: means within 3% of the image side
+        assert abs(boxes[:, column].float().mean() - reference[:, column].float().mean()) < 12
+    area = (h * w).float() / (375 * 500)
+    ref_area = (reference[:, 2] * reference[:, 3]).float() / (375 * 500)
+    assert abs(area.mean() - ref_area.mean()) < 0.02 and area.min() > 0.07
+    # no box fits a 1 x 1000 strip: get_params' centred fallback, exactly
+    strip = torch.zeros(3, 1, 1000)
+    assert gpu_decode.crop_boxes(torch.tensor([[1, 1000]])).tolist() == [
+        list(rrc.get_params(strip, rrc.scale, rrc.ratio))]
