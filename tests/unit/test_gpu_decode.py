@@ -108,7 +108,8 @@ def test_png_cmyk_and_exif_rotated_files_go_through_the_pillow_fallback(tmp_path
     batch = _batch(paths, augment=False)
     expected = _cpu_eval(paths)
     assert batch.shape == expected.shape
-    assert _levels(batch, expected).mean(dim=(1, 2, 3)).max() < 2.0
+    # Pillow decodes these on both paths; only the resize differs (measured: 0, 0, 0.005)
+    assert _levels(batch, expected).mean(dim=(1, 2, 3)).max() < MEAN_LEVELS
     # the upright rotated image: blue on top, red below (decode_jpeg ignores EXIF on CUDA)
     upright = load_image(paths[2])
     assert upright.size == (80, 120)
