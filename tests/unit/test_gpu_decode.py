@@ -223,3 +223,23 @@ def test_batch_crop_boxes_follow_torchvision_random_resized_crop():
     strip = torch.zeros(3, 1, 1000)
     assert gpu_decode.crop_boxes(torch.tensor([[1, 1000]])).tolist() == [
         list(rrc.get_params(strip, rrc.scale, rrc.ratio))]
+
+
+def test_a_resumed_epoch_draws_the_crops_of_an_uninterrupted_one(sample_data):
+    """The crops come from torch's CPU generator in the training process, which a mid-epoch
+    checkpoint saves (checkpoint.rng_states): the rest of a stopped epoch is the same pixels."""
+    split = Split("train", [(p, 0) for p in _photos(sample_data, 6)], [])
+    loader = make_loader(split, PRE, train=True, batch_size=2, num_workers=0, seed=1,
+                         decode_on_device=True)
+    torch.manual_seed(7)
+    straight = [images.to_device(CPU) for images, _ in loader]
+    torch.manual_seed(7)
+    batches = iter(loader)
+    next(batches)[0].to_device(CPU)  # step 1, then the job stops
+    saved = checkpoint.rng_states()
+    torch.manual_seed(123)  # a new process
+    checkpoint.restore_rng(saved)
+    resumed = [images.to_device(CPU)
+               for images, _ in checkpoint.remaining_batches(loader, 1, seed=8)]
+    assert len(resumed) == 2
+    assert all(torch.equal(a, b) for a, b in zip(straight[1:], resumed, strict=True))
