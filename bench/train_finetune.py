@@ -2,8 +2,9 @@
 model on synthetic tensors of the same shape, measured in one run on the same machine.
 
 The real loop reads JPEGs from the bundled sample data, decodes (Pillow draft mode), augments,
-batches in DataLoader workers and trains (channels_last, AMP on GPUs); the raw rate is the
-ceiling the loop can reach if data loading were free. Target: real >= 90% of raw.
+batches in DataLoader workers (or, ``--gpu-decode true``, the default on CUDA: the workers read
+the bytes and the GPU decodes and augments) and trains (channels_last, AMP on GPUs); the raw
+rate is the ceiling the loop can reach if data loading were free. Target: real >= 90% of raw.
 
     .venv/bin/python bench/train_finetune.py [--image-size 128] [--trainable-layers all]
 
@@ -71,7 +72,7 @@ def repeated(data: Path, copies: int, dest: Path) -> Path:
 
 
 def real_rate(data: Path, image_size: int, batch_size: int, layers: str, epochs: int,
-              repeat: int = 1, num_workers: str = "auto") -> float:
+              repeat: int = 1, num_workers: str = "auto", gpu_decode: str = "auto") -> float:
     """Median images/s the training job reports for its epochs after the first (train phase
     only; the first epoch pays one-off start-up costs)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,7 +81,7 @@ def real_rate(data: Path, image_size: int, batch_size: int, layers: str, epochs:
         run(JobConfig.from_values(
             {"weights": "none", "image-size": image_size, "batch-size": batch_size,
              "trainable-layers": layers, "epochs": epochs, "num-workers": num_workers,
-             "log-interval": 1000,
+             "gpu-decode": gpu_decode, "log-interval": 1000,
              "compile": False},  # epochs are measured; skip the serving build
             data_dir=data, model_dir=Path(tmp, "m"), output_data_dir=Path(tmp, "o")))
         history = json.loads(Path(f"{tmp}/o/metrics.json").read_text())["history"]
@@ -98,17 +99,20 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1,
                         help="link each photo this many times (longer epochs on a GPU)")
     parser.add_argument("--num-workers", default="auto")
+    parser.add_argument("--gpu-decode", default="auto", choices=("auto", "true", "false"),
+                        help="the job's gpu-decode: decode and augment on the GPU (auto: on CUDA)")
     args = parser.parse_args()
     stages = Hyperparameters.from_mapping(
         {"trainable-layers": args.trainable_layers}).trainable_stages
     real = real_rate(args.data, args.image_size, args.batch_size, args.trainable_layers,
-                     args.epochs, args.repeat, args.num_workers)
+                     args.epochs, args.repeat, args.num_workers, args.gpu_decode)
     raw = raw_rate(args.image_size, args.batch_size, stages, args.steps)
     ratio = real / raw
     device = (f"{torch.cuda.get_device_name()}, {Precision.for_device(torch.device('cuda')).name}"
               if torch.cuda.is_available() else f"cpu, {torch.get_num_threads()} threads")
     print(f"\ntrain_finetune: {args.image_size} px, batch {args.batch_size}, trainable-layers "
           f"{args.trainable_layers}, {device}, num-workers {args.num_workers}, "
+          f"gpu-decode {args.gpu_decode}, "
           f"{len(list((args.data / 'train').rglob('*.jpg'))) * args.repeat} training images")
     print("| measurement | images/s |")
     print("|---|---|")

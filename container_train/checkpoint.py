@@ -36,7 +36,7 @@ CHECKPOINT_FILE = "checkpoint-latest.pt"
 FORMAT = 2  # 2: gradient scaler and mid-epoch progress
 # Hyperparameters that may change between a run and its resumption (none that shape the result).
 RESUMABLE_CHANGES = frozenset({"log-interval", "num-workers", "early-stopping-patience",
-                               "profile-steps",
+                               "profile-steps", "gpu-decode",
                                "abstain-rate", "abstain-score"})  # used after the epochs only
 
 
@@ -214,4 +214,5 @@ def remaining_batches(loader: DataLoader, steps_done: int, seed: int) -> DataLoa
     return DataLoader(loader.dataset, batch_size=loader.batch_size,
                       sampler=_Skipping(loader.sampler, steps_done * (loader.batch_size or 1)),
                       num_workers=loader.num_workers, pin_memory=loader.pin_memory,
+                      collate_fn=loader.collate_fn,  # gpu-decode's byte batches
                       generator=torch.Generator().manual_seed(seed))

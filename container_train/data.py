@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import transforms
 
 from container_train.errors import TrainingError
+from container_train.gpu_decode import Collate, DeviceAugment, EncodedImageDataset
 from model_artifact.preprocess import (
     EvalPreprocessing,
     ImageDecodeError,
@@ -171,14 +172,22 @@ class ShardSampler(Sampler[int]):
 
 def make_loader(split: Split, pre: EvalPreprocessing, *, train: bool, batch_size: int,
                 num_workers: int, seed: int, augment: bool = True, rank: int = 0,
-                world_size: int = 1) -> DataLoader:
+                world_size: int = 1, decode_on_device: bool = False) -> DataLoader:
     """Batches are uint8 pixels; the engine normalises them on the device (pre.normalize).
+    ``decode_on_device`` (training loaders only; gpu-decode): batches of file bytes that the
+    engine decodes and augments on the device (container_train.gpu_decode).
     Train loaders shuffle with a DistributedSampler (set_epoch per epoch, even on one
     process) so data order depends only on (seed, epoch): resuming reproduces it, and rank r
     of W gets positions r, r+W, ... of the same permutation a single process would use."""
-    transform = train_transform(pre) if train and augment else pre.pixels()
-    dataset = ImageListDataset(split.samples, transform, min_side=pre.min_side,
-                               resize=pre.resize)
+    dataset: Dataset
+    collate = None
+    if train and decode_on_device:
+        dataset = EncodedImageDataset(split.samples, pre)
+        collate = Collate(DeviceAugment(pre, augment=augment))
+    else:
+        transform = train_transform(pre) if train and augment else pre.pixels()
+        dataset = ImageListDataset(split.samples, transform, min_side=pre.min_side,
+                                   resize=pre.resize)
     sampler: Sampler[int]
     if train:
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
@@ -190,6 +199,7 @@ def make_loader(split: Split, pre: EvalPreprocessing, *, train: bool, batch_size
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
+        collate_fn=collate,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,
     )

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from container_train.errors import TrainingError
+from container_train.gpu_decode import EncodedBatch
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,10 @@ class EpochStats:
 Normalize = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _to_device(batch: torch.Tensor, device: torch.device,
+def _to_device(batch: torch.Tensor | EncodedBatch, device: torch.device,
                normalize: Normalize | None) -> torch.Tensor:
+    if isinstance(batch, EncodedBatch):  # file bytes (gpu-decode): decoded on the device
+        return batch.to_device(device)
     batch = batch.to(device, non_blocking=True)
     # Image batches go channels-last (faster convolutions); feature batches are 2-D.
     if batch.dim() == 4:

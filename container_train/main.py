@@ -46,6 +46,7 @@ from container_train.engine import (
 )
 from container_train.errors import TrainingError
 from container_train.feature_cache import make_feature_loaders
+from container_train.gpu_decode import resolve_gpu_decode
 from container_train.interruption import INTERRUPTED_EXIT_CODE, NEVER, Interrupted, StopSignal
 from container_train.model import (
     apply_freezing,
@@ -178,10 +179,11 @@ def _make_optimizer(params: list[nn.Parameter], hp: Hyperparameters) -> torch.op
 
 
 def _loaders(config: JobConfig, net: nn.Module, splits: dict[str, Split],
-             pre: EvalPreprocessing, workers: int, ctx: distributed.Context
-             ) -> tuple[dict[str, DataLoader], nn.Module]:
+             pre: EvalPreprocessing, workers: int, ctx: distributed.Context,
+             gpu_decode: bool = False) -> tuple[dict[str, DataLoader], nn.Module]:
     """Image loaders, and the whole network runs each step; or, for a frozen backbone with the
-    feature cache, loaders of backbone features computed once, and only the head runs."""
+    feature cache, loaders of backbone features computed once, and only the head runs.
+    ``gpu_decode``: the train loader's images are decoded and augmented on the device."""
     hp = config.hyperparameters
     if hp.trainable_stages == 0 and hp.feature_cache:
         loaders = make_feature_loaders(
@@ -191,8 +193,12 @@ def _loaders(config: JobConfig, net: nn.Module, splits: dict[str, Split],
         return loaders, net.fc
     loaders = {name: make_loader(split, pre, train=name == "train", batch_size=hp.batch_size,
                                  num_workers=workers, seed=hp.seed, augment=hp.augment,
-                                 rank=ctx.rank, world_size=ctx.world_size)
+                                 rank=ctx.rank, world_size=ctx.world_size,
+                                 decode_on_device=gpu_decode)
                for name, split in splits.items()}
+    if gpu_decode:
+        log.info("training images decoded and augmented on %s (gpu-decode=%s); valid and "
+                 "test on the CPU as serving does", ctx.device, hp.gpu_decode)
     return loaders, net
 
 
@@ -207,6 +213,7 @@ def setup(config: JobConfig, ctx: distributed.Context | None = None) -> Job:
     torch.manual_seed(hp.seed)
     precision = _precision(ctx.device, hp.precision)
     workers = resolve_num_workers(hp.num_workers, ctx.device)
+    gpu_decode = resolve_gpu_decode(hp.gpu_decode, ctx.device)  # true on CPU fails here
     pre = EvalPreprocessing.for_image_size(hp.image_size)
     classes, splits = _load_splits(config, pre, workers)
     weights = resolve_auto_weights(hp.weights)  # the manifest records what auto became
@@ -218,7 +225,7 @@ def setup(config: JobConfig, ctx: distributed.Context | None = None) -> Job:
         config.checkpoint_dir, model=net, optimizer=optimizer, scheduler=scheduler,
         class_names=classes, hyperparameters=hp_dict, scaler=precision.scaler,
     ) or checkpoint.TrainingState()
-    loaders, step_module = _loaders(config, net, splits, pre, workers, ctx)
+    loaders, step_module = _loaders(config, net, splits, pre, workers, ctx, gpu_decode)
     model = step_module
     if ctx.distributed:
         model = nn.parallel.DistributedDataParallel(

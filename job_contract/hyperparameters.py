@@ -92,6 +92,11 @@ SPECS: tuple[Spec, ...] = (
          "DataLoader worker processes (auto: on GPUs the host's CPUs per process, max 8; on CPU "
          "0, since the model's threads already use every core)",
          low=0, high=64, allow_auto=True),
+    Spec("gpu-decode", "choice", AUTO,
+         "decode (nvjpeg) and augment training images on the GPU, the DataLoader workers only "
+         "read the files: auto = on when training on CUDA, off on CPU; true fails without "
+         "CUDA; valid and test keep serving's CPU preprocessing (docs/training.md)",
+         choices=(AUTO, "true", "false")),
     Spec("early-stopping-patience", "int", 0,
          "stop after this many epochs without a better valid loss (0 = never)", low=0,
          high=10000),

@@ -11,8 +11,9 @@ import json
 import pytest
 import torch
 
+from container_train.gpu_decode import Collate, DeviceAugment, EncodedImageDataset
 from model_artifact.network import load_artifact
-from model_artifact.preprocess import load_image
+from model_artifact.preprocess import EvalPreprocessing, load_image
 from tests.conftest import run_training_subprocess
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -26,6 +27,8 @@ def test_amp_training_on_gpu_gives_an_artifact_that_predicts_on_cpu(color_data, 
     assert run.returncode == 0, run.log[-3000:]
     assert "device cuda" in run.log
     assert "precision bf16 autocast" in run.log or "precision fp16 autocast" in run.log
+    # gpu-decode=auto: on for image batches, not for the frozen backbone's feature cache
+    assert ("training images decoded and augmented on cuda" in run.log) == (layers == "all")
 
     model, manifest = load_artifact(run.model_dir)  # map_location=cpu, weights_only
     assert next(model.parameters()).device.type == "cpu"
@@ -69,3 +72,23 @@ def test_short_amp_run_per_precision(color_data, tmp_path, requested):
     history = json.loads((run.output_data_dir / "metrics.json").read_text())["history"]
     assert all(h["train_loss"] == h["train_loss"] for h in history)  # no NaN from overflow
     print(requested, expected, [round(h["train_loss"], 4) for h in history])
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_gpu_decode_on_cuda_matches_the_same_code_on_the_cpu(sample_data, augment):
+    """nvjpeg vs libjpeg-turbo and CUDA vs CPU resizing: the same crops (same seed), pixels
+    within about a level of 255 on average (printed for bench/README.md)."""
+    pre = EvalPreprocessing.for_image_size(224)
+    paths = sorted((sample_data / "train").rglob("*.jpg"))[:32]
+    dataset = EncodedImageDataset([(p, 0) for p in paths], pre)
+    batch, _ = Collate(DeviceAugment(pre, augment))([dataset[i] for i in range(len(dataset))])
+    torch.manual_seed(0)
+    on_gpu = batch.to_device(torch.device("cuda"))
+    torch.manual_seed(0)
+    on_cpu = batch.to_device(torch.device("cpu"))
+    assert on_gpu.device.type == "cuda" and on_gpu.shape == on_cpu.shape == (32, 3, 224, 224)
+    assert on_gpu.is_contiguous(memory_format=torch.channels_last)
+    levels = (on_gpu.cpu() - on_cpu).abs() * torch.tensor(pre.std).view(1, 3, 1, 1) * 255
+    print(f"gpu-decode cuda vs cpu (augment={augment}): mean {levels.mean():.3f} levels, "
+          f"max per image {levels.mean(dim=(1, 2, 3)).max():.3f}")
+    assert levels.mean() < 1.0
