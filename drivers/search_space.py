@@ -43,7 +43,7 @@ DEFAULT_RANGES: dict[str, str] = {
 
 # The serving variants a tuning trial does not build unless asked (--serving-variants, or a
 # --set / --range naming them): trials are compared, not served, and the compiled variant was
-# most of a small trial's time (bench/README.md, "Tuning trials"). `train.py --from-best` trains
+# most of a small trial's time (bench/README.md, trial_compile.py). `train.py --from-best` trains
 # the model you serve with these back at the image's defaults (served_values).
 TRIAL_SKIPS: dict[str, bool] = {"compile": False, "int8": False}
 
