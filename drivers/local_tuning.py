@@ -8,7 +8,8 @@ Same ranges (``drivers/search_space.py``), ``--range``/``--set`` syntax, objecti
 file (``resnet-byoc/best-training-job@1``: ``train.py --from-best`` reads it; its model_data is
 null, the artifact being local) as ``scripts/tune.py``. Each trial runs the training code in
 this process (``container_train.main``: setup, fit, then finish with export only for
-``--keep-models`` or a new best) with its own folder under ``--output``
+``--keep-models`` or a new best; compile=false and int8=false unless ``--serving-variants``,
+as on SageMaker) with its own folder under ``--output``
 (``trial-NNN/model``, ``trial-NNN/output``, ``trial-NNN/train.log``). Frozen-backbone trials
 (trainable-layers=0) share one on-disk feature cache (``--feature-cache-dir``, default
 OUTPUT/feature-cache), so after the first trial they only train the linear head. ``--strategy
@@ -56,6 +57,7 @@ from drivers.search_space import (
     add_search_arguments,
     build_ranges,
     parse_static,
+    trial_static,
 )
 from job_contract.hyperparameters import (
     SPECS_BY_NAME,
@@ -292,10 +294,8 @@ class Search:
         key = METRIC_TO_KEY[self.objective]
         folder = self.trial_dir(trial.number)
         try:
-            # Trials are compared, not served: no 20-40 s AOTInductor build per trial
-            # (`scripts/train.py --from-best` trains the served model, compiled).
             config = JobConfig.from_values(
-                {"compile": False, **hps}, data_dir=self.data, model_dir=folder / "model",
+                hps, data_dir=self.data, model_dir=folder / "model",
                 output_data_dir=folder / "output", feature_cache_dir=self.cache_dir)
             with trial_log(folder / "train.log"):
                 trained = fit(setup(config), [callback])
@@ -437,6 +437,8 @@ def _checked_arguments(args: argparse.Namespace) -> tuple[dict, dict, list]:
         raise UsageError("--max-jobs must be at least 1")
     static = parse_static(parse_key_values(args.static, "--set"))
     ranges = build_ranges(parse_key_values(args.range, "--range"), static)
+    # trials are compared, not served: no compiled (or int8) variant unless asked
+    static = trial_static(static, ranges, args.serving_variants)
     queued = [enqueue_params(text, ranges) for text in args.enqueue or []]
     try:
         resolve_splits(args.data, {})

@@ -3,8 +3,10 @@
 ``scripts/tune.py`` turns these ranges into a SageMaker tuning request (:meth:`Range.to_sdk`)
 and ``drivers/local_tuning.py`` into Optuna suggestions (:meth:`Range.suggest`). The flags that
 both paths share (``--range``, ``--set``, ``--objective``, ``--strategy``, ``--early-stopping``,
-``--max-jobs``, ``--best-out``) are added by :func:`add_search_arguments`; the best trial goes to
-the one best-job file of ``drivers.common`` that ``train.py`` / ``deploy.py --from-best`` read.
+``--max-jobs``, ``--serving-variants``, ``--best-out``) are added by
+:func:`add_search_arguments`; the best trial goes to the one best-job file of
+``drivers.common`` that ``train.py`` / ``deploy.py --from-best`` read. Trials skip the serving
+variants (:data:`TRIAL_SKIPS`) unless asked; ``train.py --from-best`` turns them back on.
 
 Importing this module needs neither torch nor the SageMaker SDK nor Optuna.
 """
@@ -12,6 +14,7 @@ Importing this module needs neither torch nor the SageMaker SDK nor Optuna.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,13 @@ DEFAULT_RANGES: dict[str, str] = {
     "trainable-layers": "0,2,4,all",
     "weight-decay": "1e-6:1e-2:log",
 }
+
+
+# The serving variants a tuning trial does not build unless asked (--serving-variants, or a
+# --set / --range naming them): trials are compared, not served, and the compiled variant was
+# most of a small trial's time (bench/README.md, trial_compile.py). `train.py --from-best` trains
+# the model you serve with these back at the image's defaults (served_values).
+TRIAL_SKIPS: dict[str, bool] = {"compile": False, "int8": False}
 
 
 @dataclass(frozen=True)
@@ -139,6 +149,33 @@ def parse_static(pairs: dict[str, str]) -> dict[str, Any]:
     return {canonical_name(k): parse_value(k, v) for k, v in pairs.items()}
 
 
+def trial_static(static: dict[str, Any], ranges: Mapping[str, Range],
+                 serving_variants: bool) -> dict[str, Any]:
+    """Every trial's fixed hyperparameters: the --set values, plus TRIAL_SKIPS for the names
+    that neither --set nor --range gives, unless --serving-variants."""
+    if serving_variants:
+        return dict(static)
+    skips = {k: v for k, v in TRIAL_SKIPS.items() if k not in static and k not in ranges}
+    return {**skips, **static}
+
+
+def served_values(best: Mapping[str, Any]) -> dict[str, Any]:
+    """A best trial's hyperparameters for the model you serve: a serving variant the trial
+    skipped (its TRIAL_SKIPS value, or absent) gets the image's default back, explicitly; one
+    the search asked for (e.g. --set int8=true) stays."""
+    values = dict(best)
+    for name, skipped in TRIAL_SKIPS.items():
+        if values.get(name, skipped) == skipped:
+            values[name] = SPECS_BY_NAME[name].default
+    return values
+
+
+def request_values(values: Mapping[str, Any]) -> dict[str, str]:
+    """Typed hyperparameters as a request's strings; booleans as the image's table spells them
+    (true/false), everything else as str() writes it."""
+    return {k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in values.items()}
+
+
 def add_search_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """The tuning flags both paths share; returns the group so a path can add its own."""
     t = parser.add_argument_group("tuning")
@@ -154,6 +191,11 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentG
     t.add_argument("--early-stopping", default="Auto", choices=["Auto", "Off"],
                    help="stop bad trials early (default Auto; locally: Optuna's median pruner)")
     t.add_argument("--max-jobs", type=int, default=10, help="number of trials (default 10)")
+    t.add_argument("--serving-variants", action="store_true",
+                   help="trials also build the serving variants (the compiled fp32 model; "
+                        "int8 with --set int8=true); by default they run with compile=false "
+                        "int8=false, and train.py --from-best trains the served model with "
+                        "them")
     parser.add_argument("--best-out", type=Path, default=Path(DEFAULT_BEST_FILE),
                         help=f"where to write the best job (default {DEFAULT_BEST_FILE})")
     return t

@@ -4,6 +4,7 @@ SageMaker Debugger.
 
     python scripts/train.py --data s3://BUCKET/photos --set epochs=10 --wait
     python scripts/train.py --data s3://BUCKET/photos --from-best best_training_job.json --wait
+        # the best trial's values, with the compiled serving variant trials skip
     python scripts/train.py --data s3://BUCKET/photos --debugger --wait   # accounts with Debugger
     python scripts/train.py --attach resnet-train-261127-2015 --analyze   # plot its losses
 
@@ -34,7 +35,7 @@ from drivers.aws_settings import (
     resolve,
 )
 from drivers.common import WAIT_SLACK_S
-from drivers.search_space import parse_static
+from drivers.search_space import parse_static, request_values, served_values
 from job_contract.hyperparameters import SPECS_BY_NAME
 from job_contract.metrics import METRIC_DEFINITIONS
 from job_contract.sagemaker_paths import (
@@ -71,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     driver.add_data_arguments(p)
     h = p.add_argument_group("hyperparameters")
     h.add_argument("--from-best", type=Path, metavar="FILE",
-                   help="start from the hyperparameters of tune.py's best job file")
+                   help="start from the hyperparameters of tune.py's best job file, with the "
+                        "serving variants its trials skipped (compile) back on")
     h.add_argument("--set", action="append", metavar="NAME=VALUE", dest="static",
                    help="a hyperparameter (overrides --from-best); repeatable")
     j = p.add_argument_group("job")
@@ -113,13 +115,14 @@ def initial_weights(hps: dict[str, Any]) -> str:
 
 
 def hyperparameters(args: argparse.Namespace) -> dict[str, str]:
-    """--from-best values, then --set; each checked by the image's own parser."""
+    """--from-best values (with the serving variants its trial skipped turned back on: this
+    job trains the model you serve), then --set; each checked by the image's own parser."""
     values: dict[str, Any] = {}
     if args.from_best:
-        values.update(driver.load_best(args.from_best).get("hyperparameters", {}))
-    values.update(driver.parse_key_values(args.static, "--set"))
-    typed = parse_static(values)
-    return {k: str(v) for k, v in sorted(typed.items())}
+        best = parse_static(driver.load_best(args.from_best).get("hyperparameters", {}))
+        values.update(served_values(best))
+    values.update(parse_static(driver.parse_key_values(args.static, "--set")))
+    return request_values(dict(sorted(values.items())))
 
 
 def rule_image(region: str) -> str:

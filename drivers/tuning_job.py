@@ -38,6 +38,8 @@ from drivers.search_space import (  # one search space for SageMaker and --local
     add_search_arguments,
     build_ranges,
     parse_static,
+    request_values,
+    trial_static,
 )
 from job_contract.hyperparameters import (
     SPECS_BY_NAME,
@@ -176,7 +178,7 @@ def _model_trainer(ctx: driver.DriverContext, args: argparse.Namespace, static: 
         stopping_condition=stopping,
         checkpoint_config=checkpoint,
         output_data_config=OutputDataConfig(s3_output_path=s.s3("tuning", name, "output")),
-        hyperparameters={k: str(v) for k, v in static.items()},
+        hyperparameters=request_values(static),
         networking=Networking(enable_network_isolation=True) if args.network_isolation else None,
         base_job_name=JOB_PREFIX,
     )
@@ -368,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             static = parse_static(driver.parse_key_values(args.static, "--set"))
             ranges = build_ranges(driver.parse_key_values(args.range, "--range"), static)
+            static = trial_static(static, ranges, args.serving_variants)
             inputs = driver.data_channels(args)
             check_imagenet_weights(trial_weights(static, ranges), settings,
                                    args.image_has_imagenet_weights)

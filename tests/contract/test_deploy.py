@@ -293,3 +293,28 @@ def test_delete_dry_run_says_what_it_would_delete(run_driver, monkeypatch):
     assert "deleted" not in result.err
     deletes = [r["operation"] for r in result.requests() if r["operation"].startswith("Delete")]
     assert deletes == ["DeleteEndpoint", "DeleteEndpointConfig", "DeleteModel"]
+
+
+@pytest.mark.parametrize(("hyperparameters", "warned"), [
+    ({"lr": "0.001", "compile": "false"}, True),   # a tuning trial's job
+    ({"lr": "0.001", "compile": "\"False\""}, True),  # as a client may have encoded it
+    ({"lr": "0.001"}, False),                      # the image's default: compiled
+    ({"lr": "0.001", "compile": "true"}, False),
+])
+def test_a_model_without_the_compiled_variant_is_flagged(run_driver, hyperparameters, warned):
+    job = {"TrainingJobName": "train-1", "TrainingJobArn": "arn:x",
+           "TrainingJobStatus": "Completed", "SecondaryStatus": "Completed",
+           "CreationTime": "2026-11-27T20:00:00Z",
+           "ModelArtifacts": {"S3ModelArtifacts": MODEL_DATA},
+           "AlgorithmSpecification": {"TrainingInputMode": "File"},
+           "ResourceConfig": {"InstanceCount": 1, "VolumeSizeInGB": 1},
+           "StoppingCondition": {"MaxRuntimeInSeconds": 1}, "HyperParameters": hyperparameters}
+    result = run_driver(deploy, [*AWS_SETTINGS, "--dry-run", "--name", "ep-1",
+                                 "--training-job", "train-1"], {"DescribeTrainingJob": job})
+    assert result.rc == 0
+    assert result.only("CreateModel")["PrimaryContainer"]["ModelDataUrl"] == MODEL_DATA
+    warnings = [line for line in result.err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == (1 if warned else 0)
+    if warned:
+        assert "training job train-1 ran with compile=false" in warnings[0]
+        assert "scripts/train.py --from-best" in warnings[0]

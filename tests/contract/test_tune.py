@@ -104,13 +104,28 @@ def test_three_channels_objective_overrides_and_no_spot(run_driver):
     assert set(ranges) == {"lr", "batch-size", "trainable-layers"}
     assert ranges["lr"][1]["ScalingType"] == "Linear"
     assert ranges["batch-size"][1]["Values"] == ["8", "128"]
-    assert definition["StaticHyperParameters"] == {"epochs": "5", "image-size": "160"}
+    assert definition["StaticHyperParameters"] == {"epochs": "5", "image-size": "160",
+                                                   "compile": "false", "int8": "false"}
     assert {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
             for c in definition["InputDataConfig"]} == channels
     assert "EnableManagedSpotTraining" not in definition or \
         definition["EnableManagedSpotTraining"] is False
     assert "CheckpointConfig" not in definition
     assert "MaxWaitTimeInSeconds" not in definition["StoppingCondition"]
+
+
+@pytest.mark.parametrize("extra, static", [
+    # trials are compared, not served: no compiled (or int8) variant by default
+    ([], {"compile": "false", "int8": "false"}),
+    (["--serving-variants"], {}),  # the image's defaults: compile=true
+    (["--set", "compile=true"], {"compile": "true", "int8": "false"}),  # asked for by name
+    (["--set", "int8=true", "--serving-variants"], {"int8": "true"}),
+    (["--range", "compile=true,false"], {"int8": "false"}),  # tuned, so not fixed
+])
+def test_trials_skip_the_serving_variants_unless_asked(run_driver, extra, static):
+    definition = run_driver(tune, [*AWS_SETTINGS, "--data", DATA, "--dry-run", *extra]) \
+        .only("CreateHyperParameterTuningJob")["TrainingJobDefinition"]
+    assert definition.get("StaticHyperParameters", {}) == static
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -236,13 +251,49 @@ def test_wait_shows_trials_and_writes_typed_best_job(run_driver, tmp_path: Path)
     train_req = run_driver(train, [*AWS_SETTINGS, "--data", DATA, "--dry-run",
                                    "--from-best", str(out), "--set", "epochs=4"]) \
         .only("CreateTrainingJob")
-    assert train_req["HyperParameters"] == {"batch-size": "32", "epochs": "4",
-                                            "image-size": "224", "lr": "0.00031",
-                                            "trainable-layers": "all"}
-    # deploy.py --from-best serves that job's artifact
-    model = run_driver(deploy, [*AWS_SETTINGS, "--dry-run", "--from-best", str(out)]) \
-        .only("CreateModel")
+    assert train_req["HyperParameters"] == {"batch-size": "32", "compile": "true", "epochs": "4",
+                                            "image-size": "224", "int8": "false",
+                                            "lr": "0.00031", "trainable-layers": "all"}
+    # deploy.py --from-best serves that job's artifact (compiled: the image's default)
+    deployed = run_driver(deploy, [*AWS_SETTINGS, "--dry-run", "--from-best", str(out)])
+    model = deployed.only("CreateModel")
     assert model["PrimaryContainer"]["ModelDataUrl"] == best["model_data"]
+    assert "warning:" not in deployed.err
+
+
+def skipped_trial_responses() -> dict:
+    """A best trial of a tuning job started without --serving-variants: its static
+    hyperparameters hold compile=false and int8=false, as the tuning request set them."""
+    responses = results_responses()
+    job = json.loads(json.dumps(BEST_TRAINING_JOB))
+    job["HyperParameters"].update({"compile": "false", "int8": "false"})
+    responses["DescribeTrainingJob"] = job
+    return responses
+
+
+def test_from_best_trains_the_best_trial_with_the_compiled_variant(run_driver, tmp_path):
+    out = tmp_path / "best.json"
+    result = run_driver(tune, ["--region", REGION, "--attach", "hpo-3", "--wait", "--poll", "0",
+                               "--best-out", str(out)], skipped_trial_responses())
+    assert result.rc == 0, result.err
+    assert json.loads(out.read_text())["hyperparameters"]["compile"] is False
+
+    def train_request(*extra: str) -> dict:
+        return run_driver(train, [*AWS_SETTINGS, "--data", DATA, "--dry-run", "--from-best",
+                                  str(out), *extra]).only("CreateTrainingJob")["HyperParameters"]
+
+    # the best trial's tuned values, and the compiled variant the trial skipped
+    assert train_request() == {"batch-size": "32", "compile": "true", "image-size": "224",
+                               "int8": "false", "lr": "0.00031", "trainable-layers": "all"}
+    assert train_request("--set", "compile=false")["compile"] == "false"  # --set still wins
+
+    # deploying the trial's own artifact works, and says in one line what it lacks
+    deployed = run_driver(deploy, [*AWS_SETTINGS, "--dry-run", "--from-best", str(out)])
+    assert deployed.rc == 0 and deployed.only("CreateModel")
+    warnings = [line for line in deployed.err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1
+    assert "compile=false" in warnings[0] and "no compiled variant" in warnings[0]
+    assert "scripts/train.py --from-best" in warnings[0]
 
 
 def test_failed_tuning_job_without_best_is_reported(run_driver, tmp_path: Path):

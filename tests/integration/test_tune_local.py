@@ -89,8 +89,12 @@ def test_train_py_from_best_accepts_the_local_best_file(search, tmp_path):
     requests = json.loads(proc.stdout)
     create = [r["params"] for r in requests if r["operation"] == "CreateTrainingJob"]
     assert len(create) == 1
-    assert create[0]["HyperParameters"] == {k: str(v) for k, v in
-                                            best["hyperparameters"].items()}
+    # the trial's values, with the compiled variant the trials skipped (compile=false) back on
+    assert best["hyperparameters"]["compile"] is False
+    assert create[0]["HyperParameters"] == {
+        **{k: str(v) for k, v in best["hyperparameters"].items()
+           if k not in ("compile", "int8")},
+        "compile": "true", "int8": "false"}
 
 
 def test_report_and_csv_list_every_trial_and_the_best(search):

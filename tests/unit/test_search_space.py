@@ -117,3 +117,35 @@ def test_enqueued_trials_are_checked_against_the_ranges():
         tune_local.enqueue_params("batch-size=8", ranges)
     with pytest.raises(tune_local.UsageError, match="not a tuned hyperparameter"):
         tune_local.enqueue_params("momentum=0.5", ranges)
+
+
+@pytest.mark.parametrize("extra, variants", [
+    ([], (False, False)),                     # trials are compared, not served
+    (["--serving-variants"], (True, False)),  # the image's defaults
+    (["--set", "compile=true"], (True, False)),
+    (["--set", "int8=true", "--serving-variants"], (True, True)),
+])
+def test_local_trials_skip_the_serving_variants_unless_asked(color_data, tmp_path, monkeypatch,
+                                                             extra, variants):
+    """What the training code is asked to do by `tune.py --local` (its boundary, as the
+    CreateHyperParameterTuningJob request is the SageMaker path's): compile and int8 off
+    unless asked. The trial stops once the config is seen."""
+    import io
+
+    pytest.importorskip("optuna")
+    import container_train.main as training
+
+    seen = []
+
+    def setup(config, ctx=None):
+        seen.append(config)
+        raise RuntimeError("stopped after the config")
+
+    monkeypatch.setattr(training, "setup", setup)
+    err = io.StringIO()
+    rc = tune_local.main(["--data", str(color_data), "--output", str(tmp_path / "out"),
+                          "--best-out", str(tmp_path / "best.json"), "--max-jobs", "1",
+                          "--set", "weights=none", *extra], err=err, out=io.StringIO())
+    assert rc == common.EXIT_FAILED and "stopped after the config" in err.getvalue()
+    [config] = seen
+    assert (config.hyperparameters.compile, config.hyperparameters.int8) == variants
