@@ -116,12 +116,6 @@ def make_artifact(model_dir: Path, seed: int = 0) -> dict:
     manifest = write_int8_variant(model_dir, model, manifest, calibration, fixed_set())
     # The compiled variant, as the training job writes it by default: fp32 serving runs it.
     manifest = write_compiled_variant(model_dir, model, manifest, fixed_set())
-    # The self-test inputs, as the training job writes them: every worker runs them at start.
-    from model_artifact.self_test import CANDIDATES, write_self_test_file
-
-    valid = sorted((PHOTOS / "valid").glob("*/*.jpg"))[:CANDIDATES]
-    manifest = write_self_test_file(model_dir, model, manifest,
-                                    torch.cat(list(image_batches(valid, pre))))
     return manifest.variants["int8"].to_dict()
 
 
