@@ -324,8 +324,8 @@ def result(name: str, metric: str, value: float, op: str, target: float) -> str:
 
 
 def cold_starts(args: argparse.Namespace, model_dir: Path, work: Path, probe: bytes) -> int:
-    """fp32 and int8 started ``args.cold_start`` times each, one at a time: the medians."""
-    times: dict[str, list[float]] = {"fp32": [], "int8": []}
+    """Each of ``args.precisions`` started ``args.cold_start`` times, one at a time: medians."""
+    times: dict[str, list[float]] = {p: [] for p in args.precisions.split(",")}
     try:
         for _ in range(args.cold_start):
             for name in times:
@@ -360,7 +360,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="use the artifact a previous run left in --workdir")
     parser.add_argument("--json", help="also write the measurements to this file")
     parser.add_argument("--cold-start", type=int, default=0, metavar="N",
-                        help="only measure cold start: start fp32 and int8 N times each")
+                        help="only measure cold start: start each of --precisions N times")
+    parser.add_argument("--precisions", default="fp32,int8",
+                        help="--cold-start: which servers, comma-separated (fp32, int8)")
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.rounds, args.forward_runs = 5.0, 1, 5
