@@ -10,7 +10,9 @@ the result.
 The package is tied to what compiled it, and serving checks each tie before loading:
 - **CPU**: compiled for ``x86-64-v3`` (AVX2 + FMA; every x86 SageMaker instance type has it),
   never ``-march=native``, so a package built on an AVX-512 training host still runs on an
-  AVX2 endpoint;
+  AVX2 endpoint; a second package for ``x86-64-v4`` (variant ``compiled_avx512``) is added
+  only where the training CPU runs it faster, and serving picks the best one its CPU runs
+  (``TARGETS``);
 - **torch version**: the package's C++ ABI is that of the torch that wrote it
   (``variants.compiled.torch``); another torch refuses it;
 - **shape**: batch 1 at the artifact's crop size (static shapes are what make it fast: with a
