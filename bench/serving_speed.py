@@ -323,6 +323,26 @@ def result(name: str, metric: str, value: float, op: str, target: float) -> str:
     return f"RESULT {name} {metric}={value:.3f} target{op}{target} pass={str(ok).lower()}"
 
 
+def cold_starts(args: argparse.Namespace, model_dir: Path, work: Path, probe: bytes) -> int:
+    """Each of ``args.precisions`` started ``args.cold_start`` times, one at a time: medians."""
+    times: dict[str, list[float]] = {p: [] for p in args.precisions.split(",")}
+    try:
+        for _ in range(args.cold_start):
+            for name in times:
+                server = start_server(name, "ours", {"SERVE_PRECISION": name}, args, model_dir,
+                                      work, probe)
+                server.stop()
+                times[name].append(server.cold_start_s)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"cold start, {args.target}, {args.cold_start} starts each: "
+          + "; ".join(f"{n} {', '.join(f'{t:.2f}' for t in v)}" for n, v in times.items()))
+    for name, values in times.items():
+        print(result("serve", f"{name}_cold_start_s", statistics.median(values), "<=", 10))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host-mms", action="store_true",
@@ -339,6 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse-artifact", action="store_true",
                         help="use the artifact a previous run left in --workdir")
     parser.add_argument("--json", help="also write the measurements to this file")
+    parser.add_argument("--cold-start", type=int, default=0, metavar="N",
+                        help="only measure cold start: start each of --precisions N times")
+    parser.add_argument("--precisions", default="fp32,int8",
+                        help="--cold-start: which servers, comma-separated (fp32, int8)")
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.rounds, args.forward_runs = 5.0, 1, 5
@@ -370,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # Workers x threads: the product's default (one worker per CPU, one thread each) is also
     # MMS's default; both sides get it, so the comparison is about the per-request path.
+    if args.cold_start:
+        return cold_starts(args, model_dir, work, probe)
     threads = 1
     servers: dict[str, Server] = {}
     configs = {

@@ -103,15 +103,30 @@ def _pin_refusal(model_dir: str) -> str | None:
     return None
 
 
+def _check_graph(model_dir: str) -> str:
+    """The graph serve's check runs. Eager proves the weights without tracing and freezing
+    (seconds, which the workers would pay again). Where the workers will load the compiled
+    variant (SERVE_GRAPH auto, the default, and the manifest has one), the check loads it too:
+    cheaper than eager (no torchvision, no network to build) and the graph that will serve;
+    should it fail, auto falls back as a worker would. SERVE_GRAPH=compiled is checked as
+    such: without a usable compiled variant, no port."""
+    from model_artifact.manifest import COMPILED, ArtifactError, Manifest
+
+    requested = os.environ.get(GRAPH_ENV, "").strip().lower()
+    if requested == "compiled":
+        return "compiled"
+    try:
+        compiled = COMPILED in Manifest.read(model_dir).variants
+    except ArtifactError:
+        return "eager"  # the check itself reports what is wrong
+    return "auto" if requested in ("", "auto") and compiled else "eager"
+
+
 def _start_check(model_dir: str) -> subprocess.Popen:
     # A child process, so that the long-lived entry process never holds torch and the weights.
-    # Eager: loading the weights and one forward pass prove the artifact; tracing and freezing
-    # the graph (seconds) is left to the workers, so it is not paid twice before the port opens.
-    # SERVE_GRAPH=compiled is checked as such: without a usable compiled variant, no port.
     command = [sys.executable, "-m", "container_serve", "check", "--model-dir", model_dir,
                "--passed-file", os.environ[ARTIFACT_GATE_ENV]]
-    graph = "compiled" if os.environ.get(GRAPH_ENV, "").strip().lower() == "compiled" else "eager"
-    env = {**os.environ, GRAPH_ENV: graph}
+    env = {**os.environ, GRAPH_ENV: _check_graph(model_dir)}
     return subprocess.Popen(command, env=env)
 
 

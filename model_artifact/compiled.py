@@ -10,7 +10,9 @@ the result.
 The package is tied to what compiled it, and serving checks each tie before loading:
 - **CPU**: compiled for ``x86-64-v3`` (AVX2 + FMA; every x86 SageMaker instance type has it),
   never ``-march=native``, so a package built on an AVX-512 training host still runs on an
-  AVX2 endpoint;
+  AVX2 endpoint; a second package for ``x86-64-v4`` (variant ``compiled_avx512``) is added
+  only where the training CPU runs it faster, and serving picks the best one its CPU runs
+  (``TARGETS``);
 - **torch version**: the package's C++ ABI is that of the torch that wrote it
   (``variants.compiled.torch``); another torch refuses it;
 - **shape**: batch 1 at the artifact's crop size (static shapes are what make it fast: with a
@@ -29,64 +31,74 @@ the training job that wrote it, or serve with ``SERVE_GRAPH=frozen``, which neve
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import platform
+import statistics
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from model_artifact.agreement import measure_agreement
-from model_artifact.manifest import COMPILED, MANIFEST_FILE, ArtifactError, Manifest, Variant
+from model_artifact.manifest import (
+    COMPILED,
+    COMPILED_AVX512,
+    MANIFEST_FILE,
+    ArtifactError,
+    Manifest,
+    Variant,
+)
 from model_artifact.preprocess import image_batches
 from model_artifact.torch_warnings import quiet
 
-COMPILED_FILE = "model_compiled.pt2"
-COMPILED_FORMAT = "aotinductor-x86-64-v3-batch1"
-MARCH = "x86-64-v3"
-# CPU capabilities (torch.backends.cpu.get_cpu_capability()) that can run x86-64-v3 code.
-CAPABLE = ("AVX2", "AVX512")
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IsaTarget:
+    """One instruction-set level a package is compiled for, and where the manifest keeps it."""
+
+    variant: str  # the manifest's variant name
+    file: str
+    format: str
+    march: str  # g++ -march
+    simdlen: int  # Inductor's vector width in bits
+    capable: tuple[str, ...]  # torch.backends.cpu.get_cpu_capability() values that run it
+
+
+V3 = IsaTarget(COMPILED, "model_compiled.pt2", "aotinductor-x86-64-v3-batch1", "x86-64-v3",
+               256, ("AVX2", "AVX512"))
+V4 = IsaTarget(COMPILED_AVX512, "model_compiled_avx512.pt2", "aotinductor-x86-64-v4-batch1",
+               "x86-64-v4", 512, ("AVX512",))
+TARGETS = (V4, V3)  # best first; V3 is the variant every x86 endpoint can run
+COMPILED_FILE = V3.file
+COMPILED_FORMAT = V3.format
+MARCH = V3.march
+CAPABLE = V3.capable
 
 
 @contextlib.contextmanager
-def _inductor_settings(cache_dir: str) -> Iterator[None]:
-    """Portable, frozen compilation; the compiler's scratch files in ``cache_dir``."""
+def _inductor_settings(cache_dir: str, march: str = V3.march,
+                       simdlen: int = V3.simdlen) -> Iterator[None]:
+    """Frozen compilation for ``march``; the compiler's scratch files in ``cache_dir``."""
     import torch._inductor.config as config
 
     saved = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
     try:
-        with config.patch({"freezing": True, "cpp.march": MARCH, "cpp.simdlen": 256}):
+        with config.patch({"freezing": True, "cpp.march": march, "cpp.simdlen": simdlen}):
             yield
     finally:
         if saved is None:
             os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
         else:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = saved
-
-
-@contextlib.contextmanager
-def _isa_comparison_quieted() -> Iterator[None]:
-    """The loader compares this CPU's ISA list with the compiling one's and warns when they
-    differ; the package targets x86-64-v3 on purpose (checked in load_compiled), so the
-    difference is expected and the note is silenced. torch finds the list by compiling a probe
-    program per ISA (seconds per worker where a C++ compiler is installed); for a comparison
-    that is only logged, the CPU's flags answer it without compiling (``cpp.vec_isa_ok``)."""
-    import logging
-
-    import torch._inductor.config as inductor_config
-
-    note = logging.getLogger("torch.export.pt2_archive._package")
-    level = note.level
-    note.setLevel(logging.ERROR)
-    try:
-        with inductor_config.patch({"cpp.vec_isa_ok": True}):
-            yield
-    finally:
-        note.setLevel(level)
 
 
 SERVING_THREADS = 1  # serving's default: one worker per CPU, one thread each
@@ -103,19 +115,20 @@ def _threads(count: int) -> Iterator[None]:
 
 
 def compile_package(model: nn.Module, crop_size: int, path: str | os.PathLike[str],
-                    threads: int = SERVING_THREADS) -> Path:
-    """fp32 model -> AOTInductor package at ``path`` (batch 1, channels_last, x86-64-v3),
-    specialised for ``threads`` intra-op threads.
+                    threads: int = SERVING_THREADS, target: IsaTarget = V3) -> Path:
+    """fp32 model -> AOTInductor package at ``path`` (batch 1, channels_last, ``target``'s
+    instruction set), specialised for ``threads`` intra-op threads.
 
     Raises ArtifactError when this machine cannot compile it (not x86-64, no C++ compiler).
     """
     if platform.machine() not in ("x86_64", "AMD64"):
-        raise ArtifactError(f"compiling for {MARCH} needs an x86-64 host, not "
+        raise ArtifactError(f"compiling for {target.march} needs an x86-64 host, not "
                             f"{platform.machine()}")
     model = model.to("cpu", memory_format=torch.channels_last).eval()
     example = torch.zeros(1, 3, crop_size, crop_size).contiguous(memory_format=torch.channels_last)
     with tempfile.TemporaryDirectory(prefix="inductor-") as scratch, \
-            _inductor_settings(scratch), _threads(threads), quiet(), torch.no_grad():
+            _inductor_settings(scratch, target.march, target.simdlen), _threads(threads), \
+            quiet(), torch.no_grad():
         exported = torch.export.export(model, (example,))
         try:
             written = torch._inductor.aoti_compile_and_package(
@@ -128,25 +141,36 @@ def compile_package(model: nn.Module, crop_size: int, path: str | os.PathLike[st
 
 
 def _load_package(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The package's runner, loaded once. ``aoti_load_package`` first tries the newer pt2
-    reader, which loads the package and then, to compare this machine with the compiling one
-    for a warning, lists the CPU's ISAs; on a CPU with AVX512-BF16 or AMX that compiles probe
-    programs even under ``cpp.vec_isa_ok``. The serving image has no C++ compiler, so the
-    attempt failed after the load, logged "Loading outdated pt2 file. Please regenerate your
-    package." and loaded the same package again with the loader used here. Nothing is
-    outdated: the file is what torch 2.14's ``aoti_compile_and_package`` writes."""
-    from torch._inductor.package.package import AOTICompiledModel
+    """The package's runner, loaded once by torch's C++ loader, without importing
+    torch._inductor (and with it torch._dynamo: seconds of every worker's cold start).
 
+    Not ``aoti_load_package``: it first tries the newer pt2 reader, which after loading lists
+    the CPU's ISAs to compare them with the compiling machine's for a warning, and on a CPU
+    with AVX512-BF16 or AMX compiles probe programs to do so; the serving image has no C++
+    compiler, so that failed, logged "Loading outdated pt2 file" and loaded the package again.
+    Nothing is outdated: the file is what torch's ``aoti_compile_and_package`` writes."""
     loader = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
-    return AOTICompiledModel(loader)
+    return _Runner(loader)
+
+
+class _Runner:
+    """One tensor in, one tensor out: what torch's AOTICompiledModel does for this package
+    (it flattens and unflattens the same structure with pytree specs)."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.loader.boxed_run([batch])[0]
 
 
 class BatchOne(nn.Module):
     """Runs a batch-1 package over a batch, one image at a time."""
 
-    def __init__(self, runner: Callable[[torch.Tensor], torch.Tensor]):
+    def __init__(self, runner: Callable[[torch.Tensor], torch.Tensor], target: IsaTarget = V3):
         super().__init__()
         self.runner = runner
+        self.target = target  # which instruction-set variant this is
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         if batch.shape[0] == 1:
@@ -155,40 +179,129 @@ class BatchOne(nn.Module):
             memory_format=torch.channels_last)) for image in batch])
 
 
-def load_compiled(model_dir: str | os.PathLike[str], manifest: Manifest,
-                  threads: int = SERVING_THREADS) -> BatchOne:
-    """The manifest's compiled variant, checked (file, hash, torch, CPU, thread count), ready
-    to call with ``threads`` intra-op threads.
-
-    ArtifactError says which check failed; serving then uses the TorchScript graph instead.
-    """
-    variant = manifest.variants.get(COMPILED)
+def _load_target(model_dir: str | os.PathLike[str], manifest: Manifest, threads: int,
+                 target: IsaTarget, capability: str) -> BatchOne:
+    """``target``'s variant, checked (file, hash, torch, CPU, thread count), loaded."""
+    variant = manifest.variants.get(target.variant)
     if variant is None:
-        raise ArtifactError(f"{Path(model_dir) / MANIFEST_FILE}: no compiled variant (train "
-                            "with the hyperparameter compile=true)")
-    if variant.format != COMPILED_FORMAT:
-        raise ArtifactError(f"compiled variant format {variant.format!r} is not "
-                            f"{COMPILED_FORMAT!r}")
+        raise ArtifactError(f"{Path(model_dir) / MANIFEST_FILE}: no {target.variant} variant "
+                            "(train with the hyperparameter compile=true)")
+    if variant.format != target.format:
+        raise ArtifactError(f"{target.variant} variant format {variant.format!r} is not "
+                            f"{target.format!r}")
     if variant.torch != torch.__version__:
-        raise ArtifactError(f"compiled variant was built by torch {variant.torch or '?'}; "
-                            f"this is torch {torch.__version__}")
+        raise ArtifactError(f"{target.variant} variant was built by torch "
+                            f"{variant.torch or '?'}; this is torch {torch.__version__}")
     if variant.threads and variant.threads != threads:
-        raise ArtifactError(f"compiled variant is specialised for {variant.threads} thread(s) "
-                            f"per worker; this worker runs {threads}")
-    capability = torch.backends.cpu.get_cpu_capability()
-    if capability not in CAPABLE:
-        raise ArtifactError(f"compiled variant needs AVX2; this CPU offers {capability}")
+        raise ArtifactError(f"{target.variant} variant is specialised for {variant.threads} "
+                            f"thread(s) per worker; this worker runs {threads}")
+    if capability not in target.capable:
+        raise ArtifactError(f"{target.variant} variant needs {' or '.join(target.capable)}; "
+                            f"this CPU offers {capability}")
     from model_artifact.network import verified_file
 
-    path = verified_file(Path(model_dir) / variant.file, variant.required_sha256(COMPILED),
+    path = verified_file(Path(model_dir) / variant.file, variant.required_sha256(target.variant),
                          "compiled model file")
     try:
-        with quiet(), _isa_comparison_quieted():
+        with quiet():
             runner = _load_package(path)
     except Exception as exc:  # not a package, truncated zip, unresolved symbols
         raise ArtifactError(f"{path}: cannot be loaded as an AOTInductor package: "
                             f"{type(exc).__name__}: {str(exc)[:300]}") from None
-    return BatchOne(runner)
+    return BatchOne(runner, target)
+
+
+def load_compiled(model_dir: str | os.PathLike[str], manifest: Manifest,
+                  threads: int = SERVING_THREADS) -> BatchOne:
+    """The best compiled variant this CPU runs (TARGETS, best first; ``compiled``, x86-64-v3,
+    is the last resort), checked (file, hash, torch, CPU, thread count), ready to call with
+    ``threads`` intra-op threads. A better variant that fails a check is logged and skipped.
+
+    ArtifactError (the ``compiled`` variant's reason) when none loads; serving then uses the
+    TorchScript graph instead.
+    """
+    capability = torch.backends.cpu.get_cpu_capability()
+    for target in TARGETS[:-1]:
+        if target.variant in manifest.variants and capability in target.capable:
+            try:
+                return _chosen(_load_target(model_dir, manifest, threads, target, capability))
+            except ArtifactError as exc:
+                logger.warning("%s variant not used (%s); trying %s", target.variant, exc,
+                               TARGETS[-1].variant)
+    return _chosen(_load_target(model_dir, manifest, threads, TARGETS[-1], capability))
+
+
+def _chosen(model: BatchOne) -> BatchOne:
+    logger.info("compiled variant %s (%s) chosen for this CPU (%s)", model.target.variant,
+                model.target.march, torch.backends.cpu.get_cpu_capability())
+    return model
+
+
+def _write_target(model_dir: str | os.PathLike[str], model: nn.Module, manifest: Manifest,
+                  check_paths: Sequence[str | os.PathLike[str]], target: IsaTarget
+                  ) -> tuple[Manifest, BatchOne]:
+    """Compile ``target``'s package, check it against fp32 on ``check_paths``: the manifest
+    with the variant added (not yet written) and the loaded package."""
+    from model_artifact.network import file_sha256
+
+    pre = manifest.preprocessing
+    path = compile_package(model, pre.crop_size, Path(model_dir) / target.file, target=target)
+    variant = Variant(file=target.file, format=target.format, sha256=file_sha256(path),
+                      torch=torch.__version__, threads=SERVING_THREADS)
+    compiled = _load_target(model_dir, manifest.with_variant(target.variant, variant),
+                            SERVING_THREADS, target, torch.backends.cpu.get_cpu_capability())
+    with _threads(SERVING_THREADS):
+        agreement = measure_agreement(model, compiled, image_batches(check_paths, pre))
+    variant = replace(variant, top1_agreement=agreement.top1,
+                      agreement_images=agreement.images,
+                      max_logit_difference=agreement.max_logit_difference)
+    return manifest.with_variant(target.variant, variant), compiled
+
+
+def batch1_ms(network: Callable[[torch.Tensor], torch.Tensor], crop_size: int,
+              runs: int = 9) -> float:
+    """Median batch-1 forward time in ms, with serving's thread count."""
+    example = torch.zeros(1, 3, crop_size, crop_size).contiguous(memory_format=torch.channels_last)
+    times = []
+    with _threads(SERVING_THREADS), torch.inference_mode():
+        network(example)
+        for _ in range(runs):
+            start = time.perf_counter()
+            network(example)
+            times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+FASTER = 0.97  # a better-ISA variant is kept only below this share of x86-64-v3's time
+
+
+def _add_if_faster(model_dir: str | os.PathLike[str], model: nn.Module, manifest: Manifest,
+                   check_paths: Sequence[str | os.PathLike[str]], baseline: BatchOne,
+                   target: IsaTarget) -> Manifest:
+    """``target``'s variant added when it compiles, loads and runs batch 1 faster than
+    ``baseline`` on this CPU; otherwise its file is removed and the reason logged. Only where
+    this CPU can run (and so check) it: serving's CPU may differ, but an unchecked or slower
+    package is not shipped."""
+    if torch.backends.cpu.get_cpu_capability() not in target.capable:
+        logger.info("%s variant not built: this CPU (%s) cannot check it", target.variant,
+                    torch.backends.cpu.get_cpu_capability())
+        return manifest
+    try:
+        candidate, compiled = _write_target(model_dir, model, manifest, check_paths, target)
+    except ArtifactError as exc:
+        logger.warning("%s variant not built: %s", target.variant, exc)
+        (Path(model_dir) / target.file).unlink(missing_ok=True)
+        return manifest
+    size = manifest.preprocessing.crop_size
+    ours, base = batch1_ms(compiled, size), batch1_ms(baseline, size)
+    if ours < FASTER * base:
+        logger.info("%s variant kept: batch 1 %.1f ms, %s %.1f ms", target.variant, ours,
+                    baseline.target.variant, base)
+        return candidate
+    logger.info("%s variant not kept: batch 1 %.1f ms is not faster than %s's %.1f ms",
+                target.variant, ours, baseline.target.variant, base)
+    (Path(model_dir) / target.file).unlink(missing_ok=True)
+    return manifest
 
 
 def write_compiled_variant(
@@ -197,24 +310,15 @@ def write_compiled_variant(
     manifest: Manifest,
     check_paths: Sequence[str | os.PathLike[str]],
 ) -> Manifest:
-    """Compile, save ``model_compiled.pt2``, check it against the fp32 model on
+    """Compile, save ``model_compiled.pt2`` (x86-64-v3) and, where this CPU runs it faster,
+    ``model_compiled_avx512.pt2`` (x86-64-v4); check each against the fp32 model on
     ``check_paths`` (top-1 agreement and the largest logit difference), rewrite manifest.json.
     Returns the manifest as written."""
-    from model_artifact.network import file_sha256
-
     if not check_paths:
         raise ArtifactError("checking the compiled model needs at least one image")
     model = model.to("cpu", memory_format=torch.channels_last).eval()
-    pre = manifest.preprocessing
-    path = compile_package(model, pre.crop_size, Path(model_dir) / COMPILED_FILE)
-    variant = Variant(file=COMPILED_FILE, format=COMPILED_FORMAT, sha256=file_sha256(path),
-                      torch=torch.__version__, threads=SERVING_THREADS)
-    compiled = load_compiled(model_dir, manifest.with_variant(COMPILED, variant))
-    with _threads(SERVING_THREADS):
-        agreement = measure_agreement(model, compiled, image_batches(check_paths, pre))
-    variant = replace(variant, top1_agreement=agreement.top1,
-                      agreement_images=agreement.images,
-                      max_logit_difference=agreement.max_logit_difference)
-    written = manifest.with_variant(COMPILED, variant)
+    written, baseline = _write_target(model_dir, model, manifest, check_paths, V3)
+    for target in TARGETS[:-1]:
+        written = _add_if_faster(model_dir, model, written, check_paths, baseline, target)
     written.write(model_dir)
     return written

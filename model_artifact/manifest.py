@@ -28,7 +28,10 @@ HEAD_FILE = "head.pt"  # the head's tensors alone: what a head-only load reads
 ARCHITECTURES = ("resnet50",)
 INT8 = "int8"
 COMPILED = "compiled"
-VARIANT_NAMES = (INT8, COMPILED)  # optional extra forms of the same model, see docs/artifact.md
+COMPILED_AVX512 = "compiled_avx512"  # the same, compiled for x86-64-v4 (AVX-512) CPUs
+# Optional extra forms of the same model, see docs/artifact.md; a reader skips names it
+# does not know, so adding one keeps older serving images working.
+VARIANT_NAMES = (INT8, COMPILED, COMPILED_AVX512)
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision import models
 
 # Torch-free since the serve process checks hashes too; re-exported for the existing importers.
 from model_artifact.files import file_sha256 as file_sha256
@@ -21,6 +20,10 @@ def build_model(architecture: str, num_classes: int) -> nn.Module:
     """torchvision ResNet with its ImageNet head replaced by ``num_classes`` outputs."""
     if architecture != "resnet50":
         raise ArtifactError(f"unsupported architecture {architecture!r}")
+    # Imported here: torchvision's import pulls in torch._dynamo (seconds), which a serving
+    # worker that loads the compiled variant never needs.
+    from torchvision import models
+
     model = models.resnet50(weights=None)
     model.fc = nn.Linear(model.fc.in_features, num_classes)
     return model

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -216,26 +216,33 @@ class EvalPreprocessing:
         return load_image(source, min_side=self.min_side, max_pixels=max_pixels,
                           resize=self.resize)
 
-    def transform(self):  # -> torchvision.transforms.Compose (torchvision imported lazily)
-        """PIL image -> normalised float CHW tensor: what serving runs per image."""
-        from torchvision import transforms
+    def transform(self) -> Callable[[Image.Image], Any]:  # PIL image -> torch.Tensor
+        """PIL image -> normalised float CHW tensor: what serving runs per image.
 
-        mode = transforms.InterpolationMode(self.interpolation)
-        return transforms.Compose([
-            transforms.Resize(self.resize, interpolation=mode),
-            transforms.CenterCrop(self.crop_size),
-            transforms.ToTensor(),
-            transforms.Normalize(self.mean, self.std),
-        ])
+        torchvision's Resize(resize) + CenterCrop(crop_size) + ToTensor + Normalize, written out
+        with Pillow and torch (bit-identical: tests/unit/test_preprocess_exact.py), because
+        importing torchvision imports torch._dynamo: seconds of every serving worker's start."""
+        return _Pipeline(self, normalised=True)
 
-    def pixels(self):  # -> torchvision.transforms.Compose
+    def pixels(self) -> Callable[[Image.Image], Any]:  # PIL image -> torch.Tensor
         """The resize and crop of :meth:`transform`, ending in a uint8 CHW tensor: training's
         loader workers run this and :meth:`normalize` runs on whole batches on the device, so
         workers do a quarter of the work and copy a quarter of the bytes."""
-        from torchvision import transforms
+        return _Pipeline(self, normalised=False)
 
-        steps = self.transform().transforms[:-2]
-        return transforms.Compose([*steps, transforms.PILToTensor()])
+    def resize_crop(self, image: Image.Image) -> Image.Image:
+        """torchvision's Resize(resize) (shorter side to ``resize``, the longer one truncated
+        as torchvision does) then CenterCrop(crop_size), on a PIL image."""
+        width, height = image.size
+        short, long = (width, height) if width <= height else (height, width)
+        new_long = int(self.resize * long / short)
+        size = (self.resize, new_long) if width <= height else (new_long, self.resize)
+        if size != image.size:
+            image = image.resize(size, _PIL_FILTERS[self.interpolation])
+        width, height = image.size
+        top = round((height - self.crop_size) / 2.0)  # Python 3 round: as torchvision
+        left = round((width - self.crop_size) / 2.0)
+        return image.crop((left, top, left + self.crop_size, top + self.crop_size))
 
     def normalize(self, pixels: Any) -> Any:  # torch.Tensor -> torch.Tensor
         """uint8 (N)CHW -> the float tensor :meth:`transform` gives: the same operations in the
@@ -245,6 +252,27 @@ class EvalPreprocessing:
         mean = torch.tensor(self.mean, device=pixels.device).view(-1, 1, 1)
         std = torch.tensor(self.std, device=pixels.device).view(-1, 1, 1)
         return pixels.float().div_(255).sub_(mean).div_(std)
+
+
+_PIL_FILTERS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+                "bicubic": Image.Resampling.BICUBIC}  # torchvision's mapping for PIL images
+
+
+class _Pipeline:
+    """A preprocessing as a picklable callable (training's loader workers receive it)."""
+
+    def __init__(self, pre: EvalPreprocessing, normalised: bool) -> None:
+        self.pre, self.normalised = pre, normalised
+
+    def __call__(self, image: Image.Image) -> Any:  # torch.Tensor
+        import numpy as np
+        import torch
+
+        image = self.pre.resize_crop(image)
+        array = np.array(image, np.uint8, copy=True)  # HWC, as torchvision's ToTensor reads it
+        pixels = torch.from_numpy(array).view(image.size[1], image.size[0], -1)
+        pixels = pixels.permute(2, 0, 1).contiguous()
+        return self.pre.normalize(pixels) if self.normalised else pixels
 
 
 def image_batches(paths: Sequence[str | os.PathLike[str]], pre: EvalPreprocessing,
