@@ -42,6 +42,7 @@ from container_serve.model_registry import MODEL_HEADER
 from container_serve.settings import ServeSettings
 
 MMS_SOCKET = "mms.sock"
+MMS_MANAGEMENT_SOCKET = "mms-management.sock"
 _FORM_PLACEHOLDER = "@FORM_TYPE@"
 # Request bodies up to this size stay in memory; larger ones are spooled to a temp file in the
 # runtime dir (unlinked at once, gone when the request ends). Most photos fit; a 6 MiB body no
@@ -76,10 +77,14 @@ def mms_address(runtime_dir: str) -> str:
     return f"unix:{mms_socket(runtime_dir)}"
 
 
+def mms_management_socket(runtime_dir: str) -> str:
+    return os.path.join(runtime_dir, MMS_MANAGEMENT_SOCKET)
+
+
 def mms_env(runtime_dir: str) -> dict[str, str]:
     """MMS's listeners as MMS_* variables (they override its config file): both on Unix
     sockets, so the public port is nginx's alone."""
-    management = f"unix:{os.path.join(runtime_dir, 'mms-management.sock')}"
+    management = f"unix:{mms_management_socket(runtime_dir)}"
     return {MMS_INFERENCE_ADDRESS_ENV: mms_address(runtime_dir),
             MMS_MANAGEMENT_ADDRESS_ENV: management,
             MMS_USE_NATIVE_IO_ENV: "true"}
