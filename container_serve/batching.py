@@ -6,9 +6,12 @@ Why MMS's batching and not a batcher thread in the handler: an MMS worker is one
 that MMS gives one job at a time, so a thread inside it never sees a second request to batch
 with; MMS's queue is the only place concurrent requests meet. Why a registration: MMS 1.1.11
 registers the model named on its command line (which the toolkit always passes) with batch
-size 1 and no way to change it; so with batching on, that model starts with no workers
-(MMS_DEFAULT_WORKERS_PER_MODEL=0) and ``register`` replaces it through MMS's management API
-(on its Unix socket) with the same name and directory, the batch size and the workers.
+size 1 and no way to change it; so with batching on, that model starts with one worker
+(MMS_DEFAULT_WORKERS_PER_MODEL=1: MMS reads 0 as "one per CPU"), which does not load the model
+(``replaced_at_start``), and ``register`` replaces it through MMS's management API (on its Unix
+socket) with the same name and directory, the batch size and the workers. MMS's /invocations
+then asks for a model name (it only defaults to a start-up model): nginx sends /invocations to
+/predictions/model instead (front.py).
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ from __future__ import annotations
 import json
 import time
 import urllib.parse
+from typing import Any
 
 from container_serve.env_names import MMS_DEFAULT_WORKERS_ENV
+from container_serve.front import BATCHED_MODEL
 from container_serve.health import UnixConnection
 from container_serve.settings import ServeSettings
 
-MODEL_NAME = "model"  # sagemaker_inference.model_server.DEFAULT_MMS_MODEL_NAME
+MODEL_NAME = BATCHED_MODEL  # sagemaker_inference.model_server.DEFAULT_MMS_MODEL_NAME
 REGISTER_TIMEOUT_SECONDS = 60.0
 
 
@@ -30,8 +35,15 @@ class BatchingError(RuntimeError):
 
 
 def mms_env(settings: ServeSettings) -> dict[str, str]:
-    """For MMS's process: the start-up model gets no workers when ``register`` replaces it."""
-    return {MMS_DEFAULT_WORKERS_ENV: "0"} if settings.batch_size > 1 else {}
+    """For MMS's process: the start-up model gets one worker when ``register`` replaces it."""
+    return {MMS_DEFAULT_WORKERS_ENV: "1"} if settings.batch_size > 1 else {}
+
+
+def replaced_at_start(settings_batch_size: int, context: Any) -> bool:
+    """True in the worker of MMS's start-up model when batching will replace that model: it
+    must not load the model (seconds of CPU, memory or a GPU context for nothing)."""
+    properties = getattr(context, "system_properties", None) or {}
+    return settings_batch_size > 1 and properties.get("batch_size") == 1
 
 
 def registration_query(settings: ServeSettings, model_url: str) -> str:

@@ -18,9 +18,10 @@ from typing import Any
 
 from sagemaker_inference.transformer import Transformer
 
-from container_serve import batch, inference
+from container_serve import batch, batching, inference
 from container_serve.env_names import (
     ARTIFACT_GATE_ENV,
+    BATCH_SIZE_ENV,
     MODEL_DIR_ENV,
     MULTI_MODEL_ENV,
     RUNTIME_DIR_ENV,
@@ -93,6 +94,9 @@ class ServeTransformer(OwnFunctionsOnly, Transformer):
             return
         # MMS is given an empty directory (see serve.py); the artifact's path comes from serve.
         model_dir = os.environ.get(MODEL_DIR_ENV) or model_dir
+        if batching.replaced_at_start(int(os.environ.get(BATCH_SIZE_ENV) or 1), context):
+            logger.info("MMS's start-up model: batching replaces it; not loading the model")
+            return
         wait_for_artifact_check()
         super().validate_and_initialize(model_dir=model_dir, context=context)
 

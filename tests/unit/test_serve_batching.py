@@ -107,7 +107,7 @@ def test_batched_registration_asks_mms_for_the_batch_and_the_workers() -> None:
     assert query == {"url": "/run/mms-model", "model_name": "model", "batch_size": "8",
                      "max_batch_delay": "5", "initial_workers": "3", "response_timeout": "60",
                      "synchronous": "false"}
-    assert batching.mms_env(s) == {MMS_DEFAULT_WORKERS_ENV: "0"}
+    assert batching.mms_env(s) == {MMS_DEFAULT_WORKERS_ENV: "1"}
     assert batching.mms_env(ServeSettings()) == {}  # no batching: MMS's start-up model serves
 
 
