@@ -227,3 +227,14 @@ def test_fp16_graph_is_self_tested_with_the_fp16_tolerance(
     with pytest.raises(SelfTestError):
         run_self_test(drifting, "eager", inputs, reference)
     assert run_self_test(drifting, "cuda-fp16", inputs, reference).max_difference >= drift * 0.99
+
+
+def test_on_cuda_multi_model_loads_every_model_whole() -> None:
+    """The shared backbones are a CPU path; on the GPU each model is its own network."""
+    from container_serve.resident_models import ResidentModels
+
+    manifest = Manifest(architecture="resnet50", class_names=CLASSES,
+                        preprocessing=EvalPreprocessing.for_image_size(32),
+                        backbone_sha256="a" * 64, head_sha256="b" * 64, head_file="head.pt")
+    assert ResidentModels(ServeSettings())._shares(manifest)
+    assert not ResidentModels(ServeSettings(device="cuda"))._shares(manifest)
