@@ -238,3 +238,20 @@ def test_on_cuda_multi_model_loads_every_model_whole() -> None:
                         backbone_sha256="a" * 64, head_sha256="b" * 64, head_file="head.pt")
     assert ResidentModels(ServeSettings())._shares(manifest)
     assert not ResidentModels(ServeSettings(device="cuda"))._shares(manifest)
+
+
+def test_only_the_start_up_models_worker_skips_loading() -> None:
+    start_up = context_for({})  # MMS's start-up model: batch size 1
+    batched = context_for({}, {}, {}, {})
+    assert batching.replaced_at_start(4, start_up)
+    assert not batching.replaced_at_start(4, batched)
+    assert not batching.replaced_at_start(1, start_up)  # no batching: it is the model
+
+
+def test_nginx_names_the_batched_model_for_invocations(tmp_path: Any) -> None:
+    from container_serve import front
+
+    batched = front.render_config(ServeSettings(batch_size=4), str(tmp_path), 1 << 20)
+    plain = front.render_config(ServeSettings(), str(tmp_path), 1 << 20)
+    assert "location = /invocations" in batched and "rewrite ^ /predictions/model break;" in batched
+    assert "/predictions/" not in plain
