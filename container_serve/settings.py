@@ -8,6 +8,7 @@ The knobs are documented in docs/serving-api.md.
 
 from __future__ import annotations
 
+import glob
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -103,8 +104,18 @@ def _flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
     return FLAG_VALUES[raw]
 
 
+def nvidia_devices() -> bool:
+    """An NVIDIA GPU's device node is here (/dev/nvidia0, ...: the driver, or the container
+    runtime's mount of it)."""
+    return bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
 def _torch_sees_cuda() -> bool:
-    import torch  # here, not at the top: the settings are parsed before torch is needed
+    """torch.cuda.is_available(), asked only where an NVIDIA device exists: serve parses the
+    settings in its entry process, which otherwise never imports torch (seconds at start)."""
+    if not nvidia_devices():
+        return False
+    import torch
 
     return torch.cuda.is_available()
 

@@ -55,11 +55,33 @@ def test_cuda_without_a_gpu_is_refused_with_the_variable_name() -> None:
         settings(GPU, **{DEVICE_ENV: "tpu"})
 
 
-def test_auto_asks_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_asks_torch_where_there_is_an_nvidia_device(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from container_serve import settings as settings_module
+
+    monkeypatch.setattr(settings_module, "nvidia_devices", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto") == "cuda"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == "cpu"
+    # No NVIDIA device node: cpu, whatever torch would say (and without importing it).
+    monkeypatch.setattr(settings_module, "nvidia_devices", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cpu"
+
+
+def test_parsing_the_settings_does_not_import_torch_without_a_gpu(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve's entry process parses them and never holds torch (start-up time)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from container_serve.settings import ServeSettings; "
+            "from container_serve import settings as m; m.nvidia_devices = lambda: False; "
+            "s = ServeSettings.from_env({}); print(s.device, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["cpu", "False"]
 
 
 def test_batching_is_off_on_cpu_and_on_on_cuda_by_default() -> None:
