@@ -231,7 +231,8 @@ def _cuda_model(model_dir: str, manifest: Manifest, settings: ServeSettings
                 ) -> tuple[nn.Module, Manifest, str]:
     """The eager network on the GPU, fp16 where supported. The compiled (AOTInductor) and int8
     variants are CPU code: on cuda the state_dict's network serves, and one line says so."""
-    if settings.precision == "int8" or settings.graph in ("compiled", "frozen"):
+    if (settings.precision == "int8" or settings.graph in ("compiled", "frozen")
+            or {COMPILED, INT8} & set(manifest.variants)):
         logger.warning("SERVE_PRECISION=%s SERVE_GRAPH=%s: the compiled, frozen and int8 graphs "
                        "are CPU-only; serving the eager network on cuda", settings.precision,
                        settings.graph)

@@ -141,7 +141,7 @@ def network_served() -> inference.ServedModel:
     one by float summation order only."""
     torch.manual_seed(0)
     pre = EvalPreprocessing.for_image_size(32)
-    manifest = Manifest(architecture="resnet18", class_names=CLASSES, preprocessing=pre)
+    manifest = Manifest(architecture="resnet50", class_names=CLASSES, preprocessing=pre)
     network = resnet18(num_classes=len(CLASSES)).eval().to(memory_format=torch.channels_last)
     return inference.ServedModel(network, manifest, pre.transform(), SETTINGS)
 
@@ -277,3 +277,27 @@ def test_nginx_names_the_batched_model_for_invocations(tmp_path: Any) -> None:
     plain = front.render_config(ServeSettings(), str(tmp_path), 1 << 20)
     assert "location = /invocations" in batched and "rewrite ^ /predictions/model break;" in batched
     assert "/predictions/" not in plain
+
+
+def test_on_cuda_the_served_graph_is_the_device_one_and_self_tested_as_fp16(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        network_served: inference.ServedModel) -> None:
+    """load_served on cuda serves _cuda_model's graph (here stood in by the same ResNet in CPU
+    half precision) after the artifact's self-test, run on that graph with fp16's tolerance."""
+    import logging
+
+    from model_artifact.self_test import write_self_test_file
+
+    network = network_served.model
+    inputs = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    manifest = write_self_test_file(tmp_path, network, network_served.manifest, inputs)
+    half = resnet18(num_classes=len(CLASSES)).eval()
+    half.load_state_dict(network.state_dict())
+    on_device = inference.OnDevice(half.half(), torch.device("cpu"), torch.float16)
+    asked: list[str] = []
+    monkeypatch.setattr(inference, "_cuda_model", lambda model_dir, m, s: asked.append(
+        s.device) or (on_device, manifest, "cuda-fp16"))
+    with caplog.at_level(logging.INFO):
+        served = inference.load_served(str(tmp_path), ServeSettings(device="cuda"))
+    assert asked == ["cuda"] and served.model is on_device and served.graph == "cuda-fp16"
+    assert any(m.startswith("self-test passed on the cuda-fp16 graph") for m in caplog.messages)
