@@ -39,6 +39,12 @@ CALIBRATION_ENV = "SERVE_CALIBRATION"
 # Multi-model mode: bytes the loaded models may take in all (default: the memory limit of the
 # container or machine, less a reserve); a load beyond it answers 507.
 MODELS_MEMORY_ENV = "SERVE_MODELS_MEMORY_BYTES"
+# auto (default: cuda when torch sees a GPU) | cpu | cuda: where the model runs
+DEVICE_ENV = "SERVE_DEVICE"
+# Requests MMS may hand a worker at once (one forward pass for all their images), and how long
+# it waits for them after the first (ms). Default: 1 (no batching) on cpu, 8 / 5 ms on cuda.
+BATCH_SIZE_ENV = "SERVE_BATCH_SIZE"
+BATCH_DELAY_MS_ENV = "SERVE_BATCH_DELAY_MS"
 
 # Set by serve for the processes it starts.
 MODEL_DIR_ENV = "SERVE_MODEL_DIR"  # the workers: the artifact to load
@@ -51,5 +57,8 @@ MMS_MAX_REQUEST_SIZE_ENV = "MMS_MAX_REQUEST_SIZE"
 MMS_INFERENCE_ADDRESS_ENV = "MMS_INFERENCE_ADDRESS"
 MMS_MANAGEMENT_ADDRESS_ENV = "MMS_MANAGEMENT_ADDRESS"
 MMS_USE_NATIVE_IO_ENV = "MMS_USE_NATIVE_IO"
+# Batching: the model MMS loads at start (no batching) gets no workers; serve registers it again
+# with a batch size (container_serve/batching.py).
+MMS_DEFAULT_WORKERS_ENV = "MMS_DEFAULT_WORKERS_PER_MODEL"
 MMS_LOG_LOCATION_ENV = "LOG_LOCATION"  # MMS's log4j configuration reads these two
 MMS_METRICS_LOCATION_ENV = "METRICS_LOCATION"

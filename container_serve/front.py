@@ -42,6 +42,8 @@ from container_serve.model_registry import MODEL_HEADER
 from container_serve.settings import ServeSettings
 
 MMS_SOCKET = "mms.sock"
+MMS_MANAGEMENT_SOCKET = "mms-management.sock"
+BATCHED_MODEL = "model"  # the name batching registers (sagemaker_inference's model name)
 _FORM_PLACEHOLDER = "@FORM_TYPE@"
 # Request bodies up to this size stay in memory; larger ones are spooled to a temp file in the
 # runtime dir (unlinked at once, gone when the request ends). Most photos fit; a 6 MiB body no
@@ -76,10 +78,14 @@ def mms_address(runtime_dir: str) -> str:
     return f"unix:{mms_socket(runtime_dir)}"
 
 
+def mms_management_socket(runtime_dir: str) -> str:
+    return os.path.join(runtime_dir, MMS_MANAGEMENT_SOCKET)
+
+
 def mms_env(runtime_dir: str) -> dict[str, str]:
     """MMS's listeners as MMS_* variables (they override its config file): both on Unix
     sockets, so the public port is nginx's alone."""
-    management = f"unix:{os.path.join(runtime_dir, 'mms-management.sock')}"
+    management = f"unix:{mms_management_socket(runtime_dir)}"
     return {MMS_INFERENCE_ADDRESS_ENV: mms_address(runtime_dir),
             MMS_MANAGEMENT_ADDRESS_ENV: management,
             MMS_USE_NATIVE_IO_ENV: "true"}
@@ -171,8 +177,20 @@ def _multi_model_locations(settings: ServeSettings, page: dict[str, str]) -> str
 """
 
 
+def _batched_location(settings: ServeSettings, page: dict[str, str]) -> str:
+    """Batching (container_serve/batching.py) registers the model again, and MMS's /invocations
+    finds only a model registered at start: name it in the path MMS gets."""
+    if settings.batch_size <= 1:
+        return ""
+    return f"""        location = /invocations {{
+{_to_mms(settings, page, path=f"/predictions/{BATCHED_MODEL}")}
+        }}
+"""
+
+
 def render_config(settings: ServeSettings, runtime_dir: str, max_body_bytes: int) -> str:
     page = _error_pages(settings, max_body_bytes)
+    locations = _multi_model_locations(settings, page) + _batched_location(settings, page)
     return f"""# Written by container_serve/front.py for one server; see that module for why.
 daemon off;
 {_user_line()}worker_processes 1;
@@ -210,7 +228,7 @@ http {{
         location / {{  # not /ping: a busy server is not a dead one
 {_to_mms(settings, page)}
         }}
-{_multi_model_locations(settings, page)}        error_page 413 = @too_large;
+{locations}        error_page 413 = @too_large;
         error_page 429 = @busy;
         error_page 502 504 = @down;
         location @too_large {{ return 413 {page['too_large']}; }}

@@ -29,7 +29,7 @@ from container_serve.lifecycle import MMS_HEALTHY, Lifecycle
 HEALTH_SOCKET = "health.sock"
 
 
-class _UnixConnection(http.client.HTTPConnection):
+class UnixConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float):
         super().__init__("localhost", timeout=timeout)
         self.path = path
@@ -42,7 +42,7 @@ class _UnixConnection(http.client.HTTPConnection):
 
 def mms_status(mms_socket: str, timeout: float = 5.0) -> str:
     """MMS's own /ping body status ("Healthy", "Partial Healthy", "Unhealthy"), or why none."""
-    connection = _UnixConnection(mms_socket, timeout)
+    connection = UnixConnection(mms_socket, timeout)
     try:
         connection.request("GET", "/ping")
         response = connection.getresponse()

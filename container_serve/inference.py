@@ -27,6 +27,7 @@ from container_serve.errors import (
     BadRequest,
     NotAcceptable,
     PayloadTooLarge,
+    ServeError,
     UnsupportedMediaType,
 )
 from container_serve.media import IMAGE_TYPES, JSON, unsupported
@@ -206,6 +207,43 @@ def _fp32_model(model_dir: str, manifest: Manifest, settings: ServeSettings, exa
     return _freeze(model, example), manifest, "frozen"
 
 
+class OnDevice(nn.Module):
+    """A network on the GPU behind the CPU interface the rest of serving uses: takes the CPU
+    batch (decoded and preprocessed on the CPU as today), moves it to the device in the
+    network's dtype, and gives the logits back on the CPU as float32."""
+
+    def __init__(self, network: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.network, self.device, self.dtype = network, device, dtype
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        on_device = batch.to(self.device, self.dtype, non_blocking=True)
+        return self.network(on_device).float().cpu()
+
+
+def half_supported(device: torch.device) -> bool:
+    """fp16 where the GPU has tensor cores for it (compute capability 7.0 and later: V100, T4,
+    A10G, A100, H100...); fp32 on older GPUs, where fp16 brings little."""
+    return torch.cuda.get_device_capability(device) >= (7, 0)
+
+
+def _cuda_model(model_dir: str, manifest: Manifest, settings: ServeSettings
+                ) -> tuple[nn.Module, Manifest, str]:
+    """The eager network on the GPU, fp16 where supported. The compiled (AOTInductor) and int8
+    variants are CPU code: on cuda the state_dict's network serves, and one line says so."""
+    if (settings.precision == "int8" or settings.graph in ("compiled", "frozen")
+            or {COMPILED, INT8} & set(manifest.variants)):
+        logger.warning("SERVE_PRECISION=%s SERVE_GRAPH=%s: the compiled, frozen and int8 graphs "
+                       "are CPU-only; serving the eager network on cuda", settings.precision,
+                       settings.graph)
+    fp32, manifest = load_artifact(model_dir, manifest)
+    device = torch.device("cuda")
+    dtype = torch.float16 if half_supported(device) else torch.float32
+    network = fp32.to(device, dtype, memory_format=torch.channels_last).eval()
+    name = "cuda-fp16" if dtype == torch.float16 else "cuda-fp32"
+    return OnDevice(network, device, dtype), manifest, name
+
+
 def model_fn(model_dir: str) -> ServedModel:
     """Manifest + weights -> a model ready to serve; ArtifactError names the file.
 
@@ -223,10 +261,13 @@ def load_served(model_dir: str, settings: ServeSettings) -> ServedModel:
     """model_fn with the settings given: the loading multi-model mode shares (resident_models)."""
     torch.set_num_threads(settings.threads_per_worker)
     manifest = Manifest.read(model_dir)
+    model: nn.Module
     size = manifest.preprocessing.crop_size
     example = torch.zeros(1, 3, size, size).contiguous(memory_format=torch.channels_last)
-    if settings.precision == "int8":
-        model: nn.Module = load_int8(model_dir, manifest)
+    if settings.device == "cuda":
+        model, manifest, graph = _cuda_model(model_dir, manifest, settings)
+    elif settings.precision == "int8":
+        model = load_int8(model_dir, manifest)
         graph = "int8"
         if warning := agreement_warning(manifest.variants[INT8]):
             logger.warning(warning)
@@ -246,8 +287,9 @@ def load_served(model_dir: str, settings: ServeSettings) -> ServedModel:
     model, graph = self_tested(model_dir, manifest, model, graph, settings, lambda: _fp32_model(
         model_dir, manifest, replace(settings, graph="frozen"), example))
     temperature = serving_temperature(manifest.calibration, settings.calibration)
-    logger.info("serving %s: %s graph, %d thread(s), temperature %g, novelty detector %s",
-                model_dir, graph, settings.threads_per_worker, temperature,
+    logger.info("serving %s: %s graph, %d thread(s), batches of up to %d request(s), "
+                "temperature %g, novelty detector %s", model_dir, graph,
+                settings.threads_per_worker, settings.batch_size, temperature,
                 manifest.novelty.method if manifest.novelty else "none")
     return ServedModel(model, manifest, manifest.preprocessing.transform(), settings, graph,
                        temperature)
@@ -309,10 +351,9 @@ def _check_request_pixels(images: list[Image], resize: int, settings: ServeSetti
         )
 
 
-def predict_fn(images: list[bytes], served: ServedModel) -> Prediction:
-    """Decode + preprocess exactly as evaluation does, then one forward pass for the batch.
-    Every header is read and checked (per image, then the request's total) before any image
-    is decoded."""
+def _preprocess(images: list[bytes], served: ServedModel) -> list[torch.Tensor]:
+    """Decode + preprocess exactly as evaluation does. Every header is read and checked (per
+    image, then the request's total) before any image is decoded."""
     pre = served.manifest.preprocessing
     limit = served.settings.max_pixels
     opened = []
@@ -325,8 +366,12 @@ def predict_fn(images: list[bytes], served: ServedModel) -> Prediction:
     for i, image in enumerate(opened):
         with _client_errors(f"image {i}: " if len(images) > 1 else ""):
             tensors.append(served.transform(decode(image)))
+    return tensors
+
+
+def _forward(tensors: list[torch.Tensor], served: ServedModel) -> Prediction:
     with torch.inference_mode():
-        # One forward for the whole JSON batch.
+        # One forward for the whole batch.
         batch = torch.stack(tensors).contiguous(memory_format=torch.channels_last)
         logits = served.model(batch).float()
         probabilities = torch.softmax(logits / served.temperature, dim=1)
@@ -334,6 +379,42 @@ def predict_fn(images: list[bytes], served: ServedModel) -> Prediction:
     return Prediction(probabilities, served.manifest.class_names,
                       None if novelty is None else novelty_scores(logits, novelty),
                       None if novelty is None else novelty.threshold)
+
+
+def predict_fn(images: list[bytes], served: ServedModel) -> Prediction:
+    """Decode + preprocess exactly as evaluation does, then one forward pass for the batch."""
+    return _forward(_preprocess(images, served), served)
+
+
+def _rows(prediction: Prediction, start: int, stop: int) -> Prediction:
+    """Images ``start:stop`` of a shared forward pass: one request's Prediction."""
+    scores = prediction.novelty_scores
+    return replace(prediction, probabilities=prediction.probabilities[start:stop],
+                   novelty_scores=None if scores is None else scores[start:stop])
+
+
+def predict_requests(requests: list[list[bytes]], served: ServedModel
+                     ) -> list[Prediction | ServeError]:
+    """predict_fn for several requests (MMS batching, docs/serving-api.md): each request's
+    images are checked and decoded on their own, so a bad one gets its own error; the images
+    of every good request share one forward pass. One answer per request, in order."""
+    answers: list[Prediction | ServeError | None] = []
+    tensors: list[torch.Tensor] = []
+    spans: list[tuple[int, int]] = []
+    for images in requests:
+        try:
+            decoded = _preprocess(images, served)
+        except ServeError as exc:
+            answers.append(exc)
+            continue
+        spans.append((len(tensors), len(tensors) + len(decoded)))
+        tensors.extend(decoded)
+        answers.append(None)
+    if tensors:
+        shared = _forward(tensors, served)
+        rows = iter(spans)
+        answers = [_rows(shared, *next(rows)) if a is None else a for a in answers]
+    return answers  # type: ignore[return-value]  # every None was replaced
 
 
 def image_result(prediction: Prediction, i: int, top_k: int,

@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from container_serve import front, health, management, privileges, toolkit_patches
+from container_serve import batching, front, health, management, privileges, toolkit_patches
 from container_serve.env_names import (
     ARTIFACT_GATE_ENV,
     GRAPH_ENV,
@@ -130,6 +130,10 @@ def _start_check(model_dir: str) -> subprocess.Popen:
     return subprocess.Popen(command, env=env)
 
 
+def mms_model_dir(runtime_dir: str) -> str:
+    return os.path.join(runtime_dir, "mms-model")  # empty: toolkit_patches says why
+
+
 def mms_max_request_bytes(settings: ServeSettings) -> int:
     return settings.max_request_bytes + MMS_REQUEST_SLACK
 
@@ -151,6 +155,7 @@ def _prepare_environment(settings: ServeSettings, model_dir: str, runtime_dir: s
     # nginx (container_serve.front) owns the public port; MMS listens on Unix sockets in the
     # runtime dir (MMS reads MMS_* variables over its config file: enable_envvars_config).
     os.environ.update(front.mms_env(runtime_dir))
+    os.environ.update(batching.mms_env(settings))
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (SOURCE_ROOT, os.environ.get("PYTHONPATH")) if p
     )
@@ -243,6 +248,8 @@ class _Supervisor:
         settings = self.settings
         if not self.lifecycle.move(ServeState.LOADING, "no worker has the model loaded yet"):
             return  # stopped or failed meanwhile: no port
+        if settings.batch_size > 1 and not self._register_batched():
+            return
         try:
             health.start(self.runtime_dir, front.mms_socket(self.runtime_dir), self.lifecycle)
             if settings.multi_model:
@@ -256,6 +263,19 @@ class _Supervisor:
                          daemon=True).start()
         threading.Thread(target=self._watch_refusals, name="watch-self-test",
                          daemon=True).start()
+
+    def _register_batched(self) -> bool:
+        """MMS batching (container_serve/batching.py): False (and serve fails) if MMS refused."""
+        settings = self.settings
+        try:
+            answer = batching.register(front.mms_management_socket(self.runtime_dir), settings,
+                                       mms_model_dir(self.runtime_dir))
+        except (batching.BatchingError, OSError) as exc:
+            self.fail(f"cannot turn on batching: {exc}")
+            return False
+        log(f"batching on {settings.device}: up to {settings.batch_size} requests per forward "
+            f"pass, waiting up to {settings.batch_delay_ms} ms ({answer})")
+        return True
 
     def _watch_refusals(self, interval: float = 0.5) -> None:
         """A worker whose self-test refused the model (startup_check) would be forked again and
@@ -349,10 +369,10 @@ def _run(settings: ServeSettings, model_dir: str, runtime_dir: str) -> int:
     if settings.multi_model:  # no model at start: each load checks its own artifact
         Path(os.environ[ARTIFACT_GATE_ENV]).touch()
         Registry(runtime_dir).clear()
-    mms_model_dir = os.path.join(runtime_dir, "mms-model")  # empty: toolkit_patches says why
-    os.makedirs(mms_model_dir, exist_ok=True)
+    os.makedirs(mms_model_dir(runtime_dir), exist_ok=True)
     supervisor = _Supervisor(settings, runtime_dir)
-    toolkit_patches.patch_model_server(mms_model_dir, os.path.join(runtime_dir, "mms.properties"),
+    toolkit_patches.patch_model_server(mms_model_dir(runtime_dir),
+                                       os.path.join(runtime_dir, "mms.properties"),
                                        supervisor.find_mms, supervisor.add_stop_handlers)
     log(
         f"starting MMS ({settings.workers} worker(s) x {settings.threads_per_worker} "

@@ -8,15 +8,19 @@ The knobs are documented in docs/serving-api.md.
 
 from __future__ import annotations
 
+import glob
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from container_serve.env_names import (
     ASYNC_ENV,
+    BATCH_DELAY_MS_ENV,
+    BATCH_SIZE_ENV,
     BATCH_STRICT_ENV,
     CALIBRATION_ENV,
+    DEVICE_ENV,
     GRAPH_ENV,
     MAX_IMAGES_ENV,
     MAX_PAYLOAD_MB_ENV,
@@ -52,6 +56,12 @@ ASYNC_TIMEOUT_SECONDS = 3600
 FLAG_VALUES = {"true": True, "1": True, "false": False, "0": False, "": False}
 PRECISIONS = ("fp32", "int8")
 GRAPHS = ("auto", "compiled", "frozen", "eager")
+DEVICES = ("auto", "cpu", "cuda")
+# Batching defaults per device (docs/serving-api.md, "GPU serving"). CPU: one request per
+# forward, what the CPU workers and their thread counts are tuned for (a batch there costs its
+# images' time anyway). CUDA: a forward of 8 images costs little more than one of 1, so
+# concurrent requests share it; 5 ms is what a lone request may wait for company.
+BATCH_DEFAULTS = {"cpu": (1, 5), "cuda": (8, 5)}
 MIB = 1024 * 1024  # SageMaker's "MB" in MaxPayloadInMB and SAGEMAKER_MAX_PAYLOAD_IN_MB
 # CreateTransformJob refuses MaxPayloadInMB above 100, and MaxConcurrentTransforms x
 # MaxPayloadInMB above 100.
@@ -92,6 +102,43 @@ def _flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
     if raw not in FLAG_VALUES:
         raise ServeSettingsError(f"{name}={raw!r} must be true or false")
     return FLAG_VALUES[raw]
+
+
+def nvidia_devices() -> bool:
+    """An NVIDIA GPU's device node is here (/dev/nvidia0, ...: the driver, or the container
+    runtime's mount of it)."""
+    return bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def _torch_sees_cuda() -> bool:
+    """torch.cuda.is_available(), asked only where an NVIDIA device exists: serve parses the
+    settings in its entry process, which otherwise never imports torch (seconds at start)."""
+    if not nvidia_devices():
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_device(requested: str, cuda_available: Callable[[], bool] = _torch_sees_cuda) -> str:
+    """auto -> cuda when torch sees a GPU, else cpu; cuda without one is refused (a deployer
+    who asks for the GPU must not silently get the CPU)."""
+    if requested == "auto":
+        return "cuda" if cuda_available() else "cpu"
+    if requested == "cuda" and not cuda_available():
+        raise ServeSettingsError(f"{DEVICE_ENV}=cuda but torch sees no CUDA device here")
+    return requested
+
+
+def _batching(env: Mapping[str, str], device: str, multi_model: bool) -> tuple[int, int]:
+    size, delay = BATCH_DEFAULTS[device]
+    size = _int(env, BATCH_SIZE_ENV, 1 if multi_model else size)
+    if multi_model and size > 1:  # one batch may name several models
+        raise ServeSettingsError(f"{BATCH_SIZE_ENV}={size}: batching is not available in "
+                                 "multi-model mode")
+    return size, _int(env, BATCH_DELAY_MS_ENV, delay, minimum=0)
+
+
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
     raw = env.get(name, "").strip()
     if not raw:
@@ -128,10 +175,17 @@ class ServeSettings:
     batch_strict: bool = False  # JSON Lines: a bad record fails the request (no error line)
     multi_model: bool = False  # the /models API (container_serve/management.py)
     models_memory_bytes: int = 0  # multi-model memory budget; 0: from the machine
+    device: str = "cpu"  # resolved: cpu | cuda (SERVE_DEVICE=auto is resolved by from_env)
+    batch_size: int = BATCH_DEFAULTS["cpu"][0]  # requests per forward pass (MMS batching)
+    batch_delay_ms: int = BATCH_DEFAULTS["cpu"][1]  # MMS's max_batch_delay
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> ServeSettings:
+    def from_env(cls, env: Mapping[str, str] | None = None,
+                 cuda_available: Callable[[], bool] = _torch_sees_cuda) -> ServeSettings:
         env = os.environ if env is None else env
+        multi_model = _flag(env, MULTI_MODEL_ENV)
+        device = resolve_device(_choice(env, DEVICE_ENV, DEVICES), cuda_available)
+        batch_size, batch_delay_ms = _batching(env, device, multi_model)
         asynchronous = _flag(env, ASYNC_ENV)
         default = cls(max_request_bytes=ASYNC_MAX_REQUEST_BYTES,
                       timeout_seconds=ASYNC_TIMEOUT_SECONDS) if asynchronous else cls()
@@ -162,8 +216,11 @@ class ServeSettings:
             asynchronous=asynchronous,
             calibration=_flag(env, CALIBRATION_ENV, default.calibration),
             batch_strict=_flag(env, BATCH_STRICT_ENV),
-            multi_model=_flag(env, MULTI_MODEL_ENV),
+            multi_model=multi_model,
             models_memory_bytes=_int(env, MODELS_MEMORY_ENV, 0, minimum=0),
+            device=device,
+            batch_size=batch_size,
+            batch_delay_ms=batch_delay_ms,
         )
         if settings.port > 65535:
             raise ServeSettingsError(f"{PORT_ENV}={settings.port} is not a TCP port")
@@ -189,6 +246,9 @@ class ServeSettings:
             BATCH_STRICT_ENV: str(self.batch_strict).lower(),
             MULTI_MODEL_ENV: str(self.multi_model).lower(),
             MODELS_MEMORY_ENV: str(self.models_memory_bytes),
+            DEVICE_ENV: self.device,
+            BATCH_SIZE_ENV: str(self.batch_size),
+            BATCH_DELAY_MS_ENV: str(self.batch_delay_ms),
             # OpenMP/MKL pools outside torch.set_num_threads follow the same budget.
             OMP_THREADS_ENV: str(self.threads_per_worker),
         }
@@ -205,11 +265,13 @@ class ServeSettings:
         - MaxPayloadInMB: the request limit in whole MiB (at least 1), so that any record the
           real-time endpoint takes fits in one request.
         - MaxConcurrentTransforms: one request per worker (a worker serves one at a time; more
-          would only queue), fewer when SageMaker's cap on concurrency x payload (100 MB)
-          demands: the payload must hold the largest record, fewer requests in flight only
-          cost time.
+          would only queue), times the batch size when batching is on; fewer when SageMaker's
+          cap on concurrency x payload (100 MB) demands: the payload must hold the largest
+          record, fewer requests in flight only cost time.
         """
         payload_mb = max(1, min(self.max_request_bytes // MIB, TRANSFORM_PAYLOAD_LIMIT_MB))
-        concurrent = max(1, min(self.workers, TRANSFORM_PAYLOAD_LIMIT_MB // payload_mb))
+        # With batching (SERVE_BATCH_SIZE > 1) a worker takes that many requests at once.
+        in_flight = self.workers * self.batch_size
+        concurrent = max(1, min(in_flight, TRANSFORM_PAYLOAD_LIMIT_MB // payload_mb))
         return {"MaxConcurrentTransforms": concurrent, "BatchStrategy": "SingleRecord",
                 "MaxPayloadInMB": payload_mb}

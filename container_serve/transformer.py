@@ -12,14 +12,16 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
 from sagemaker_inference.transformer import Transformer
 
-from container_serve import batch, inference
+from container_serve import batch, batching, inference
 from container_serve.env_names import (
     ARTIFACT_GATE_ENV,
+    BATCH_SIZE_ENV,
     MODEL_DIR_ENV,
     MULTI_MODEL_ENV,
     RUNTIME_DIR_ENV,
@@ -47,6 +49,24 @@ def _response_type(context: Any, idx: int, status: HTTPStatus) -> str:
 
 
 GATE_TIMEOUT_SECONDS = 600
+# On every answer: how many requests MMS handed the worker together (1: not batched), so a
+# client or a test can see batching at work (docs/serving-api.md, "GPU serving").
+BATCH_HEADER = "X-Serve-Batch-Requests"
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    images: list[bytes]
+    accept: str | None
+    top_k: int
+    abstain: bool
+
+
+def _checked(prediction: inference.Prediction | ServeError) -> inference.Prediction:
+    """A request's share of a batch: its Prediction, or the error its own images caused."""
+    if isinstance(prediction, ServeError):
+        raise prediction
+    return prediction
 
 
 def wait_for_artifact_check(timeout: float = GATE_TIMEOUT_SECONDS) -> None:
@@ -74,6 +94,9 @@ class ServeTransformer(OwnFunctionsOnly, Transformer):
             return
         # MMS is given an empty directory (see serve.py); the artifact's path comes from serve.
         model_dir = os.environ.get(MODEL_DIR_ENV) or model_dir
+        if batching.replaced_at_start(int(os.environ.get(BATCH_SIZE_ENV) or 1), context):
+            logger.info("MMS's start-up model: batching replaces it; not loading the model")
+            return
         wait_for_artifact_check()
         super().validate_and_initialize(model_dir=model_dir, context=context)
 
@@ -93,27 +116,81 @@ class ServeTransformer(OwnFunctionsOnly, Transformer):
         return inference.model_fn, inference.input_fn, inference.predict_fn, inference.output_fn
 
     def transform(self, data: list[dict[str, Any]], context: Any) -> list[str]:
+        # MMS batching (SERVE_BATCH_SIZE > 1) hands several requests at once: they share one
+        # forward pass; each still gets its own answer or error.
+        shared = self._shared_forward(data, context) if len(data) > 1 else {}
         responses = []
         for idx, request in enumerate(data):
-            status, body = HTTPStatus.OK, ""
-            try:
-                body = self._handle_one(request, context, idx)
-            except ServeError as exc:
-                status, message = HTTPStatus(exc.status_code), exc.message
-                logger.info("refused with %d: %s", status, message)
-            except ArtifactError as exc:  # model_fn failed in initialize: the log says why;
-                # the client is told only that, not the artifact's paths on this machine.
-                logger.error(one_line(f"model not loaded: {exc}"))
-                status, message = HTTPStatus.INTERNAL_SERVER_ERROR, MODEL_NOT_LOADED
-            except Exception:  # a bug of ours: the client gets one line, the log the traceback
-                logger.exception("inference failed")
-                status, message = HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; see the logs"
+            status, body = shared.get(idx) or self._outcome(
+                lambda: self._handle_one(request, context, idx))  # noqa: B023 (called now)
             if status != HTTPStatus.OK:
-                body = error_body(status, message)
                 context.set_response_status(code=int(status), phrase=status.phrase, idx=idx)
             context.set_response_content_type(idx, _response_type(context, idx, status))
+            context.set_response_header(idx, BATCH_HEADER, str(len(data)))
             responses.append(body)
         return responses
+
+    @staticmethod
+    def _outcome(work: Callable[[], Any]) -> tuple[HTTPStatus, Any]:
+        """(200, what ``work`` returns), or the error status and its one-line JSON body."""
+        try:
+            return HTTPStatus.OK, work()
+        except ServeError as exc:
+            status, message = HTTPStatus(exc.status_code), exc.message
+            logger.info("refused with %d: %s", status, message)
+        except ArtifactError as exc:  # model_fn failed in initialize: the log says why;
+            # the client is told only that, not the artifact's paths on this machine.
+            logger.error(one_line(f"model not loaded: {exc}"))
+            status, message = HTTPStatus.INTERNAL_SERVER_ERROR, MODEL_NOT_LOADED
+        except Exception:  # a bug of ours: the client gets one line, the log the traceback
+            logger.exception("inference failed")
+            status, message = HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; see the logs"
+        return status, error_body(status, message)
+
+    def _parsed(self, request: dict[str, Any], headers: dict[str, str],
+                settings: ServeSettings) -> _Parsed:
+        """What a request asks for, read and checked before its forward pass."""
+        accept = headers.get("accept")
+        inference.check_accept(accept)  # refuse before spending a forward pass
+        attributes = headers.get(inference.CUSTOM_ATTRIBUTES)
+        top_k = inference.parse_top_k(attributes, settings)
+        abstain = inference.parse_abstain(attributes)
+        images = self._input_fn(request.get("body"), headers.get("content-type"), settings)
+        return _Parsed(images, accept, top_k, abstain)
+
+    def _shared_forward(self, data: list[dict[str, Any]], context: Any
+                        ) -> dict[int, tuple[HTTPStatus, str]]:
+        """Answers, by index, for the image requests of a batch, from one forward pass; the
+        others (JSON Lines, multi-model mode, a model that failed to load) are left to
+        _handle_one."""
+        status, _ = self._outcome(lambda: self.validate_and_initialize(
+            model_dir=context.system_properties.get("model_dir"), context=context))
+        if status != HTTPStatus.OK or self._models is not None:
+            return {}
+        answers: dict[int, tuple[HTTPStatus, str]] = {}
+        parsed: dict[int, _Parsed] = {}
+        settings = self._model.settings
+        for idx, request in enumerate(data):
+            headers = _headers(context, idx)
+            if batch.is_jsonlines(headers.get("content-type")):
+                continue
+            status, value = self._outcome(
+                lambda: self._parsed(request, headers, settings))  # noqa: B023
+            if status == HTTPStatus.OK:
+                parsed[idx] = value
+            else:
+                answers[idx] = status, value
+        if not parsed:
+            return answers
+        status, shared = self._outcome(lambda: inference.predict_requests(
+            [p.images for p in parsed.values()], self._model))
+        for n, (idx, p) in enumerate(parsed.items()):
+            if status != HTTPStatus.OK:  # the shared forward failed: so did its requests
+                answers[idx] = status, shared
+                continue
+            answers[idx] = self._outcome(lambda: self._output_fn(
+                _checked(shared[n]), p.accept, p.top_k, p.abstain))  # noqa: B023
+        return answers
 
     def _handle_one(self, request: dict[str, Any], context: Any, idx: int) -> str:
         model_dir = context.system_properties.get("model_dir")
@@ -123,10 +200,6 @@ class ServeTransformer(OwnFunctionsOnly, Transformer):
         if batch.is_jsonlines(headers.get("content-type")):  # batch transform's JSON Lines
             handlers = batch.Handlers(self._input_fn, self._predict_fn, self._output_fn)
             return batch.transform(request.get("body"), headers, served, handlers)
-        accept = headers.get("accept")
-        inference.check_accept(accept)  # refuse before spending a forward pass
-        top_k = inference.parse_top_k(headers.get(inference.CUSTOM_ATTRIBUTES), served.settings)
-        abstain = inference.parse_abstain(headers.get(inference.CUSTOM_ATTRIBUTES))
-        images = self._input_fn(request.get("body"), headers.get("content-type"), served.settings)
-        prediction = self._predict_fn(images, served)
-        return self._output_fn(prediction, accept, top_k, abstain)
+        p = self._parsed(request, headers, served.settings)
+        prediction = self._predict_fn(p.images, served)
+        return self._output_fn(prediction, p.accept, p.top_k, p.abstain)

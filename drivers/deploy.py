@@ -37,8 +37,11 @@ ENDPOINT_PREFIX = "resnet-serve"
 VARIANT = "AllTraffic"
 SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
 SERVERLESS_MEMORY = (1024, 2048, 3072, 4096, 5120, 6144)
-# Accelerated families: container_serve runs the model on the CPU, so these pay for an idle chip.
+# Accelerated families. GPU (CUDA): the serving image runs the model on the GPU by itself
+# (SERVE_DEVICE=auto, docs/serving-api.md "GPU serving"). Neuron (Inferentia, Trainium): the
+# image has no Neuron runtime, so the model runs on the CPUs and these pay for an idle chip.
 ACCELERATED_FAMILY = re.compile(r"^ml\.(g\d|p\d|inf\d|trn\d)")
+GPU_FAMILY = re.compile(r"^ml\.(g\d|p\d)")
 CAPTURE_JSON_TYPES = ["application/json"]
 # Set on everything deploy.py creates; --delete touches nothing without it.
 OWNER_TAG = {"Key": "sagemaker-resnet50:created-by", "Value": "scripts/deploy.py"}
@@ -282,9 +285,13 @@ def async_inference_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def instance_note(instance_type: str) -> str | None:
-    """A line for an accelerated instance type: serving would leave its GPU idle."""
+    """A line for an accelerated instance type: what serving does with its chip."""
     if not ACCELERATED_FAMILY.match(instance_type):
         return None
+    if GPU_FAMILY.match(instance_type):
+        return (f"note: {instance_type} has a GPU: the serving image runs the model on it "
+                "(SERVE_DEVICE=auto: fp16 where the GPU has it, batches of up to 8 concurrent "
+                "requests per forward pass; docs/serving-api.md, GPU serving).")
     return (f"note: {instance_type} has an accelerator, but the serving image runs the model "
             "on its CPUs (the fastest CPU path: compiled fp32 or int8); the accelerator stays "
             "idle. A CPU instance type (ml.m5.xlarge, the default, or ml.c6i.xlarge) costs less.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 
@@ -43,15 +44,22 @@ def test_instance_variant_and_endpoint(run_driver):
     assert creates == ["CreateModel", "CreateEndpointConfig", "CreateEndpoint"]
 
 
-@pytest.mark.parametrize(("instance_type", "noted"), [
-    ("ml.g4dn.xlarge", True), ("ml.p3.2xlarge", True), ("ml.inf2.xlarge", True),
-    ("ml.m5.xlarge", False), ("ml.c6i.xlarge", False), ("ml.c6gn.xlarge", False)])
-def test_accelerated_instance_is_noted_not_refused(run_driver, instance_type, noted):
+@pytest.mark.parametrize(("instance_type", "note"), [
+    ("ml.g4dn.xlarge", "has a GPU: the serving image runs the model on it"),
+    ("ml.p3.2xlarge", "has a GPU: the serving image runs the model on it"),
+    ("ml.inf2.xlarge", "has an accelerator, but the serving image runs the model on its CPUs"),
+    ("ml.m5.xlarge", None), ("ml.c6i.xlarge", None), ("ml.c6gn.xlarge", None)])
+def test_accelerated_instance_is_noted_not_refused(run_driver, instance_type, note):
     result = dry(run_driver, "--model-data", MODEL_DATA, "--instance-type", instance_type)
     assert result.rc == 0
     variant = result.only("CreateEndpointConfig")["ProductionVariants"][0]
     assert variant["InstanceType"] == instance_type  # the user's choice stands
-    assert (f"note: {instance_type} has an accelerator" in result.err) is noted
+    assert ("note:" in result.err) is (note is not None)
+    if note is not None:
+        assert f"note: {instance_type} {note}" in " ".join(result.err.split())
+    assert "idle" not in result.err or instance_type.startswith("ml.inf")
+    # SERVE_DEVICE=auto finds the GPU: deploy sets no device on the model.
+    assert "SERVE_DEVICE" not in json.dumps(result.only("CreateModel"))
 
 
 def test_serverless_variant_and_data_capture(run_driver):
