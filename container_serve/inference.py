@@ -212,8 +212,8 @@ def model_fn(model_dir: str) -> ServedModel:
     fp32 (default): the artifact's compiled variant (AOTInductor, model_artifact.compiled)
     when it loads on this machine, else the state_dict (``weights_only=True``), channels_last,
     traced and frozen; ``SERVE_GRAPH`` forces one (compiled | frozen | eager).
-    ``SERVE_PRECISION=int8``: the manifest's int8 variant, a frozen TorchScript file
-    (hash-checked, ``torch.jit.load``); absent -> ArtifactError.
+    ``SERVE_PRECISION=int8``: the manifest's int8 variant, an AOTInductor package checked like
+    the compiled one (model_artifact.quantize); absent or refused -> ArtifactError.
     Everything that can be done once is done here, so a request only decodes and runs forward.
     """
     return load_served(model_dir, ServeSettings.from_env())
@@ -226,7 +226,7 @@ def load_served(model_dir: str, settings: ServeSettings) -> ServedModel:
     size = manifest.preprocessing.crop_size
     example = torch.zeros(1, 3, size, size).contiguous(memory_format=torch.channels_last)
     if settings.precision == "int8":
-        model: nn.Module = load_int8(model_dir, manifest)
+        model: nn.Module = load_int8(model_dir, manifest, settings.threads_per_worker)
         graph = "int8"
         if warning := agreement_warning(manifest.variants[INT8]):
             logger.warning(warning)

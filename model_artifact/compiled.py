@@ -109,14 +109,26 @@ def compile_package(model: nn.Module, crop_size: int, path: str | os.PathLike[st
 
     Raises ArtifactError when this machine cannot compile it (not x86-64, no C++ compiler).
     """
+    model = model.to("cpu", memory_format=torch.channels_last).eval()
+    example = torch.zeros(1, 3, crop_size, crop_size).contiguous(memory_format=torch.channels_last)
+    with quiet(), torch.no_grad():
+        exported = torch.export.export(model, (example,))
+    return compile_exported(exported, path, threads)
+
+
+def compile_exported(exported: torch.export.ExportedProgram, path: str | os.PathLike[str],
+                     threads: int = SERVING_THREADS) -> Path:
+    """An exported program (fp32, or int8 from model_artifact.quantize) -> AOTInductor package
+    at ``path`` (x86-64-v3, frozen), specialised for ``threads`` intra-op threads: the one
+    compile step both variants share.
+
+    Raises ArtifactError when this machine cannot compile it (not x86-64, no C++ compiler).
+    """
     if platform.machine() not in ("x86_64", "AMD64"):
         raise ArtifactError(f"compiling for {MARCH} needs an x86-64 host, not "
                             f"{platform.machine()}")
-    model = model.to("cpu", memory_format=torch.channels_last).eval()
-    example = torch.zeros(1, 3, crop_size, crop_size).contiguous(memory_format=torch.channels_last)
     with tempfile.TemporaryDirectory(prefix="inductor-") as scratch, \
-            _inductor_settings(scratch), _threads(threads), quiet(), torch.no_grad():
-        exported = torch.export.export(model, (example,))
+            _inductor_settings(scratch), _threads(threads), torch.no_grad():
         try:
             written = torch._inductor.aoti_compile_and_package(
                 exported, package_path=str(path))
@@ -169,19 +181,27 @@ def load_compiled(model_dir: str | os.PathLike[str], manifest: Manifest,
     if variant.format != COMPILED_FORMAT:
         raise ArtifactError(f"compiled variant format {variant.format!r} is not "
                             f"{COMPILED_FORMAT!r}")
+    return load_package_variant(model_dir, COMPILED, variant, threads)
+
+
+def load_package_variant(model_dir: str | os.PathLike[str], name: str, variant: Variant,
+                         threads: int = SERVING_THREADS) -> BatchOne:
+    """Any AOTInductor variant of the manifest (``name``: compiled, int8) whose format the
+    caller has checked: torch version, thread count, CPU and sha256 checked here, in that
+    order, so that no native code is loaded before every check has passed."""
     if variant.torch != torch.__version__:
-        raise ArtifactError(f"compiled variant was built by torch {variant.torch or '?'}; "
+        raise ArtifactError(f"{name} variant was built by torch {variant.torch or '?'}; "
                             f"this is torch {torch.__version__}")
     if variant.threads and variant.threads != threads:
-        raise ArtifactError(f"compiled variant is specialised for {variant.threads} thread(s) "
+        raise ArtifactError(f"{name} variant is specialised for {variant.threads} thread(s) "
                             f"per worker; this worker runs {threads}")
     capability = torch.backends.cpu.get_cpu_capability()
     if capability not in CAPABLE:
-        raise ArtifactError(f"compiled variant needs AVX2; this CPU offers {capability}")
+        raise ArtifactError(f"{name} variant needs AVX2; this CPU offers {capability}")
     from model_artifact.network import verified_file
 
-    path = verified_file(Path(model_dir) / variant.file, variant.required_sha256(COMPILED),
-                         "compiled model file")
+    path = verified_file(Path(model_dir) / variant.file, variant.required_sha256(name),
+                         f"{name} model file")
     try:
         with quiet(), _isa_comparison_quieted():
             runner = _load_package(path)
