@@ -222,3 +222,25 @@ def test_quantize_compile_load_round_trip(tmp_path: Path) -> None:
     with torch.inference_mode():
         assert torch.allclose(served, quantized(x), atol=0.02)
         assert torch.allclose(served, model(x), atol=0.05)  # int8 rounding, small net
+
+
+def test_a_below_bar_int8_is_reported_by_the_job_and_not_the_default(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """An int8 model under the agreement bar: the training job's log says so and that it is not
+    the default, and serving's default (no SERVE_PRECISION) stays fp32."""
+    import logging
+
+    from container_serve.settings import ServeSettings
+    from model_artifact import quantize, writer
+
+    low = Manifest.from_dict(manifest_dict(variants={INT8: {**VARIANT, "top1_agreement": 0.9}}))
+    monkeypatch.setattr(quantize, "write_int8_variant", lambda *args: low)
+    log = logging.getLogger("training-job")
+    with caplog.at_level(logging.WARNING, logger="training-job"):
+        written = writer.write_int8(tmp_path, torch.nn.Identity(), low, train_images=["a.png"],
+                                    valid_images=["b.png"], seed=0, log=log)
+    assert written == low
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "90.0% of 49 held-out images (bar 99%)" in line
+    assert "not the default" in line and "SERVE_PRECISION=int8" in line
+    assert ServeSettings.from_env({}).precision == "fp32"
