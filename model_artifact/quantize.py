@@ -25,6 +25,7 @@ hyperparameter ``int8`` is true; serving picks the variant only with ``SERVE_PRE
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
@@ -52,6 +53,8 @@ CALIBRATION_IMAGES = INT8_CALIBRATION_IMAGES
 # Below this share of top-1 answers in common with fp32, int8 visibly changes what the
 # endpoint answers: training and serving both say so (bench/serving_speed.py holds int8 to it).
 AGREEMENT_BAR = 0.99
+
+_log = logging.getLogger(__name__)
 
 
 def _quantizer() -> object:
@@ -111,8 +114,9 @@ def agreement_warning(variant: Variant) -> str | None:
 
 def load_int8(model_dir: str | os.PathLike[str], manifest: Manifest,
               threads: int = SERVING_THREADS) -> BatchOne:
-    """The manifest's int8 variant, checked like the compiled one (hash, torch, threads, CPU);
-    ArtifactError says which check failed."""
+    """The manifest's int8 variant, checked like the compiled one (hash, torch, CPU; a thread
+    count other than the package's is logged, not refused); ArtifactError says which check
+    failed."""
     variant = manifest.variants.get(INT8)
     if variant is None:
         raise ArtifactError(
@@ -125,6 +129,13 @@ def load_int8(model_dir: str | os.PathLike[str], manifest: Manifest,
                             "with SERVE_PRECISION=fp32")
     if variant.format != INT8_FORMAT:
         raise ArtifactError(f"int8 variant format {variant.format!r} is not {INT8_FORMAT!r}")
+    if variant.threads and variant.threads != threads:
+        # Unlike the compiled variant there is no other int8 graph to fall back to, and the
+        # package gives the same answers with any thread count: only its speed is tuned.
+        _log.warning("int8 variant is specialised for %d thread(s) per worker; this worker runs "
+                     "%d: it serves, slower than with %d", variant.threads, threads,
+                     variant.threads)
+        threads = variant.threads
     return load_package_variant(model_dir, INT8, variant, threads)
 
 
