@@ -25,7 +25,7 @@ sample photos (JPEG, about 500x375). Targets (one ``RESULT serve ...`` line each
 - int8 top-1 agreement with fp32 (both served, over HTTP) on the fixed set (sample test+valid
   photos, not used for calibration) >= 0.99
 - p50 at concurrency 1 <= 1.15 x the bare batch-1 forward time of the same model (the served
-  fp32 graph or the int8 TorchScript, as model_fn builds them, worker thread count, timed in
+  fp32 graph or the int8 package, as model_fn builds them, worker thread count, timed in
   this process right after each c=1 phase),
   fp32 and int8
 - cold start (container or process start -> first 200 from /invocations) <= 10 s, fp32 and int8
@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{cpus} CPUs, load average {os.getloadavg()[0]:.1f}, work dir {work}")
 
     t0 = time.monotonic()
-    if args.reuse_artifact and (model_dir / "model_int8.pt").is_file():
+    if args.reuse_artifact and (model_dir / "model_int8.pt2").is_file():
         from model_artifact.manifest import INT8, Manifest
 
         variant = Manifest.read(model_dir).variants[INT8].to_dict()

@@ -250,8 +250,8 @@ def model_fn(model_dir: str) -> ServedModel:
     fp32 (default): the artifact's compiled variant (AOTInductor, model_artifact.compiled)
     when it loads on this machine, else the state_dict (``weights_only=True``), channels_last,
     traced and frozen; ``SERVE_GRAPH`` forces one (compiled | frozen | eager).
-    ``SERVE_PRECISION=int8``: the manifest's int8 variant, a frozen TorchScript file
-    (hash-checked, ``torch.jit.load``); absent -> ArtifactError.
+    ``SERVE_PRECISION=int8``: the manifest's int8 variant, an AOTInductor package checked like
+    the compiled one (model_artifact.quantize); absent or refused -> ArtifactError.
     Everything that can be done once is done here, so a request only decodes and runs forward.
     """
     return load_served(model_dir, ServeSettings.from_env())
@@ -267,7 +267,7 @@ def load_served(model_dir: str, settings: ServeSettings) -> ServedModel:
     if settings.device == "cuda":
         model, manifest, graph = _cuda_model(model_dir, manifest, settings)
     elif settings.precision == "int8":
-        model = load_int8(model_dir, manifest)
+        model = load_int8(model_dir, manifest, settings.threads_per_worker)
         graph = "int8"
         if warning := agreement_warning(manifest.variants[INT8]):
             logger.warning(warning)

@@ -109,9 +109,10 @@ SPECS: tuple[Spec, ...] = (
          "training steps of the first epoch traced by torch.profiler into "
          "<output-data-dir>/profiler (0 = off)", low=0, high=1000),
     Spec("int8", "bool", False,
-         "also write an int8 model (static quantization, calibrated on "
-         f"{INT8_CALIBRATION_IMAGES} training images) "
-         "that serving uses with SERVE_PRECISION=int8; adds about a minute on CPU"),
+         "also write an int8 model (PyTorch 2 export quantization, calibrated on "
+         f"{INT8_CALIBRATION_IMAGES} training images, compiled with AOTInductor) "
+         "that serving uses with SERVE_PRECISION=int8, never by default; adds a few minutes "
+         "on CPU"),
     Spec("compile", "bool", True,
          "also write the fp32 model compiled ahead of time (AOTInductor, x86-64-v3, batch 1), "
          "which fp32 serving on CPU runs about 1.2x faster than its TorchScript graph; adds "

@@ -121,15 +121,27 @@ def compile_package(model: nn.Module, crop_size: int, path: str | os.PathLike[st
 
     Raises ArtifactError when this machine cannot compile it (not x86-64, no C++ compiler).
     """
+    model = model.to("cpu", memory_format=torch.channels_last).eval()
+    example = torch.zeros(1, 3, crop_size, crop_size).contiguous(memory_format=torch.channels_last)
+    with quiet(), torch.no_grad():
+        exported = torch.export.export(model, (example,))
+    return compile_exported(exported, path, threads, target)
+
+
+def compile_exported(exported: torch.export.ExportedProgram, path: str | os.PathLike[str],
+                     threads: int = SERVING_THREADS, target: IsaTarget = V3) -> Path:
+    """An exported program (fp32, or int8 from model_artifact.quantize) -> AOTInductor package
+    at ``path`` (``target``'s instruction set, frozen), specialised for ``threads`` intra-op
+    threads: the one compile step both variants share.
+
+    Raises ArtifactError when this machine cannot compile it (not x86-64, no C++ compiler).
+    """
     if platform.machine() not in ("x86_64", "AMD64"):
         raise ArtifactError(f"compiling for {target.march} needs an x86-64 host, not "
                             f"{platform.machine()}")
-    model = model.to("cpu", memory_format=torch.channels_last).eval()
-    example = torch.zeros(1, 3, crop_size, crop_size).contiguous(memory_format=torch.channels_last)
     with tempfile.TemporaryDirectory(prefix="inductor-") as scratch, \
             _inductor_settings(scratch, target.march, target.simdlen), _threads(threads), \
-            quiet(), torch.no_grad():
-        exported = torch.export.export(model, (example,))
+            torch.no_grad():
         try:
             written = torch._inductor.aoti_compile_and_package(
                 exported, package_path=str(path))
@@ -189,19 +201,31 @@ def _load_target(model_dir: str | os.PathLike[str], manifest: Manifest, threads:
     if variant.format != target.format:
         raise ArtifactError(f"{target.variant} variant format {variant.format!r} is not "
                             f"{target.format!r}")
+    return load_package_variant(model_dir, target.variant, variant, threads, target,
+                                capability)
+
+
+def load_package_variant(model_dir: str | os.PathLike[str], name: str, variant: Variant,
+                         threads: int = SERVING_THREADS, target: IsaTarget = V3,
+                         capability: str | None = None) -> BatchOne:
+    """Any AOTInductor variant of the manifest (``name``: compiled, compiled_avx512, int8)
+    whose format the caller has checked, built for ``target``'s instruction set: torch version,
+    thread count, CPU and sha256 checked here, in that order, so that no native code is loaded
+    before every check has passed."""
     if variant.torch != torch.__version__:
-        raise ArtifactError(f"{target.variant} variant was built by torch "
-                            f"{variant.torch or '?'}; this is torch {torch.__version__}")
+        raise ArtifactError(f"{name} variant was built by torch {variant.torch or '?'}; "
+                            f"this is torch {torch.__version__}")
     if variant.threads and variant.threads != threads:
-        raise ArtifactError(f"{target.variant} variant is specialised for {variant.threads} "
-                            f"thread(s) per worker; this worker runs {threads}")
+        raise ArtifactError(f"{name} variant is specialised for {variant.threads} thread(s) "
+                            f"per worker; this worker runs {threads}")
+    capability = capability or torch.backends.cpu.get_cpu_capability()
     if capability not in target.capable:
-        raise ArtifactError(f"{target.variant} variant needs {' or '.join(target.capable)}; "
-                            f"this CPU offers {capability}")
+        raise ArtifactError(f"{name} variant needs {' or '.join(target.capable)}; this CPU "
+                            f"offers {capability}")
     from model_artifact.network import verified_file
 
-    path = verified_file(Path(model_dir) / variant.file, variant.required_sha256(target.variant),
-                         "compiled model file")
+    path = verified_file(Path(model_dir) / variant.file, variant.required_sha256(name),
+                         f"{name} model file")
     try:
         with quiet():
             runner = _load_package(path)

@@ -78,9 +78,9 @@ class Variant:
     calibration_images: int = 0
     top1_agreement: float | None = None  # with the fp32 model, on agreement_images images
     agreement_images: int = 0
-    torch: str = ""  # compiled: the torch version whose ABI the file needs
-    max_logit_difference: float | None = None  # compiled: largest |logit - fp32 logit| seen
-    threads: int = 0  # compiled: the intra-op threads it was compiled for (0: not recorded)
+    torch: str = ""  # compiled, int8: the torch version whose ABI the file needs
+    max_logit_difference: float | None = None  # compiled, int8: largest |logit - fp32 logit|
+    threads: int = 0  # compiled, int8: intra-op threads it was compiled for (0: not recorded)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -97,8 +97,8 @@ class Variant:
         }
 
     def required_sha256(self, name: str) -> str:
-        """The variant's sha256: mandatory, because the file is code (a TorchScript graph or a
-        shared library) and a missing hash would load whatever file sits there."""
+        """The variant's sha256: mandatory, because the file is code (a shared library) and a
+        missing hash would load whatever file sits there."""
         if not _SHA256_HEX.fullmatch(self.sha256):
             raise ArtifactError(f"{MANIFEST_FILE}: variants.{name}.sha256 is "
                                 f"{'missing' if not self.sha256 else 'not 64 hex digits'}: a "

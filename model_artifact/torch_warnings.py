@@ -1,5 +1,6 @@
 """torch's deprecation warnings, silenced where this package uses the deprecated APIs on
-purpose (TorchScript, torch.ao quantization, torch.export): they would repeat on every call."""
+purpose (TorchScript, torch.export): they would repeat on every call. The int8 path
+(model_artifact.quantize) uses none of them and silences nothing."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Iterator
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """TorchScript and torch.ao.quantization warn on every call that they are deprecated."""
+    """TorchScript warns on every call that it is deprecated."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)

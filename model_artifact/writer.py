@@ -77,7 +77,9 @@ def write_int8(model_dir: Path, model: nn.Module, manifest: Manifest, *, train_i
              variant.top1_agreement, variant.agreement_images, "valid" if check else "train")
     warning = agreement_warning(variant)
     if warning:
-        log.warning(warning)
+        # Serving's default stays fp32 whatever the job writes; say so where the job is read.
+        log.warning("%s; not the default: endpoints serve fp32 unless SERVE_PRECISION=int8",
+                    warning)
     return written
 
 

@@ -22,7 +22,7 @@ from container_serve import inference
 from model_artifact.manifest import INT8, Manifest
 from model_artifact.network import file_sha256, load_artifact
 from model_artifact.preprocess import image_batches
-from model_artifact.quantize import write_int8_variant
+from model_artifact.quantize import INT8_FILE, write_int8_variant
 from model_artifact.self_test import SELF_TEST_FILE, SelfTestError, load_self_test
 from tests.conftest import HELD_OUT, SAMPLE_DATA, TrainingRun
 from tests.integration.test_serve_mms import run_serve, start_server, stop_server
@@ -135,7 +135,7 @@ def test_an_int8_variant_that_disagrees_is_refused(int8_artifacts: dict[str, Pat
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SERVE_PRECISION", "int8")
     assert Manifest.read(int8_artifacts["bad"]).variants[INT8].sha256 == file_sha256(
-        int8_artifacts["bad"] / "model_int8.pt")
+        int8_artifacts["bad"] / INT8_FILE)
     with pytest.raises(SelfTestError, match="self-test failed on the int8 graph"):
         inference.model_fn(str(int8_artifacts["bad"]))
 

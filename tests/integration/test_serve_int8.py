@@ -50,7 +50,8 @@ def test_training_writes_the_variant(int8_run: TrainingRun) -> None:
     assert variant.calibration_images == 64  # of the 89 training photos
     assert variant.agreement_images == 25  # the valid split, held out from calibration
     assert variant.top1_agreement is not None and variant.top1_agreement >= MIN_AGREEMENT
-    assert "int8 variant model_int8.pt: calibrated on 64 training images" in int8_run.log
+    assert f"int8 variant {INT8_FILE}: calibrated on 64 training images" in int8_run.log
+    assert variant.torch == torch.__version__ and variant.threads == 1  # the package's ties
 
 
 def test_int8_top1_agrees_with_fp32(int8_artifact: Path) -> None:

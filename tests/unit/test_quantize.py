@@ -1,4 +1,5 @@
-"""The int8 variant: its manifest entry, its loader's refusals, and the serving knob."""
+"""The int8 variant: its manifest entry, its loader's refusals, the serving knob, and the
+pt2e quantize + AOTInductor compile round trip (a small network, 16 px: seconds, not minutes)."""
 
 from __future__ import annotations
 
@@ -16,13 +17,15 @@ from model_artifact.quantize import (
     INT8_FILE,
     INT8_FORMAT,
     agreement_warning,
+    compile_int8,
     load_int8,
     quantize_int8,
-    save_int8,
 )
 
 VARIANT = {"file": INT8_FILE, "format": INT8_FORMAT, "sha256": "ab" * 32,
-           "calibration_images": 64, "top1_agreement": 0.98, "agreement_images": 49}
+           "calibration_images": 64, "top1_agreement": 0.98, "agreement_images": 49,
+           "torch": torch.__version__, "threads": 1}
+AVX2 = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 
 
 def manifest_dict(**extra: object) -> dict:
@@ -105,22 +108,55 @@ def test_int8_requested_without_variant_says_why(tmp_path: Path,
         inference.model_fn(str(tmp_path))
 
 
+@pytest.mark.skipif(not AVX2, reason="load_int8 refuses a CPU without AVX2 before the file")
 def test_int8_file_missing_or_tampered(tmp_path: Path) -> None:
     manifest = write_manifest(tmp_path, variants={INT8: VARIANT})
-    with pytest.raises(ArtifactError, match="model_int8.pt: int8 model file .* is missing"):
+    with pytest.raises(ArtifactError, match="model_int8.pt2: int8 model file .* is missing"):
         load_int8(tmp_path, manifest)
-    (tmp_path / INT8_FILE).write_bytes(b"not torchscript")
+    (tmp_path / INT8_FILE).write_bytes(b"not a package")
     with pytest.raises(ArtifactError, match="sha256 does not match"):
         load_int8(tmp_path, manifest)
     manifest = write_manifest(tmp_path, variants={INT8: {
-        **VARIANT, "sha256": hashlib.sha256(b"not torchscript").hexdigest()}})
-    with pytest.raises(ArtifactError, match="cannot be loaded as TorchScript"):
+        **VARIANT, "sha256": hashlib.sha256(b"not a package").hexdigest()}})
+    with pytest.raises(ArtifactError, match="cannot be loaded as an AOTInductor package"):
         load_int8(tmp_path, manifest)
+
+
+def test_old_torchscript_int8_is_refused_with_retrain(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Artifacts trained before the pt2e path carry a TorchScript int8 file: serving says in
+    one line to retrain (or serve fp32), and never opens the file."""
+    old = {**VARIANT, "file": "model_int8.pt", "format": "torchscript-fx-x86-int8"}
+    del old["torch"], old["threads"]
+    write_manifest(tmp_path, variants={INT8: old})
+    monkeypatch.setenv("SERVE_PRECISION", "int8")
+    with pytest.raises(ArtifactError) as info:
+        inference.model_fn(str(tmp_path))
+    assert "\n" not in str(info.value)
+    assert "'torchscript-fx-x86-int8'" in str(info.value) and "retrain" in str(info.value)
+
+
+def test_int8_package_from_another_torch_is_refused(tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path, variants={INT8: {**VARIANT, "torch": "2.0.0"}})
+    with pytest.raises(ArtifactError, match="int8 variant was built by torch 2.0.0"):
+        load_int8(tmp_path, manifest, threads=1)
+
+
+@pytest.mark.skipif(not AVX2, reason="load_int8 refuses a CPU without AVX2 before the file")
+def test_int8_with_another_thread_count_is_served_with_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """SERVE_PRECISION=int8 with one worker on N CPUs (N threads): there is no other int8
+    graph, so the package serves (same answers, slower) and the worker says so."""
+    manifest = write_manifest(tmp_path, variants={INT8: VARIANT})
+    with pytest.raises(ArtifactError, match="int8 model file .* is missing"):  # got past threads
+        load_int8(tmp_path, manifest, threads=2)
+    assert any("specialised for 1 thread(s) per worker; this worker runs 2: it serves"
+               in message for message in caplog.messages)
 
 
 @pytest.mark.parametrize("sha", ["", None, "AB" * 31])
 def test_a_variant_without_its_sha256_is_never_loaded(tmp_path: Path, sha: str | None) -> None:
-    """The variants are code (a TorchScript graph, a shared library): with the hash missing,
+    """The variants are code (shared libraries): with the hash missing,
     empty or malformed, the loader refuses the file instead of loading whatever is there."""
     from model_artifact.compiled import COMPILED_FILE, COMPILED_FORMAT, load_compiled
 
@@ -133,10 +169,10 @@ def test_a_variant_without_its_sha256_is_never_loaded(tmp_path: Path, sha: str |
     manifest = write_manifest(tmp_path, variants=variants)
     (tmp_path / INT8_FILE).write_bytes(b"not torchscript")
     (tmp_path / COMPILED_FILE).write_bytes(b"not a package")
+    if not AVX2:
+        pytest.skip("the loaders refuse this CPU before they read the hash")
     with pytest.raises(ArtifactError, match="variants.int8.sha256 is (missing|not 64 hex)"):
         load_int8(tmp_path, manifest)
-    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
-        pytest.skip("load_compiled refuses this CPU before it reads the hash")
     with pytest.raises(ArtifactError, match="variants.compiled.sha256 is (missing|not 64 hex)"):
         load_compiled(tmp_path, manifest)
 
@@ -155,19 +191,64 @@ class SmallNet(torch.nn.Module):
         return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
-def test_quantize_save_load_round_trip(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    model = SmallNet().eval()
-    batches = [torch.rand(8, 3, 16, 16) for _ in range(4)]
-    int8 = quantize_int8(model, batches)
-    save_int8(int8, tmp_path / INT8_FILE)
+LOAD_WITHOUT_TORCHAO = """
+import sys, torch
+sys.modules["torchao"] = None  # the serving image has no torchao: importing it fails
+from model_artifact.manifest import Manifest
+from model_artifact.quantize import load_int8
+model_dir = sys.argv[1]
+int8 = load_int8(model_dir, Manifest.read(model_dir))
+x = torch.load(model_dir + "/x.pt")
+with torch.inference_mode():
+    torch.save(int8(x), model_dir + "/y.pt")
+"""
+
+
+@pytest.mark.skipif(not AVX2, reason="the package targets x86-64-v3 (AVX2)")
+def test_quantize_compile_load_round_trip(tmp_path: Path) -> None:
+    """pt2e quantization + AOTInductor: the package answers like the quantized graph, close to
+    fp32, and loads where torchao cannot be imported (the serving image)."""
+    pytest.importorskip("torchao", reason="quantizing needs torchao (dev/requirements-host.txt)")
+    import subprocess
+    import sys
+
     from model_artifact.network import file_sha256
 
-    manifest = write_manifest(tmp_path, variants={INT8: {
-        **VARIANT, "sha256": file_sha256(tmp_path / INT8_FILE)}})
-    loaded = load_int8(tmp_path, manifest)
+    torch.manual_seed(0)
+    model = SmallNet().eval()
+    quantized = quantize_int8(model, [torch.rand(8, 3, 16, 16) for _ in range(3)]
+                              + [torch.rand(1, 3, 16, 16)])  # last batch smaller, as in training
+    quant_ops = {str(n.target) for n in quantized.graph.nodes if "quantize" in str(n.target)}
+    assert "quantized_decomposed.quantize_per_tensor.default" in quant_ops
+    compile_int8(quantized, 16, tmp_path / INT8_FILE)
+    write_manifest(tmp_path, variants={INT8: {**VARIANT, "sha256": file_sha256(
+        tmp_path / INT8_FILE)}})
     x = torch.rand(4, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    torch.save(x, tmp_path / "x.pt")
+    subprocess.run([sys.executable, "-c", LOAD_WITHOUT_TORCHAO, str(tmp_path)], check=True)
+    served = torch.load(tmp_path / "y.pt")
     with torch.inference_mode():
-        assert torch.allclose(loaded(x), int8(x))
-        assert torch.allclose(loaded(x), model(x), atol=0.05)  # int8 rounding, small net
-    assert "quantized" in str(loaded.graph) or "quantized" in str(loaded.inlined_graph)
+        assert torch.allclose(served, quantized(x), atol=0.02)
+        assert torch.allclose(served, model(x), atol=0.05)  # int8 rounding, small net
+
+
+def test_a_below_bar_int8_is_reported_by_the_job_and_not_the_default(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """An int8 model under the agreement bar: the training job's log says so and that it is not
+    the default, and serving's default (no SERVE_PRECISION) stays fp32."""
+    import logging
+
+    from container_serve.settings import ServeSettings
+    from model_artifact import quantize, writer
+
+    low = Manifest.from_dict(manifest_dict(variants={INT8: {**VARIANT, "top1_agreement": 0.9}}))
+    monkeypatch.setattr(quantize, "write_int8_variant", lambda *args: low)
+    log = logging.getLogger("training-job")
+    with caplog.at_level(logging.WARNING, logger="training-job"):
+        written = writer.write_int8(tmp_path, torch.nn.Identity(), low, train_images=["a.png"],
+                                    valid_images=["b.png"], seed=0, log=log)
+    assert written == low
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "90.0% of 49 held-out images (bar 99%)" in line
+    assert "not the default" in line and "SERVE_PRECISION=int8" in line
+    assert ServeSettings.from_env({}).precision == "fp32"
