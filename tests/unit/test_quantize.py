@@ -64,8 +64,10 @@ def test_compiled_variant_round_trips_with_its_torch_version() -> None:
 def test_low_agreement_is_named_in_one_line() -> None:
     low = agreement_warning(Variant(**{**VARIANT, "top1_agreement": 0.875}))
     assert low is not None and "\n" not in low
-    assert "87.5% of 49 held-out images" in low and "bar 99%" in low
-    assert agreement_warning(Variant(**{**VARIANT, "top1_agreement": 0.99})) is None
+    assert "87.5% of 49 held-out images" in low and "bar 99.5%" in low
+    # The bar is issue 20's goal: at least 99.5% of top-1 answers in common with fp32.
+    assert agreement_warning(Variant(**{**VARIANT, "top1_agreement": 0.99})) is not None
+    assert agreement_warning(Variant(**{**VARIANT, "top1_agreement": 0.995})) is None
     assert agreement_warning(Variant(**{**VARIANT, "top1_agreement": None})) is None
 
 
@@ -249,6 +251,6 @@ def test_a_below_bar_int8_is_reported_by_the_job_and_not_the_default(
                                     valid_images=["b.png"], seed=0, log=log)
     assert written == low
     (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert "90.0% of 49 held-out images (bar 99%)" in line
+    assert "90.0% of 49 held-out images (bar 99.5%)" in line
     assert "not the default" in line and "SERVE_PRECISION=int8" in line
     assert ServeSettings.from_env({}).precision == "fp32"
