@@ -46,7 +46,8 @@ def _logits(network: torch.nn.Module, paths: list[Path], pre) -> torch.Tensor:
                       for batch in image_batches(paths, pre, batch_size=64)])
 
 
-def measure(model_dir: Path, test_dir: Path, train_dir: Path) -> dict:
+def measure(model_dir: Path, test_dir: Path, train_dir: Path,
+            calibration_images: int = CALIBRATION_IMAGES) -> dict:
     """Quantize a copy of ``model_dir``; score fp32 and int8 on every image of ``test_dir``."""
     with tempfile.TemporaryDirectory(prefix="int8-bench-") as scratch:
         work = Path(scratch) / "model"
@@ -54,7 +55,7 @@ def measure(model_dir: Path, test_dir: Path, train_dir: Path) -> dict:
         model, manifest = load_artifact(work)
         start = time.perf_counter()
         manifest = write_int8_variant(work, model, manifest,
-                                      _calibration(train_dir, CALIBRATION_IMAGES))
+                                      _calibration(train_dir, calibration_images))
         seconds = time.perf_counter() - start
         paths, labels = test_images(test_dir, tuple(manifest.class_names))
         torch.set_num_threads(SERVING_THREADS)
@@ -76,6 +77,7 @@ def main() -> int:
                         "reference network)")
     parser.add_argument("--test-dir", type=Path, help="test images, <class>/<image>")
     parser.add_argument("--train-dir", type=Path, help="calibration images, <class>/<image>")
+    parser.add_argument("--calibration-images", type=int, default=CALIBRATION_IMAGES)
     args = parser.parse_args()
     if args.model_dir is None:
         reference = reference_network(args)
@@ -83,10 +85,11 @@ def main() -> int:
                                                          reference.test_dir, reference.train_dir)
     if args.test_dir is None or args.train_dir is None:
         parser.error("--model-dir needs --test-dir and --train-dir")
-    result = measure(args.model_dir, args.test_dir, args.train_dir)
+    result = measure(args.model_dir, args.test_dir, args.train_dir, args.calibration_images)
     ok = result["agreement"] >= TARGET_AGREEMENT
     print(f"int8_agreement: {args.model_dir}, {result['images']} test images, int8 "
-          f"{result['format']} built in {result['build_s']:.0f} s, {SERVING_THREADS} thread")
+          f"{result['format']} calibrated on {args.calibration_images} training images, built in "
+          f"{result['build_s']:.0f} s, {SERVING_THREADS} thread")
     print("| measure | fp32 | int8 |")
     print("|---|---|---|")
     print(f"| test accuracy | {result['fp32_acc']:.4f} | {result['int8_acc']:.4f} |")
