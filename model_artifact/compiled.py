@@ -79,8 +79,6 @@ V4 = IsaTarget(COMPILED_AVX512, "model_compiled_avx512.pt2", "aotinductor-x86-64
 TARGETS = (V4, V3)  # best first; V3 is the variant every x86 endpoint can run
 COMPILED_FILE = V3.file
 COMPILED_FORMAT = V3.format
-MARCH = V3.march
-CAPABLE = V3.capable
 
 
 @contextlib.contextmanager

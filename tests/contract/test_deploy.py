@@ -76,14 +76,18 @@ def test_serverless_variant_and_data_capture(run_driver):
         "CaptureContentTypeHeader": {"JsonContentTypes": ["application/json"]}}
 
 
+# DescribeTrainingJob's answer for a finished job whose model is MODEL_DATA.
+COMPLETED_JOB = {"TrainingJobName": "train-1", "TrainingJobArn": "arn:x",
+                 "TrainingJobStatus": "Completed", "SecondaryStatus": "Completed",
+                 "CreationTime": "2026-11-27T20:00:00Z",
+                 "ModelArtifacts": {"S3ModelArtifacts": MODEL_DATA},
+                 "AlgorithmSpecification": {"TrainingInputMode": "File"},
+                 "ResourceConfig": {"InstanceCount": 1, "VolumeSizeInGB": 1},
+                 "StoppingCondition": {"MaxRuntimeInSeconds": 1}}
+
+
 def test_training_job_name_gives_the_model_data(run_driver):
-    job = {"TrainingJobName": "train-1", "TrainingJobArn": "arn:x",
-           "TrainingJobStatus": "Completed", "SecondaryStatus": "Completed",
-           "CreationTime": "2026-11-27T20:00:00Z",
-           "ModelArtifacts": {"S3ModelArtifacts": MODEL_DATA},
-           "AlgorithmSpecification": {"TrainingInputMode": "File"},
-           "ResourceConfig": {"InstanceCount": 1, "VolumeSizeInGB": 1},
-           "StoppingCondition": {"MaxRuntimeInSeconds": 1}}
+    job = COMPLETED_JOB
     result = run_driver(deploy, [*AWS_SETTINGS, "--dry-run", "--name", "ep-1",
                                  "--training-job", "train-1"], {"DescribeTrainingJob": job})
     assert result.call("DescribeTrainingJob") == {"TrainingJobName": "train-1"}
@@ -310,13 +314,7 @@ def test_delete_dry_run_says_what_it_would_delete(run_driver, monkeypatch):
     ({"lr": "0.001", "compile": "true"}, False),
 ])
 def test_a_model_without_the_compiled_variant_is_flagged(run_driver, hyperparameters, warned):
-    job = {"TrainingJobName": "train-1", "TrainingJobArn": "arn:x",
-           "TrainingJobStatus": "Completed", "SecondaryStatus": "Completed",
-           "CreationTime": "2026-11-27T20:00:00Z",
-           "ModelArtifacts": {"S3ModelArtifacts": MODEL_DATA},
-           "AlgorithmSpecification": {"TrainingInputMode": "File"},
-           "ResourceConfig": {"InstanceCount": 1, "VolumeSizeInGB": 1},
-           "StoppingCondition": {"MaxRuntimeInSeconds": 1}, "HyperParameters": hyperparameters}
+    job = {**COMPLETED_JOB, "HyperParameters": hyperparameters}
     result = run_driver(deploy, [*AWS_SETTINGS, "--dry-run", "--name", "ep-1",
                                  "--training-job", "train-1"], {"DescribeTrainingJob": job})
     assert result.rc == 0
