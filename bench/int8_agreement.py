@@ -4,7 +4,9 @@ The int8 variant is built exactly as the training job builds it
 (``model_artifact.quantize.write_int8_variant``: pt2e quantization with the x86 Inductor
 quantizer, calibrated on training images, compiled with AOTInductor) into a copy of a trained
 artifact, then both networks score every test image through serving's preprocessing, with
-serving's one thread. Goal (issue 20): agreement >= 99.5%.
+serving's one thread. Goal (issue 20): agreement >= 99.5%. One row per set of modules left
+fp32 (``--fp32-modules``; default: none, and the job's ``quantize.FP32_MODULES``), each built
+from the same artifact and scored against the same fp32 logits.
 
     .venv/bin/python bench/int8_agreement.py                      # the reference network
     .venv/bin/python bench/int8_agreement.py --model-dir DIR --test-dir DIR --train-dir DIR
@@ -26,10 +28,9 @@ import torch
 
 from bench.reference_network import IMAGE_SUFFIXES, add_arguments, reference_network, test_images
 from model_artifact.compiled import SERVING_THREADS
-from model_artifact.manifest import INT8
 from model_artifact.network import load_artifact
 from model_artifact.preprocess import image_batches
-from model_artifact.quantize import load_int8, write_int8_variant
+from model_artifact.quantize import FP32_MODULES, load_int8, write_int8_variant
 
 TARGET_AGREEMENT = 0.995
 CALIBRATION_IMAGES = 64  # the job's INT8_CALIBRATION_IMAGES order of magnitude
@@ -46,28 +47,46 @@ def _logits(network: torch.nn.Module, paths: list[Path], pre) -> torch.Tensor:
                       for batch in image_batches(paths, pre, batch_size=64)])
 
 
+def _build(model_dir: Path, work: Path, train_dir: Path, calibration_images: int,
+           fp32_modules: tuple[str, ...]) -> tuple[torch.nn.Module, float]:
+    """A fresh copy of ``model_dir`` in ``work`` with its int8 variant: (int8 graph, seconds)."""
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(model_dir, work)
+    model, manifest = load_artifact(work)
+    start = time.perf_counter()
+    manifest = write_int8_variant(work, model, manifest,
+                                  _calibration(train_dir, calibration_images),
+                                  fp32_modules=fp32_modules)
+    return load_int8(work, manifest), time.perf_counter() - start
+
+
 def measure(model_dir: Path, test_dir: Path, train_dir: Path,
-            calibration_images: int = CALIBRATION_IMAGES) -> dict:
-    """Quantize a copy of ``model_dir``; score fp32 and int8 on every image of ``test_dir``."""
+            calibration_images: int = CALIBRATION_IMAGES,
+            configs: tuple[tuple[str, ...], ...] = ((), FP32_MODULES)) -> dict:
+    """Score fp32 and, for each tuple of modules kept fp32 in ``configs``, an int8 variant
+    built into a copy of ``model_dir``, on every image of ``test_dir``."""
+    model, manifest = load_artifact(model_dir)
+    paths, labels = test_images(test_dir, tuple(manifest.class_names))
+    pre = manifest.preprocessing
+    torch.set_num_threads(SERVING_THREADS)
+    fp32 = _logits(model.to(memory_format=torch.channels_last).eval(), paths, pre)
+    rows = []
     with tempfile.TemporaryDirectory(prefix="int8-bench-") as scratch:
-        work = Path(scratch) / "model"
-        shutil.copytree(model_dir, work)
-        model, manifest = load_artifact(work)
-        start = time.perf_counter()
-        manifest = write_int8_variant(work, model, manifest,
-                                      _calibration(train_dir, calibration_images))
-        seconds = time.perf_counter() - start
-        paths, labels = test_images(test_dir, tuple(manifest.class_names))
-        torch.set_num_threads(SERVING_THREADS)
-        fp32 = _logits(model.to(memory_format=torch.channels_last).eval(), paths,
-                       manifest.preprocessing)
-        int8 = _logits(load_int8(work, manifest), paths, manifest.preprocessing)
-    return {"images": len(paths), "build_s": seconds,
-            "agreement": float((fp32.argmax(1) == int8.argmax(1)).double().mean()),
-            "fp32_acc": float((fp32.argmax(1) == labels).double().mean()),
-            "int8_acc": float((int8.argmax(1) == labels).double().mean()),
-            "max_diff": float((fp32 - int8).abs().max()),
-            "format": manifest.variants[INT8].format}
+        for fp32_modules in configs:
+            int8_graph, seconds = _build(model_dir, Path(scratch) / "model", train_dir,
+                                         calibration_images, fp32_modules)
+            torch.set_num_threads(SERVING_THREADS)
+            int8 = _logits(int8_graph, paths, pre)
+            rows.append({"fp32_modules": fp32_modules, "build_s": seconds,
+                         "agreement": float((fp32.argmax(1) == int8.argmax(1)).double().mean()),
+                         "int8_acc": float((int8.argmax(1) == labels).double().mean()),
+                         "max_diff": float((fp32 - int8).abs().max())})
+    return {"images": len(paths), "fp32_acc": float((fp32.argmax(1) == labels).double().mean()),
+            "rows": rows}
+
+
+def _modules(text: str) -> tuple[str, ...]:
+    return tuple(name for name in text.split(",") if name)
 
 
 def main() -> int:
@@ -78,6 +97,9 @@ def main() -> int:
     parser.add_argument("--test-dir", type=Path, help="test images, <class>/<image>")
     parser.add_argument("--train-dir", type=Path, help="calibration images, <class>/<image>")
     parser.add_argument("--calibration-images", type=int, default=CALIBRATION_IMAGES)
+    parser.add_argument("--fp32-modules", type=_modules, action="append",
+                        help="modules left fp32, comma-separated ('' = none); repeat for more "
+                             f"rows (default: none, and the job's {','.join(FP32_MODULES)})")
     args = parser.parse_args()
     if args.model_dir is None:
         reference = reference_network(args)
@@ -85,20 +107,26 @@ def main() -> int:
                                                          reference.test_dir, reference.train_dir)
     if args.test_dir is None or args.train_dir is None:
         parser.error("--model-dir needs --test-dir and --train-dir")
-    result = measure(args.model_dir, args.test_dir, args.train_dir, args.calibration_images)
-    ok = result["agreement"] >= TARGET_AGREEMENT
-    print(f"int8_agreement: {args.model_dir}, {result['images']} test images, int8 "
-          f"{result['format']} calibrated on {args.calibration_images} training images, built in "
-          f"{result['build_s']:.0f} s, {SERVING_THREADS} thread")
-    print("| measure | fp32 | int8 |")
-    print("|---|---|---|")
-    print(f"| test accuracy | {result['fp32_acc']:.4f} | {result['int8_acc']:.4f} |")
-    print(f"| top-1 agreement with fp32 | | {result['agreement']:.4f} (goal >= "
-          f"{TARGET_AGREEMENT}) |")
-    print(f"| largest logit difference | | {result['max_diff']:.3f} |")
-    print(f"RESULT int8_agreement agreement={result['agreement']:.4f} "
-          f"accuracy_delta={result['int8_acc'] - result['fp32_acc']:+.4f} "
-          f"images={result['images']} pass={str(ok).lower()}")
+    configs = tuple(args.fp32_modules or ((), FP32_MODULES))
+    result = measure(args.model_dir, args.test_dir, args.train_dir, args.calibration_images,
+                     configs)
+    print(f"int8_agreement: {args.model_dir}, {result['images']} test images, fp32 accuracy "
+          f"{result['fp32_acc']:.4f}, int8 calibrated on {args.calibration_images} training "
+          f"images, {SERVING_THREADS} thread")
+    print("| modules kept fp32 | top-1 agreement with fp32 | int8 accuracy (delta) | "
+          "largest logit difference | build s |")
+    print("|---|---|---|---|---|")
+    for row in result["rows"]:
+        print(f"| {','.join(row['fp32_modules']) or 'none'} | {row['agreement']:.4f} | "
+              f"{row['int8_acc']:.4f} ({row['int8_acc'] - result['fp32_acc']:+.4f}) | "
+              f"{row['max_diff']:.3f} | {row['build_s']:.0f} |")
+    job = next((r for r in result["rows"] if r["fp32_modules"] == FP32_MODULES),
+               result["rows"][-1])
+    ok = job["agreement"] >= TARGET_AGREEMENT
+    print(f"RESULT int8_agreement agreement={job['agreement']:.4f} "
+          f"fp32_modules={','.join(job['fp32_modules']) or 'none'} "
+          f"accuracy_delta={job['int8_acc'] - result['fp32_acc']:+.4f} "
+          f"images={result['images']} target>={TARGET_AGREEMENT} pass={str(ok).lower()}")
     return 0
 
 

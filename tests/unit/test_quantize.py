@@ -234,6 +234,30 @@ def test_quantize_compile_load_round_trip(tmp_path: Path) -> None:
         assert torch.allclose(served, model(x), atol=0.05)  # int8 rounding, small net
 
 
+def _weight_is_int8(quantized: torch.fx.GraphModule, op: str) -> bool:
+    """Whether the weight reaching the graph's ``op`` node comes out of a dequantize (int8)."""
+    node = next(n for n in quantized.graph.nodes if str(n.target) == op)
+    weight = node.args[1]
+    return isinstance(weight, torch.fx.Node) and "dequantize" in str(weight.target)
+
+
+@pytest.mark.skipif(not AVX2, reason="the package targets x86-64-v3 (AVX2)")
+def test_modules_named_fp32_are_left_unquantized() -> None:
+    """quantize.FP32_MODULES (the stem conv1 and the head fc) stay fp32; the other
+    convolutions are int8; naming no module quantizes the head too."""
+    pytest.importorskip("torchao", reason="quantizing needs torchao (dev/requirements-host.txt)")
+    from model_artifact.quantize import FP32_MODULES
+
+    assert "fc" in FP32_MODULES
+    torch.manual_seed(0)
+    calibration = [torch.rand(4, 3, 16, 16) for _ in range(2)]
+    default = quantize_int8(SmallNet().eval(), calibration)
+    assert _weight_is_int8(default, "aten.conv2d.default")
+    assert not _weight_is_int8(default, "aten.linear.default")
+    everything = quantize_int8(SmallNet().eval(), calibration, fp32_modules=())
+    assert _weight_is_int8(everything, "aten.linear.default")
+
+
 def test_a_below_bar_int8_is_reported_by_the_job_and_not_the_default(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """An int8 model under the agreement bar: the training job's log says so and that it is not
