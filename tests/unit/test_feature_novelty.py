@@ -24,6 +24,7 @@ from model_artifact import compiled
 from model_artifact.manifest import COMPILED, ArtifactError, Manifest, Novelty
 from model_artifact.network import WithFeatures, build_model
 from model_artifact.novelty import (
+    feature_scores,
     fit_class_gaussian,
     fit_feature_novelty,
     load_feature_gaussian,
@@ -105,8 +106,6 @@ def test_a_known_class_feature_scores_below_an_outlier() -> None:
     train = centres[labels] + torch.randn(300, 32, generator=generator)
     valid = centres[labels[:90]] + torch.randn(90, 32, generator=generator)
     novelty, gaussian = fit_feature_novelty(train, labels, valid, num_classes=3, rate=0.05)
-    from model_artifact.novelty import feature_scores
-
     known = feature_scores(centres[1:2] + 0.5 * torch.randn(1, 32, generator=generator),
                            gaussian)
     outlier = feature_scores(-centres[1:2] + 6 * torch.randn(1, 32, generator=generator),
@@ -158,6 +157,8 @@ def test_a_tampered_novelty_file_is_refused(resnet, tmp_path: Path) -> None:
                folder / "novelty.pt")  # well formed, but not the file the manifest hashed
     with pytest.raises(ArtifactError, match="novelty.pt: sha256 does not match"):
         inference.load_served(str(folder), ServeSettings(graph="frozen"))
+    with pytest.raises(ArtifactError, match="novelty.pt: sha256 does not match"):
+        load_feature_gaussian(folder, Manifest.read(folder))
     with pytest.raises(ArtifactError, match="novelty.pt: sha256 does not match"):
         ResidentModels(ServeSettings(graph="frozen")).load("m", str(folder))
 
@@ -242,7 +243,7 @@ def test_the_int8_package_gives_the_features(small) -> None:
     pytest.importorskip("torchao", reason="quantizing needs torchao (dev/requirements-host.txt)")
     from model_artifact.quantize import INT8_FILE, write_int8_variant
 
-    folder, net, train, manifest = small
+    folder, net, train, _ = small
     written = write_int8_variant(folder, net, Manifest.read(folder), [p for p, _ in train])
     assert written.variants["int8"].format == "aotinductor-pt2e-x86-int8-batch1+features"
     assert (folder / INT8_FILE).is_file()
