@@ -256,3 +256,20 @@ def test_the_int8_package_gives_the_features(small) -> None:
     errors = [abs(_score(served, b)["novelty_score"] / _reference(net, train, b) - 1)
               for b in bodies]
     assert sorted(errors)[len(errors) // 2] < 0.05, errors
+
+
+def test_the_device_graph_gives_the_features(resnet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OnDevice (serving on cuda) hands both outputs back as float32 CPU tensors: stood in here
+    by the same ResNet in CPU half precision, the fp16 that cuda serves."""
+    folder, net, train = resnet
+    half = build_model("resnet50", len(CLASSES)).eval()
+    half.load_state_dict(net.state_dict())
+    on_device = inference.OnDevice(WithFeatures(half).half(), torch.device("cpu"),
+                                   torch.float16)
+    manifest = Manifest.read(folder)
+    monkeypatch.setattr(inference, "_cuda_model",
+                        lambda model_dir, m, s: (on_device, manifest, "cuda-fp16"))
+    served = inference.load_served(str(folder), ServeSettings(device="cuda"))
+    body = _png(1, 779)
+    assert _score(served, body)["novelty_score"] == pytest.approx(
+        _reference(net, train, body), rel=0.05)
