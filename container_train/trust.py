@@ -33,10 +33,11 @@ from model_artifact.novelty import (
 )
 from model_artifact.preprocess import EvalPreprocessing, image_batches
 
-# The features fit's cost is one forward pass over these images (train) plus the valid split:
-# 100 per class is enough for class means, and 10,000 in all (5x the 2048 features) for a
-# shrunk shared covariance; the D x D covariance product is then ~4e10 flops.
-FEATURE_FIT_PER_CLASS = 100
+# The features fit's cost is one forward pass over these images (train) plus the valid split.
+# A shared 2048 x 2048 covariance wants several times 2048 images (800 left most directions to
+# the shrinkage); 10,000 in all (~5x) keeps the pass and the ~4e10-flop covariance product
+# bounded, and 1,000 per class keeps a large class from crowding out the others.
+FEATURE_FIT_PER_CLASS = 1_000
 FEATURE_FIT_IMAGES = 10_000
 
 log = logging.getLogger(__name__)

@@ -273,3 +273,12 @@ def test_the_device_graph_gives_the_features(resnet, monkeypatch: pytest.MonkeyP
     body = _png(1, 779)
     assert _score(served, body)["novelty_score"] == pytest.approx(
         _reference(net, train, body), rel=0.05)
+
+
+def test_the_train_sample_is_capped_per_class_and_in_all() -> None:
+    samples = [(f"{label}-{i}.png", label) for label in range(3) for i in range(50)]
+    chosen = trust.capped_sample(samples, seed=0, per_class=20, total=50)
+    counts = [sum(1 for _, y in chosen if y == label) for label in range(3)]
+    assert len(chosen) == 50 and max(counts) == 20 and set(chosen) <= set(samples)
+    assert chosen == trust.capped_sample(samples, seed=0, per_class=20, total=50)  # seeded
+    assert len(trust.capped_sample(samples, seed=0)) == 150  # defaults: every image here
