@@ -279,6 +279,8 @@ def test_the_train_sample_is_capped_per_class_and_in_all() -> None:
     samples = [(f"{label}-{i}.png", label) for label in range(3) for i in range(50)]
     chosen = trust.capped_sample(samples, seed=0, per_class=20, total=50)
     counts = [sum(1 for _, y in chosen if y == label) for label in range(3)]
-    assert len(chosen) == 50 and max(counts) == 20 and set(chosen) <= set(samples)
+    assert len(chosen) == 50 and max(counts) <= 20 and set(chosen) <= set(samples)
+    per_class = trust.capped_sample(samples, seed=0, per_class=10, total=100)
+    assert sorted(y for _, y in per_class) == [0] * 10 + [1] * 10 + [2] * 10
     assert chosen == trust.capped_sample(samples, seed=0, per_class=20, total=50)  # seeded
     assert len(trust.capped_sample(samples, seed=0)) == 150  # defaults: every image here
