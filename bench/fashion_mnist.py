@@ -159,12 +159,15 @@ class TrainSettings:
     augment: bool = False  # the default random resized crop (down to 8% of the area) loses
     # most of a 28-px garment, and a few epochs learn more from whole images
     seed: int = 42
+    abstain_score: str = "energy"  # the job's default; features fits novelty.pt as well
 
     def values(self) -> dict[str, object]:
+        # abstain-score only when not the default: cached energy models keep their marker.
         return {"weights": "none", "trainable-layers": "all", "compile": False, "int8": False,
                 "epochs": self.epochs, "batch-size": self.batch_size, "lr": self.lr,
                 "image-size": self.image_size, "augment": self.augment, "seed": self.seed,
-                "log-interval": 50}
+                "log-interval": 50, **({"abstain-score": self.abstain_score}
+                                       if self.abstain_score != "energy" else {})}
 
 
 def train(data_dir: Path, run_dir: Path, settings: TrainSettings, *, retrain: bool = False

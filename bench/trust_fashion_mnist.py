@@ -15,9 +15,13 @@ artifact and serving's preprocessing:
 The temperature and the abstain threshold are the manifest's when the training job wrote them,
 else fitted here on valid with the same functions. ``--data DIR --held-out CLASS`` runs the
 same measurement on an image folder (train/valid/test/<class>/) with one class held out.
+``--abstain-score features`` trains with the served features score (novelty.pt) and adds its
+row as SERVED: every test image sent through serving's load_served and predict_fn (JPEG/PNG
+bytes in, the answer's novelty score out), the threshold the job chose.
 
     .venv/bin/python bench/trust_fashion_mnist.py [--held-out shirt,ankle_boot] [--strict]
     .venv/bin/python bench/trust_fashion_mnist.py --data sample_data/photos5 --held-out fishes
+    .venv/bin/python bench/trust_fashion_mnist.py --abstain-score features
 """
 
 from __future__ import annotations
@@ -27,12 +31,14 @@ import logging
 import math
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from bench.fashion_mnist import CLASSES, Layout, SetupError, TrainSettings, prepare, train
+from container_serve.inference import ServedModel, load_served, predict_fn
+from container_serve.settings import ServeSettings
 from model_artifact.calibration import expected_calibration_error, fit_temperature
 from model_artifact.manifest import Manifest, Novelty
 from model_artifact.network import load_artifact
@@ -141,6 +147,32 @@ def _feature_row(train: Logits, valid: Logits, test: Logits, unknown: Logits,
             "abstain_unknown": float((other > threshold).double().mean())}
 
 
+def _served_scores(served: ServedModel, folder: Path) -> torch.Tensor:
+    """Serving's novelty score for every image under ``folder``, 16 images per request."""
+    paths, scores = _images(folder), []
+    for start in range(0, len(paths), 16):
+        prediction = predict_fn([p.read_bytes() for p in paths[start:start + 16]], served)
+        scores.append(prediction.novelty_scores)
+    return torch.cat(scores)
+
+
+def _served_row(model_dir: Path, folders: dict[str, Path]) -> list[dict]:
+    """The features score as an endpoint answers it (frozen graph, serving's preprocessing,
+    novelty.pt and the job's threshold); [] when the artifact's method is not features."""
+    threads = torch.get_num_threads()
+    served = load_served(str(model_dir), replace(ServeSettings(), graph="frozen",
+                                                 threads_per_worker=threads))
+    novelty = served.manifest.novelty
+    if novelty is None or novelty.method != "features":
+        return []
+    known, other = _served_scores(served, folders["test"]), _served_scores(served,
+                                                                          folders["unknown"])
+    return [{"method": "features", "source": "SERVED: load_served + predict_fn, novelty.pt",
+             "auroc": auroc(known, other),
+             "false_abstain": float((known > novelty.threshold).double().mean()),
+             "abstain_unknown": float((other > novelty.threshold).double().mean())}]
+
+
 def measure(model_dir: Path, folders: dict[str, Path], rate: float) -> dict:
     """Everything the table shows, for the artifact in ``model_dir``; ``folders``: data (its
     valid split), test and unknown (image folders of known and held-out classes)."""
@@ -160,7 +192,9 @@ def measure(model_dir: Path, folders: dict[str, Path], rate: float) -> dict:
         "temperature": temperature, "temperature_source": t_source,
         "ece_before": expected_calibration_error(probs, test.labels),
         "ece_after": expected_calibration_error(scaled, test.labels),
-        "abstain": _abstain_rows(manifest, train, valid, test, unknown, rate, temperature),
+        # The served features row first when the job fitted it: it is what serving runs.
+        "abstain": _served_row(model_dir, folders)
+        + _abstain_rows(manifest, train, valid, test, unknown, rate, temperature),
     }
 
 
@@ -234,6 +268,9 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--image-size", type=int, default=defaults.image_size)
+    parser.add_argument("--abstain-score", default="energy",
+                        choices=("energy", "mahalanobis", "features"),
+                        help="the training job's abstain-score (features: its row is served)")
     parser.add_argument("--rate", type=float, default=0.05,
                         help="target false-abstain rate, when fitted here")
     parser.add_argument("--threads", type=int, default=0,
@@ -272,7 +309,7 @@ def main() -> int:
         print(f"trust_fashion_mnist: {exc}", file=sys.stderr)
         return 2
     settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                             image_size=args.image_size)
+                             image_size=args.image_size, abstain_score=args.abstain_score)
     model_dir, seconds = train(folders["data"], root / "run", settings, retrain=args.retrain)
     result = measure(model_dir, folders, args.rate)
     trained = f"trained {seconds:.0f} s" if seconds else "cached model"

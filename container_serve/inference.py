@@ -36,8 +36,13 @@ from container_serve.startup_check import self_tested
 from model_artifact.calibration import serving_temperature
 from model_artifact.compiled import load_compiled
 from model_artifact.manifest import COMPILED, INT8, ArtifactError, Manifest
-from model_artifact.network import load_artifact
-from model_artifact.novelty import novelty_scores
+from model_artifact.network import WithFeatures, gives_features, load_artifact, split_output
+from model_artifact.novelty import (
+    FeatureGaussian,
+    feature_scores,
+    load_feature_gaussian,
+    novelty_scores,
+)
 from model_artifact.preprocess import (
     FORMAT_NAMES,
     HEADER_SIZE,
@@ -67,6 +72,7 @@ class ServedModel:
     settings: ServeSettings
     graph: str = "eager"  # compiled | frozen | eager | int8 | frozen-shared | eager-shared
     temperature: float = 1.0  # the logits are divided by it (calibration; 1.0: none or off)
+    gaussian: FeatureGaussian | None = None  # novelty.method features: novelty.pt's tensors
 
 
 @dataclass(frozen=True)
@@ -201,10 +207,15 @@ def _fp32_model(model_dir: str, manifest: Manifest, settings: ServeSettings, exa
             logger.warning("compiled variant not used (%s); serving the TorchScript graph", exc)
     fp32, manifest = load_artifact(model_dir, manifest)
     # channels_last: oneDNN's faster convolution layout on CPU, and the one training evaluates in.
-    model = fp32.to(memory_format=torch.channels_last)
+    model = _features_if_scored(fp32.to(memory_format=torch.channels_last), manifest)
     if settings.graph == "eager":
         return model, manifest, "eager"
     return _freeze(model, example), manifest, "frozen"
+
+
+def _features_if_scored(model: nn.Module, manifest: Manifest) -> nn.Module:
+    """The network answering (logits, features) when the novelty score needs the features."""
+    return WithFeatures(model) if gives_features(manifest) else model
 
 
 class OnDevice(nn.Module):
@@ -216,9 +227,12 @@ class OnDevice(nn.Module):
         super().__init__()
         self.network, self.device, self.dtype = network, device, dtype
 
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+    def forward(self, batch: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         on_device = batch.to(self.device, self.dtype, non_blocking=True)
-        return self.network(on_device).float().cpu()
+        out = self.network(on_device)
+        if isinstance(out, tuple):  # (logits, features): WithFeatures
+            return tuple(part.float().cpu() for part in out)
+        return out.float().cpu()
 
 
 def half_supported(device: torch.device) -> bool:
@@ -239,7 +253,8 @@ def _cuda_model(model_dir: str, manifest: Manifest, settings: ServeSettings
     fp32, manifest = load_artifact(model_dir, manifest)
     device = torch.device("cuda")
     dtype = torch.float16 if half_supported(device) else torch.float32
-    network = fp32.to(device, dtype, memory_format=torch.channels_last).eval()
+    network = _features_if_scored(fp32, manifest).to(
+        device, dtype, memory_format=torch.channels_last).eval()
     name = "cuda-fp16" if dtype == torch.float16 else "cuda-fp32"
     return OnDevice(network, device, dtype), manifest, name
 
@@ -261,6 +276,7 @@ def load_served(model_dir: str, settings: ServeSettings) -> ServedModel:
     """model_fn with the settings given: the loading multi-model mode shares (resident_models)."""
     torch.set_num_threads(settings.threads_per_worker)
     manifest = Manifest.read(model_dir)
+    gaussian = load_feature_gaussian(model_dir, manifest)  # checked before any graph is built
     model: nn.Module
     size = manifest.preprocessing.crop_size
     example = torch.zeros(1, 3, size, size).contiguous(memory_format=torch.channels_last)
@@ -273,15 +289,15 @@ def load_served(model_dir: str, settings: ServeSettings) -> ServedModel:
             logger.warning(warning)
     else:
         model, manifest, graph = _fp32_model(model_dir, manifest, settings, example)
-    with quiet(), torch.inference_mode():
-        # Warm-up: allocation, and TorchScript's profiling runs, before the first client.
-        for _ in range(3 if isinstance(model, torch.jit.ScriptModule) else 1):
-            out = model(example)
-    if out.shape != (1, manifest.num_classes):
-        raise ArtifactError(
-            f"{model_dir}: the {settings.precision} model gives outputs of shape "
-            f"{tuple(out.shape)}, the manifest has {manifest.num_classes} classes"
-        )
+    out = _warmed_up(model, example)
+    if gives_features(manifest) and split_output(out)[1] is None:
+        # A package written before the features score answers the logits alone.
+        logger.warning("the %s graph gives no pooled features (a package from before "
+                       "novelty.method features); serving the TorchScript graph", graph)
+        model, manifest, graph = _fp32_model(model_dir, manifest,
+                                             replace(settings, graph="frozen"), example)
+        out = _warmed_up(model, example)
+    _check_output(out, manifest, gaussian, f"{model_dir}: the {settings.precision} model")
     # Serving's self-test (startup_check): the graph that will serve, on this CPU and thread
     # count, against training's logits; auto falls back from a compiled variant that fails.
     model, graph = self_tested(model_dir, manifest, model, graph, settings, lambda: _fp32_model(
@@ -292,7 +308,31 @@ def load_served(model_dir: str, settings: ServeSettings) -> ServedModel:
                 settings.threads_per_worker, settings.batch_size, temperature,
                 manifest.novelty.method if manifest.novelty else "none")
     return ServedModel(model, manifest, manifest.preprocessing.transform(), settings, graph,
-                       temperature)
+                       temperature, gaussian)
+
+
+def _warmed_up(model: nn.Module, example: torch.Tensor) -> Any:
+    """Warm-up: allocation, and TorchScript's profiling runs, before the first client. Returns
+    the last output."""
+    with quiet(), torch.inference_mode():
+        for _ in range(3 if isinstance(model, torch.jit.ScriptModule) else 1):
+            out = model(example)
+    return out
+
+
+def _check_output(out: Any, manifest: Manifest, gaussian: FeatureGaussian | None,
+                  what: str) -> None:
+    """ArtifactError unless the graph gives one logit per class and, when scored, features as
+    wide as novelty.pt's whitening matrix."""
+    logits, features = split_output(out)
+    if logits.shape != (1, manifest.num_classes):
+        raise ArtifactError(f"{what} gives outputs of shape {tuple(logits.shape)}, the manifest "
+                            f"has {manifest.num_classes} classes")
+    if gaussian is not None and (features is None or features.shape[-1]
+                                 != gaussian.whitening.shape[0]):
+        raise ArtifactError(f"{what} gives features of shape "
+                            f"{None if features is None else tuple(features.shape)}; the "
+                            f"novelty file expects {gaussian.whitening.shape[0]}")
 
 
 def input_fn(
@@ -373,12 +413,27 @@ def _forward(tensors: list[torch.Tensor], served: ServedModel) -> Prediction:
     with torch.inference_mode():
         # One forward for the whole batch.
         batch = torch.stack(tensors).contiguous(memory_format=torch.channels_last)
-        logits = served.model(batch).float()
+        logits, features = split_output(served.model(batch))
+        logits = logits.float()
         probabilities = torch.softmax(logits / served.temperature, dim=1)
     novelty = served.manifest.novelty  # scored on the raw logits, whatever SERVE_CALIBRATION
     return Prediction(probabilities, served.manifest.class_names,
-                      None if novelty is None else novelty_scores(logits, novelty),
+                      _scores(logits, features, served),
                       None if novelty is None else novelty.threshold)
+
+
+def _scores(logits: torch.Tensor, features: torch.Tensor | None, served: ServedModel
+            ) -> torch.Tensor | None:
+    """The novelty score per image: from the pooled features (novelty.pt) for the features
+    method, from the logits otherwise; None without a detector."""
+    novelty = served.manifest.novelty
+    if novelty is None:
+        return None
+    if novelty.method != "features":
+        return novelty_scores(logits, novelty)
+    if features is None or served.gaussian is None:  # load_served makes sure it never is
+        return torch.full((logits.shape[0],), math.nan, dtype=torch.float64)
+    return feature_scores(features, served.gaussian)
 
 
 def predict_fn(images: list[bytes], served: ServedModel) -> Prediction:

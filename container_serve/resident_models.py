@@ -29,6 +29,7 @@ from container_serve.settings import ServeSettings
 from model_artifact.calibration import serving_temperature
 from model_artifact.manifest import ArtifactError, Manifest
 from model_artifact.network import HEAD_PREFIX, backbone_sha256, head_sha256, load_artifact
+from model_artifact.novelty import load_feature_gaussian
 from model_artifact.self_test import load_self_test, run_self_test
 from model_artifact.torch_warnings import quiet
 
@@ -50,14 +51,16 @@ def check_fits(name: str, need: int) -> None:
 class SharedHead(nn.Module):
     """A model served on a shared backbone: the backbone's features, then this model's head."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Linear) -> None:
+    def __init__(self, backbone: nn.Module, head: nn.Linear, features: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.features = features  # answer (logits, pooled features): novelty.method features
         self.training = False  # both parts are in eval mode already; .eval() would walk them
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(images))
+    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        pooled = self.backbone(images)
+        return (self.head(pooled), pooled) if self.features else self.head(pooled)
 
 
 @dataclass
@@ -186,8 +189,13 @@ class ResidentModels:
                 and bool(manifest.backbone_sha256 and manifest.head_sha256
                          and manifest.head_file))
 
-    def _served(self, manifest: Manifest, backbone: _Backbone, head: nn.Linear) -> ServedModel:
-        model = SharedHead(backbone.module, head)
+    def _served(self, model_dir: str, manifest: Manifest, backbone: _Backbone, head: nn.Linear
+                ) -> ServedModel:
+        gaussian = load_feature_gaussian(model_dir, manifest)
+        model = SharedHead(backbone.module, head, gaussian is not None)
+        if gaussian is not None and gaussian.whitening.shape[0] != backbone.features:
+            raise ArtifactError(f"the novelty file expects {gaussian.whitening.shape[0]} "
+                                f"features, the backbone gives {backbone.features}")
         with torch.inference_mode():
             out = head(torch.zeros(1, backbone.features))
         if out.shape != (1, manifest.num_classes):
@@ -196,7 +204,7 @@ class ResidentModels:
         graph = "eager" if self._settings.graph == "eager" else "frozen"
         temperature = serving_temperature(manifest.calibration, self._settings.calibration)
         return ServedModel(model, manifest, manifest.preprocessing.transform(), self._settings,
-                           f"{graph}-shared", temperature)
+                           f"{graph}-shared", temperature, gaussian)
 
     def _load_head(self, name: str, model_dir: str, manifest: Manifest) -> _Entry:
         """Only the head: the backbone with this fingerprint is resident already."""
@@ -204,7 +212,7 @@ class ResidentModels:
             backbone = self._backbones[manifest.backbone_sha256]
         check_fits(name, 2 * 4 * (backbone.features + 1) * manifest.num_classes)
         head = _head(Path(model_dir) / manifest.head_file, manifest, backbone.features)
-        served = _self_tested(model_dir, self._served(manifest, backbone, head))
+        served = _self_tested(model_dir, self._served(model_dir, manifest, backbone, head))
         return _Entry(served, manifest.backbone_sha256, backbone)
 
     def _load_with_backbone(self, name: str, model_dir: str, manifest: Manifest) -> _Entry:
@@ -220,7 +228,8 @@ class ResidentModels:
         graph = _serving_graph(model, self._settings, manifest.preprocessing.crop_size)
         with self._lock:
             backbone = self._backbones.get(key) or _Backbone(graph, head.in_features)
-        served = _self_tested(model_dir, self._served(manifest, backbone, head.eval()))
+        served = _self_tested(model_dir, self._served(model_dir, manifest, backbone,
+                                                      head.eval()))
         return _Entry(served, key, backbone)
 
 

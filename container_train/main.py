@@ -58,9 +58,15 @@ from container_train.model import (
 )
 from job_contract.hyperparameters import HyperparameterError, Hyperparameters
 from job_contract.metrics import format_metric_line
-from model_artifact.manifest import ArtifactError, Manifest, manifest_sha256
+from model_artifact.manifest import ArtifactError, Manifest, Novelty, manifest_sha256
 from model_artifact.preprocess import EvalPreprocessing
-from model_artifact.writer import write_artifact, write_compiled, write_int8, write_self_test
+from model_artifact.writer import (
+    write_artifact,
+    write_compiled,
+    write_feature_novelty,
+    write_int8,
+    write_self_test,
+)
 
 log = logging.getLogger("container_train")
 FAILURE_REASON_CHARS = 1024  # what SageMaker shows as FailureReason
@@ -411,7 +417,7 @@ def export_model(trained: Trained) -> Manifest:
         versions={"python": platform.python_version(), "torch": torch.__version__,
                   "torchvision": torchvision.__version__},
         training={"device": describe_device(job.device), "precision": job.precision.short_name},
-    ).with_trust(trained.trust.calibration, trained.trust.novelty)
+    ).with_trust(trained.trust.calibration, _feature_novelty(trained))
     net = job.net.to("cpu", memory_format=torch.contiguous_format)
     manifest = write_artifact(model_dir, net, manifest)
     train_images = [path for path, _ in job.splits["train"].samples]
@@ -427,6 +433,23 @@ def export_model(trained: Trained) -> Manifest:
     # The value a deployer pins from outside the archive (scripts/deploy.py --manifest-sha256).
     log.info("manifest_sha256=%s", manifest_sha256(model_dir))
     return manifest
+
+
+def _feature_novelty(trained: Trained) -> Novelty | None:
+    """abstain-score=features: fit the features detector on the kept weights and write
+    novelty.pt; the report shows it too. Otherwise (or when it cannot be fitted) the detector
+    fit_trust chose."""
+    job = trained.job
+    if job.hp.abstain_score != "features" or trained.trust.novelty is None:
+        return trained.trust.novelty
+    calibration = trained.trust.calibration
+    fitted = trust.fit_feature_trust(
+        job.net.eval(), job.splits["train"].samples, job.splits["valid"].samples, pre=job.pre,
+        device=job.device, rate=job.hp.abstain_rate, seed=job.hp.seed,
+        temperature=calibration.temperature if calibration else 1.0)
+    if fitted is not None:
+        trained.trust.novelty = write_feature_novelty(job.config.model_dir, *fitted)
+    return trained.trust.novelty
 
 
 def finish(trained: Trained, *, figures: bool = True, export: bool = True) -> None:

@@ -126,9 +126,11 @@ SPECS: tuple[Spec, ...] = (
          "share of the valid split's (known-class) images that serving may flag abstain=true: "
          "sets the novelty threshold (docs/artifact.md)", low=0.0, high=0.5),
     Spec("abstain-score", "choice", "energy",
-         "the novelty score serving abstains on: energy (from the logits and the temperature) "
-         "or mahalanobis (class-conditional Gaussian on the logits; at most 64 classes, else "
-         "energy)", choices=("energy", "mahalanobis")),
+         "the novelty score serving abstains on: energy (from the logits and the temperature), "
+         "mahalanobis (class-conditional Gaussian on the logits; at most 64 classes, else "
+         "energy) or features (class-conditional Gaussian on the 2048-d pooled features, "
+         "fitted on up to 10,000 train images: one more forward pass, novelty.pt of ~16 MB)",
+         choices=("energy", "mahalanobis", "features")),
 )
 
 SPECS_BY_NAME: dict[str, Spec] = {s.name: s for s in SPECS}

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from model_artifact.manifest import ArtifactError
+from model_artifact.network import logits_of
 from model_artifact.torch_warnings import quiet
 
 Network = Callable[[torch.Tensor], torch.Tensor]
@@ -28,7 +29,8 @@ def measure_agreement(fp32: Network, variant: Network,
     worst = 0.0
     with torch.inference_mode(), quiet():
         for batch in batches:
-            ours, theirs = variant(batch), fp32(batch)
+            # Logits only: a features graph answers (logits, features) (network.WithFeatures).
+            ours, theirs = logits_of(variant(batch)), logits_of(fp32(batch))
             same += int((ours.argmax(1) == theirs.argmax(1)).sum())
             total += int(batch.shape[0])
             worst = max(worst, float((ours.float() - theirs.float()).abs().max()))

@@ -79,6 +79,20 @@ V4 = IsaTarget(COMPILED_AVX512, "model_compiled_avx512.pt2", "aotinductor-x86-64
 TARGETS = (V4, V3)  # best first; V3 is the variant every x86 endpoint can run
 COMPILED_FILE = V3.file
 COMPILED_FORMAT = V3.format
+# A package of a novelty.method "features" artifact answers (logits, pooled features)
+# (network.WithFeatures): its format is the target's with this suffix, so a reader knows the
+# output from the manifest. Packages without it (every other artifact, and those written before
+# the features score) answer the logits alone and still load.
+FEATURES_SUFFIX = "+features"
+
+
+def package_format(base: str, features: bool) -> str:
+    return base + FEATURES_SUFFIX if features else base
+
+
+def known_format(found: str, base: str) -> bool:
+    """``found`` is ``base``, with or without the features output."""
+    return found in (base, base + FEATURES_SUFFIX)
 
 
 @contextlib.contextmanager
@@ -170,8 +184,9 @@ class _Runner:
     def __init__(self, loader: Any) -> None:
         self.loader = loader
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.loader.boxed_run([batch])[0]
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        outputs = self.loader.boxed_run([batch])  # one tensor, or logits and features
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
 
 class BatchOne(nn.Module):
@@ -182,11 +197,14 @@ class BatchOne(nn.Module):
         self.runner = runner
         self.target = target  # which instruction-set variant this is
 
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+    def forward(self, batch: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         if batch.shape[0] == 1:
             return self.runner(batch.contiguous(memory_format=torch.channels_last))
-        return torch.cat([self.runner(image.unsqueeze(0).contiguous(
-            memory_format=torch.channels_last)) for image in batch])
+        rows = [self.runner(image.unsqueeze(0).contiguous(memory_format=torch.channels_last))
+                for image in batch]
+        if isinstance(rows[0], tuple):  # (logits, features) per image
+            return tuple(torch.cat(part) for part in zip(*rows, strict=True))
+        return torch.cat(rows)
 
 
 def _load_target(model_dir: str | os.PathLike[str], manifest: Manifest, threads: int,
@@ -196,7 +214,7 @@ def _load_target(model_dir: str | os.PathLike[str], manifest: Manifest, threads:
     if variant is None:
         raise ArtifactError(f"{Path(model_dir) / MANIFEST_FILE}: no {target.variant} variant "
                             "(train with the hyperparameter compile=true)")
-    if variant.format != target.format:
+    if not known_format(variant.format, target.format):
         raise ArtifactError(f"{target.variant} variant format {variant.format!r} is not "
                             f"{target.format!r}")
     return load_package_variant(model_dir, target.variant, variant, threads, target,
@@ -264,11 +282,12 @@ def _write_target(model_dir: str | os.PathLike[str], model: nn.Module, manifest:
                   ) -> tuple[Manifest, BatchOne]:
     """Compile ``target``'s package, check it against fp32 on ``check_paths``: the manifest
     with the variant added (not yet written) and the loaded package."""
-    from model_artifact.network import file_sha256
+    from model_artifact.network import file_sha256, gives_features
 
     pre = manifest.preprocessing
     path = compile_package(model, pre.crop_size, Path(model_dir) / target.file, target=target)
-    variant = Variant(file=target.file, format=target.format, sha256=file_sha256(path),
+    variant = Variant(file=target.file, sha256=file_sha256(path),
+                      format=package_format(target.format, gives_features(manifest)),
                       torch=torch.__version__, threads=SERVING_THREADS)
     compiled = _load_target(model_dir, manifest.with_variant(target.variant, variant),
                             SERVING_THREADS, target, torch.backends.cpu.get_cpu_capability())
@@ -336,9 +355,13 @@ def write_compiled_variant(
     ``model_compiled_avx512.pt2`` (x86-64-v4); check each against the fp32 model on
     ``check_paths`` (top-1 agreement and the largest logit difference), rewrite manifest.json.
     Returns the manifest as written."""
+    from model_artifact.network import WithFeatures, gives_features
+
     if not check_paths:
         raise ArtifactError("checking the compiled model needs at least one image")
     model = model.to("cpu", memory_format=torch.channels_last).eval()
+    if gives_features(manifest):  # the package answers (logits, features): serving scores them
+        model = WithFeatures(model)
     written, baseline = _write_target(model_dir, model, manifest, check_paths, V3)
     for target in TARGETS[:-1]:
         written = _add_if_faster(model_dir, model, written, check_paths, baseline, target)

@@ -181,7 +181,8 @@ class Calibration:
         return cls(temperature, ece[0], ece[1], _count(data, "valid_images", where))
 
 
-NOVELTY_METHODS = ("energy", "mahalanobis")
+NOVELTY_METHODS = ("energy", "mahalanobis", "features")
+NOVELTY_FILE = "novelty.pt"  # features: the whitening matrix and projected class means
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,9 @@ class Novelty:
     temperature: float = 1.0  # energy: the logits are divided by this
     means: tuple[tuple[float, ...], ...] = ()  # mahalanobis: per-class mean logit vector
     precision: tuple[tuple[float, ...], ...] = ()  # mahalanobis: inverse shared covariance
+    file: str = ""  # features: the tensor file beside the manifest (NOVELTY_FILE)
+    sha256: str = ""  # features: that file's sha256, checked before it is loaded
+    fit_images: int = 0  # features: train images the class Gaussians were fitted on
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "threshold": self.threshold,
@@ -204,7 +208,9 @@ class Novelty:
                 "valid_false_abstain": self.valid_false_abstain,
                 "valid_images": self.valid_images, "temperature": self.temperature,
                 **({"means": [list(r) for r in self.means],
-                    "precision": [list(r) for r in self.precision]} if self.means else {})}
+                    "precision": [list(r) for r in self.precision]} if self.means else {}),
+                **({"file": self.file, "sha256": self.sha256, "fit_images": self.fit_images}
+                   if self.file else {})}
 
     @classmethod
     def from_dict(cls, data: Any, where: str, num_classes: int) -> Novelty:
@@ -220,7 +226,20 @@ class Novelty:
                    _number(data, "valid_false_abstain", where, 0.0, 1.0),
                    _count(data, "valid_images", where),
                    _number(data, "temperature", where, 1e-6) if "temperature" in data else 1.0,
-                   matrices[0], matrices[1])
+                   matrices[0], matrices[1], *_novelty_file(data, where, method))
+
+
+def _novelty_file(data: dict[str, Any], where: str, method: str) -> tuple[str, str, int]:
+    """features: the tensor file's name, sha256 and fit size (required); others: none."""
+    if method != "features":
+        return "", "", 0
+    file = _require(data, "file", str, where)
+    if os.path.basename(file) != file or file in ("", ".", ".."):
+        raise ArtifactError(f"{where}: file must be a plain file name")
+    sha = _require(data, "sha256", str, where)
+    if not _SHA256_HEX.fullmatch(sha):
+        raise ArtifactError(f"{where}: sha256 must be 64 hex digits")
+    return file, sha, _count(data, "fit_images", where)
 
 
 def _matrix(rows: Any, where: str, size: int) -> tuple[tuple[float, ...], ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from collections.abc import Mapping
@@ -31,6 +32,50 @@ def build_model(architecture: str, num_classes: int) -> nn.Module:
 
 # The head: the only layer that depends on the class set. Everything else is the backbone.
 HEAD_PREFIX = "fc."
+
+
+class WithFeatures(nn.Module):
+    """``net`` (a network whose last layer is ``fc`` on a flat feature vector: torchvision's
+    ResNet) answering ``(logits, pooled_features)``: what every served graph of a
+    ``novelty.method == "features"`` artifact returns. Shares ``net``'s layers, changes nothing
+    in ``net``; the logits are ``net``'s, computed by the same layers."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        body = copy.copy(net)  # shallow: the same layers, but its own module table
+        body._modules = dict(net._modules)
+        body._modules["fc"] = nn.Identity()
+        self.body, self.fc = body, net.fc
+        self.training = net.training
+
+    @staticmethod
+    def module_name(name: str) -> str:
+        """``net``'s module ``name`` as named inside the wrapper (quantize.FP32_MODULES)."""
+        return name if name == "fc" else f"body.{name}"
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.body(images)
+        return self.fc(features), features
+
+
+def split_output(out: torch.Tensor | tuple[torch.Tensor, ...] | list[torch.Tensor]
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A served graph's output -> (logits, pooled features or None): the one place that knows
+    a WithFeatures graph answers a pair and every other graph (an old package) the logits."""
+    if isinstance(out, (tuple, list)):
+        return out[0], (out[1] if len(out) > 1 else None)
+    return out, None
+
+
+def logits_of(out: torch.Tensor | tuple[torch.Tensor, ...] | list[torch.Tensor]
+              ) -> torch.Tensor:
+    """The logits of a graph's output, whether it gives features or not (self-test, agreement)."""
+    return split_output(out)[0]
+
+
+def gives_features(manifest: Manifest) -> bool:
+    """Whether this artifact's graphs must give the pooled features (novelty.method features)."""
+    return manifest.novelty is not None and manifest.novelty.method == "features"
 
 
 def tensors_sha256(state: Mapping[str, torch.Tensor], names: list[str]) -> str:

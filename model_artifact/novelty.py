@@ -14,15 +14,26 @@ store is O(classes), not O(2048^2). docs/artifact.md ("novelty") explains both m
   to MAHALANOBIS_MAX_CLASSES classes.
 
 Higher scores are further from the training classes for both.
+
+- ``features``: the same class Gaussian with one shared covariance, but on the network's 2048-d
+  pooled features, fitted on (a capped sample of) the TRAIN split; only the threshold comes from
+  the valid split. The D x D precision does not fit a manifest, so it lives in ``novelty.pt``
+  (NOVELTY_FILE, hashed in the manifest) as a whitening matrix W (the Cholesky factor of the
+  precision) and the whitened class means M = mu W: a request costs one D x D and one C x D
+  product. Every served graph of such an artifact answers (logits, features)
+  (network.WithFeatures).
 """
 
 from __future__ import annotations
 
 import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from model_artifact.manifest import NOVELTY_METHODS, Novelty
+from model_artifact.manifest import NOVELTY_METHODS, ArtifactError, Manifest, Novelty
 
 MAHALANOBIS_MAX_CLASSES = 64  # 2 x 64 x 64 numbers keep the manifest small (< 200 kB of JSON)
 _SHRINKAGE = 0.1  # share of the covariance pulled to a scaled identity: tiny valid sets are
@@ -106,8 +117,9 @@ def novelty_scores(logits: torch.Tensor, novelty: Novelty) -> torch.Tensor:
 def fit_novelty(logits: torch.Tensor, labels: torch.Tensor, *, rate: float,
                 temperature: float = 1.0, method: str = "energy") -> Novelty:
     """The manifest's novelty field, fitted on the valid split's logits and labels."""
-    if method not in NOVELTY_METHODS:
-        raise ValueError(f"method {method!r} is not one of {NOVELTY_METHODS}")
+    if method not in NOVELTY_METHODS or method == "features":
+        raise ValueError(f"method {method!r} is not a logit score (fit_feature_novelty: "
+                         "features)")
     num_classes = logits.shape[1]
     if method == "mahalanobis" and num_classes > MAHALANOBIS_MAX_CLASSES:
         raise ValueError(f"mahalanobis stores classes^2 numbers: at most "
@@ -122,3 +134,74 @@ def fit_novelty(logits: torch.Tensor, labels: torch.Tensor, *, rate: float,
     observed = float((scores > threshold).double().mean())
     return Novelty(method, threshold, rate, observed, int(logits.shape[0]), temperature,
                    means, precision)
+
+
+@dataclass(frozen=True)
+class FeatureGaussian:
+    """What the features score needs (novelty.pt): whitening (D, D) and whitened class means
+    (C, D), float32. score(x) = min_c |x W - M_c|^2 = the Mahalanobis distance to class c."""
+
+    whitening: torch.Tensor
+    means: torch.Tensor
+
+
+def whitened(means: torch.Tensor, precision: torch.Tensor) -> FeatureGaussian:
+    """Class means (C, D) and precision (D, D) -> W with W W^T = precision, and M = means W."""
+    p = precision.double()
+    p = (p + p.T) / 2
+    factor, info = torch.linalg.cholesky_ex(p)
+    if int(info) != 0:  # not numerically positive definite: the symmetric square root
+        values, vectors = torch.linalg.eigh(p)
+        factor = vectors * values.clamp(min=0).sqrt()
+    return FeatureGaussian(factor.float().contiguous(),
+                           (means.double() @ factor).float().contiguous())
+
+
+def feature_scores(features: torch.Tensor, gaussian: FeatureGaussian) -> torch.Tensor:
+    """(N,) the smallest squared Mahalanobis distance of pooled features to a class mean."""
+    z = (features.detach().float() @ gaussian.whitening).double()
+    m = gaussian.means.double()
+    distances = (z * z).sum(1, keepdim=True) - 2 * z @ m.T + (m * m).sum(1)[None, :]
+    return distances.clamp(min=0).min(dim=1).values
+
+
+def fit_feature_novelty(train_features: torch.Tensor, train_labels: torch.Tensor,
+                        valid_features: torch.Tensor, *, num_classes: int, rate: float,
+                        temperature: float = 1.0) -> tuple[Novelty, FeatureGaussian]:
+    """Class Gaussians on the train split's features, threshold on the valid split's: the
+    manifest's novelty field (file and sha256 still empty: written with the file) and the
+    tensors for novelty.pt."""
+    means, precision = fit_class_gaussian(train_features, train_labels, num_classes)
+    gaussian = whitened(means, precision)
+    scores = feature_scores(valid_features, gaussian)
+    threshold = threshold_for_false_abstain(scores, rate)
+    observed = float((scores > threshold).double().mean())
+    novelty = Novelty("features", threshold, rate, observed, int(valid_features.shape[0]),
+                      temperature, fit_images=int(train_features.shape[0]))
+    return novelty, gaussian
+
+
+def save_feature_gaussian(path: str | os.PathLike[str], gaussian: FeatureGaussian) -> None:
+    torch.save({"whitening": gaussian.whitening, "means": gaussian.means}, path)
+
+
+def load_feature_gaussian(model_dir: str | os.PathLike[str], manifest: Manifest
+                          ) -> FeatureGaussian | None:
+    """novelty.pt checked (sha256, then tensors only, shapes), or None when the artifact's
+    method is not ``features``. ArtifactError names the file and what is wrong."""
+    novelty = manifest.novelty
+    if novelty is None or novelty.method != "features":
+        return None
+    from model_artifact.files import verified_file
+
+    path = verified_file(Path(model_dir) / novelty.file, novelty.sha256, "novelty file")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        whitening, means = data["whitening"].float(), data["means"].float()
+    except Exception as exc:  # not a torch file, not the two tensors
+        raise ArtifactError(f"{path}: not a novelty file: {type(exc).__name__}") from None
+    dim = whitening.shape[0] if whitening.dim() == 2 else -1
+    if tuple(whitening.shape) != (dim, dim) or tuple(means.shape) != (manifest.num_classes, dim):
+        raise ArtifactError(f"{path}: whitening {tuple(whitening.shape)} and means "
+                            f"{tuple(means.shape)} do not fit {manifest.num_classes} classes")
+    return FeatureGaussian(whitening.contiguous(), means.contiguous())

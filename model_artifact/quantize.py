@@ -40,7 +40,9 @@ from model_artifact.compiled import (
     SERVING_THREADS,
     BatchOne,
     compile_exported,
+    known_format,
     load_package_variant,
+    package_format,
 )
 from model_artifact.manifest import INT8, MANIFEST_FILE, ArtifactError, Manifest, Variant
 from model_artifact.preprocess import image_batches
@@ -137,7 +139,7 @@ def load_int8(model_dir: str | os.PathLike[str], manifest: Manifest,
         raise ArtifactError(f"int8 variant format {variant.format!r} (TorchScript) is no longer "
                             f"served: retrain with int8=true to get {INT8_FORMAT!r}, or serve "
                             "with SERVE_PRECISION=fp32")
-    if variant.format != INT8_FORMAT:
+    if not known_format(variant.format, INT8_FORMAT):
         raise ArtifactError(f"int8 variant format {variant.format!r} is not {INT8_FORMAT!r}")
     if variant.threads and variant.threads != threads:
         # Unlike the compiled variant there is no other int8 graph to fall back to, and the
@@ -163,15 +165,19 @@ def write_int8_variant(
     without them the calibration images do. Agreement is measured on the package as serving
     loads it. Returns the manifest as written.
     """
-    from model_artifact.network import file_sha256
+    from model_artifact.network import WithFeatures, file_sha256, gives_features
 
     pre = manifest.preprocessing
     if not calibration_paths:
         raise ArtifactError("int8 calibration needs at least one training image")
     model = model.to("cpu").eval()
+    if gives_features(manifest):  # one more graph output, the pooled features; same layers
+        model = WithFeatures(model)
+        fp32_modules = tuple(map(WithFeatures.module_name, fp32_modules))
     quantized = quantize_int8(model, image_batches(calibration_paths, pre), fp32_modules)
     path = compile_int8(quantized, pre.crop_size, Path(model_dir) / INT8_FILE)
-    variant = Variant(file=INT8_FILE, format=INT8_FORMAT, sha256=file_sha256(path),
+    variant = Variant(file=INT8_FILE, sha256=file_sha256(path),
+                      format=package_format(INT8_FORMAT, gives_features(manifest)),
                       calibration_images=len(calibration_paths), torch=torch.__version__,
                       threads=SERVING_THREADS)
     int8 = load_int8(model_dir, manifest.with_variant(INT8, variant))

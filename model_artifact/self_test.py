@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from model_artifact.manifest import ArtifactError, Manifest, SelfTest
+from model_artifact.network import logits_of
 
 SELF_TEST_FILE = "self_test.pt"
 SELF_TEST_IMAGES = 8  # held-out inputs the artifact carries
@@ -79,7 +80,8 @@ def write_self_test_file(model_dir: str | os.PathLike[str], model: nn.Module,
 
     stored = inputs.detach().to("cpu", torch.float16).contiguous()
     with torch.inference_mode():  # model: fp32, eval, on the CPU (the caller's; not changed)
-        logits = model(stored.float().contiguous(memory_format=torch.channels_last)).float()
+        logits = logits_of(model(stored.float().contiguous(
+            memory_format=torch.channels_last))).float()
     if logits.shape[1] > 1:
         top2 = logits.topk(2, dim=1).values
         widest = (top2[:, 0] - top2[:, 1]).argsort(descending=True)[:SELF_TEST_IMAGES]
@@ -126,7 +128,7 @@ def run_self_test(model: Network, graph: str, inputs: torch.Tensor, reference: t
     with torch.inference_mode():
         for i, (image, expected) in enumerate(zip(inputs, reference, strict=True)):
             got = model(image.unsqueeze(0).contiguous(memory_format=torch.channels_last))
-            got = got.float().reshape(-1)
+            got = logits_of(got).float().reshape(-1)  # a features graph answers a pair
             difference = float((got - expected).abs().max())
             worst = max(worst, difference)
             if difference > allowed or int(got.argmax()) != int(expected.argmax()):

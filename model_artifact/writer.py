@@ -17,11 +17,20 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from model_artifact.manifest import COMPILED, HEAD_FILE, INT8, ArtifactError, Manifest
+from model_artifact.manifest import (
+    COMPILED,
+    HEAD_FILE,
+    INT8,
+    NOVELTY_FILE,
+    ArtifactError,
+    Manifest,
+    Novelty,
+)
 from model_artifact.network import HEAD_PREFIX, backbone_sha256, file_sha256, head_sha256
 
 _log = logging.getLogger(__name__)
@@ -49,6 +58,19 @@ def write_artifact(model_dir: Path, model: nn.Module, manifest: Manifest) -> Man
         raise ArtifactError(f"cannot write the model to {model_dir}: {exc.strerror or exc}"
                             ) from None
     return manifest
+
+
+def write_feature_novelty(model_dir: Path, novelty: Novelty, gaussian: Any) -> Novelty:
+    """novelty.pt (model_artifact.novelty.FeatureGaussian's tensors) beside the manifest; the
+    novelty field naming it with its sha256 (the caller writes it with the manifest)."""
+    from model_artifact.novelty import save_feature_gaussian
+
+    path = Path(model_dir) / NOVELTY_FILE
+    try:
+        save_feature_gaussian(path, gaussian)
+    except OSError as exc:
+        raise ArtifactError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return replace(novelty, file=NOVELTY_FILE, sha256=file_sha256(path))
 
 
 def write_int8(model_dir: Path, model: nn.Module, manifest: Manifest, *, train_images: Images,

@@ -63,3 +63,29 @@ def test_abstain_hyperparameters_reach_the_manifest(color_data, tmp_path):
     assert novelty.method == "mahalanobis" and novelty.target_false_abstain == 0.25
     assert len(novelty.means) == 2 and len(novelty.precision) == 2
     assert novelty.valid_false_abstain <= 0.25
+
+
+def test_abstain_score_features_writes_a_served_novelty_file(color_data, tmp_path):
+    """abstain-score=features: the job fits class Gaussians on the pooled features, writes
+    novelty.pt hashed in the manifest, and serving scores with it (the threshold the job chose
+    leaves at most abstain-rate of the valid images abstaining)."""
+    from container_serve.inference import load_served, predict_fn
+    from container_serve.settings import ServeSettings
+    from model_artifact.files import file_sha256
+
+    config = JobConfig.from_values(
+        {**TINY_VALUES, "image-size": 32, "epochs": 1, "abstain-rate": 0.25,
+         "abstain-score": "features"}, data_dir=color_data, model_dir=tmp_path / "model",
+        output_data_dir=tmp_path / "out", checkpoint_dir=None)
+    run(config)
+    novelty = Manifest.read(tmp_path / "model").novelty
+    assert (novelty.method, novelty.file) == ("features", "novelty.pt")
+    assert novelty.sha256 == file_sha256(tmp_path / "model" / "novelty.pt")
+    assert novelty.fit_images > 0 and novelty.valid_false_abstain <= 0.25
+    report = json.loads((tmp_path / "out" / "calibration.json").read_text())
+    assert report["novelty"]["method"] == "features"
+    served = load_served(str(tmp_path / "model"), ServeSettings(graph="frozen"))
+    valid = sorted((color_data / "valid").glob("*/*"))
+    scores = predict_fn([p.read_bytes() for p in valid], served).novelty_scores
+    assert float((scores > novelty.threshold).double().mean()) == pytest.approx(
+        novelty.valid_false_abstain)

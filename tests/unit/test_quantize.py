@@ -256,6 +256,14 @@ def test_modules_named_fp32_are_left_unquantized() -> None:
     assert not _weight_is_int8(default, "aten.linear.default")
     everything = quantize_int8(SmallNet().eval(), calibration, fp32_modules=())
     assert _weight_is_int8(everything, "aten.linear.default")
+    # A features artifact quantizes the network inside WithFeatures: module_name finds the
+    # same layers there (the stem under body., the head as is).
+    from model_artifact.network import WithFeatures
+
+    wrapped = quantize_int8(WithFeatures(SmallNet().eval()), calibration,
+                            tuple(map(WithFeatures.module_name, ("conv", "fc"))))
+    assert not _weight_is_int8(wrapped, "aten.conv2d.default")
+    assert not _weight_is_int8(wrapped, "aten.linear.default")
 
 
 def test_a_below_bar_int8_is_reported_by_the_job_and_not_the_default(
