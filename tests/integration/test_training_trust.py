@@ -87,5 +87,11 @@ def test_abstain_score_features_writes_a_served_novelty_file(color_data, tmp_pat
     served = load_served(str(tmp_path / "model"), ServeSettings(graph="frozen"))
     valid = sorted((color_data / "valid").glob("*/*"))
     scores = predict_fn([p.read_bytes() for p in valid], served).novelty_scores
-    assert float((scores > novelty.threshold).double().mean()) == pytest.approx(
-        novelty.valid_false_abstain)
+    # The threshold is one valid image's own score (novelty.threshold_for_false_abstain), and
+    # the served frozen graph rounds differently from training's eager pass: an image at the
+    # threshold within that rounding may land on either side, any other must not.
+    threshold = novelty.threshold
+    served = int((scores > threshold).sum())
+    recorded = round(novelty.valid_false_abstain * len(valid))
+    at_threshold = int(((scores - threshold).abs() <= 1e-3 * abs(threshold)).sum())
+    assert abs(served - recorded) <= at_threshold, (served, recorded, at_threshold)
