@@ -88,10 +88,9 @@ def test_abstain_score_features_writes_a_served_novelty_file(color_data, tmp_pat
     valid = sorted((color_data / "valid").glob("*/*"))
     scores = predict_fn([p.read_bytes() for p in valid], served).novelty_scores
     # The threshold is one valid image's own score (novelty.threshold_for_false_abstain), and
-    # the served frozen graph rounds differently from training's eager pass: an image at the
-    # threshold within that rounding may land on either side, any other must not.
-    threshold = novelty.threshold
-    served = int((scores > threshold).sum())
+    # the served frozen graph rounds differently from training's pass (BatchNorm folded; the
+    # whitening magnifies it): that boundary image may land on either side, so one image of
+    # slack. A wrong score (energy's scale, unwhitened) moves far more than one image.
+    abstaining = int((scores > novelty.threshold).sum())
     recorded = round(novelty.valid_false_abstain * len(valid))
-    at_threshold = int(((scores - threshold).abs() <= 1e-3 * abs(threshold)).sum())
-    assert abs(served - recorded) <= at_threshold, (served, recorded, at_threshold)
+    assert abs(abstaining - recorded) <= 1, (abstaining, recorded)
