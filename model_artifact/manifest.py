@@ -233,13 +233,18 @@ def _novelty_file(data: dict[str, Any], where: str, method: str) -> tuple[str, s
     """features: the tensor file's name, sha256 and fit size (required); others: none."""
     if method != "features":
         return "", "", 0
+    return (*_file_and_sha256(data, where), _count(data, "fit_images", where))
+
+
+def _file_and_sha256(data: dict[str, Any], where: str) -> tuple[str, str]:
+    """A file beside the manifest: its plain name and sha256 (64 hex digits)."""
     file = _require(data, "file", str, where)
     if os.path.basename(file) != file or file in ("", ".", ".."):
         raise ArtifactError(f"{where}: file must be a plain file name")
     sha = _require(data, "sha256", str, where)
     if not _SHA256_HEX.fullmatch(sha):
         raise ArtifactError(f"{where}: sha256 must be 64 hex digits")
-    return file, sha, _count(data, "fit_images", where)
+    return file, sha
 
 
 def _matrix(rows: Any, where: str, size: int) -> tuple[tuple[float, ...], ...]:
@@ -269,12 +274,7 @@ class SelfTest:
     def from_dict(cls, data: Any, where: str) -> SelfTest:
         if not isinstance(data, dict):
             raise ArtifactError(f"{where}: expected a JSON object")
-        file = _require(data, "file", str, where)
-        if os.path.basename(file) != file or file in ("", ".", ".."):
-            raise ArtifactError(f"{where}: file must be a plain file name")
-        sha = _require(data, "sha256", str, where)
-        if not _SHA256_HEX.fullmatch(sha):
-            raise ArtifactError(f"{where}: sha256 must be 64 hex digits")
+        file, sha = _file_and_sha256(data, where)
         images = _require(data, "images", int, where)
         if images < 1:
             raise ArtifactError(f"{where}: images must be at least 1")

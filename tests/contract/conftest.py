@@ -59,6 +59,18 @@ SERVE_IMAGE = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/resnet-byoc-serve:2026.
 BUCKET = "my-ml-bucket"
 AWS_SETTINGS = ["--region", REGION, "--role", ROLE, "--bucket", BUCKET]
 
+
+def completed_job(model_data: str) -> dict:
+    """DescribeTrainingJob's answer for the finished job train-1 whose model is ``model_data``
+    (what drivers.model_source reads for --training-job)."""
+    return {"TrainingJobName": "train-1", "TrainingJobArn": "arn:x",
+            "TrainingJobStatus": "Completed", "SecondaryStatus": "Completed",
+            "CreationTime": "2026-11-27T20:00:00Z",
+            "ModelArtifacts": {"S3ModelArtifacts": model_data},
+            "AlgorithmSpecification": {"TrainingInputMode": "File"},
+            "ResourceConfig": {"InstanceCount": 1, "VolumeSizeInGB": 1},
+            "StoppingCondition": {"MaxRuntimeInSeconds": 1}}
+
 ENV_TO_CLEAR = ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_ACCESS_KEY_ID",
                 "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "SAGEMAKER_ROLE_ARN",
                 "SAGEMAKER_BUCKET", "SAGEMAKER_PREFIX", "TRAIN_IMAGE_URI", "SERVE_IMAGE_URI",

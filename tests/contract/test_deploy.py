@@ -8,7 +8,14 @@ import json
 import pytest
 
 from drivers import deploy
-from tests.contract.conftest import AWS_SETTINGS, BUCKET, REGION, ROLE, SERVE_IMAGE
+from tests.contract.conftest import (
+    AWS_SETTINGS,
+    BUCKET,
+    REGION,
+    ROLE,
+    SERVE_IMAGE,
+    completed_job,
+)
 
 MODEL_DATA = f"s3://{BUCKET}/resnet-byoc/training/train-1/output/model.tar.gz"
 # what a user sees in the console; deploy.py --delete touches nothing without it
@@ -76,14 +83,7 @@ def test_serverless_variant_and_data_capture(run_driver):
         "CaptureContentTypeHeader": {"JsonContentTypes": ["application/json"]}}
 
 
-# DescribeTrainingJob's answer for a finished job whose model is MODEL_DATA.
-COMPLETED_JOB = {"TrainingJobName": "train-1", "TrainingJobArn": "arn:x",
-                 "TrainingJobStatus": "Completed", "SecondaryStatus": "Completed",
-                 "CreationTime": "2026-11-27T20:00:00Z",
-                 "ModelArtifacts": {"S3ModelArtifacts": MODEL_DATA},
-                 "AlgorithmSpecification": {"TrainingInputMode": "File"},
-                 "ResourceConfig": {"InstanceCount": 1, "VolumeSizeInGB": 1},
-                 "StoppingCondition": {"MaxRuntimeInSeconds": 1}}
+COMPLETED_JOB = completed_job(MODEL_DATA)
 
 
 def test_training_job_name_gives_the_model_data(run_driver):

@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 
 from drivers import transform
-from tests.contract.conftest import AWS_SETTINGS, BUCKET, REGION, ROLE, SERVE_IMAGE
+from tests.contract.conftest import (
+    AWS_SETTINGS,
+    BUCKET,
+    REGION,
+    ROLE,
+    SERVE_IMAGE,
+    completed_job,
+)
 
 MODEL_DATA = f"s3://{BUCKET}/resnet-byoc/training/train-1/output/model.tar.gz"
 INPUT = f"s3://{BUCKET}/photos/"
@@ -72,16 +79,9 @@ def test_default_output_is_under_the_bucket_and_prefix(run_driver):
 
 
 def test_training_job_name_gives_the_model_data(run_driver):
-    job = {"TrainingJobName": "train-1", "TrainingJobArn": "arn:x",
-           "TrainingJobStatus": "Completed", "SecondaryStatus": "Completed",
-           "CreationTime": "2026-11-27T20:00:00Z",
-           "ModelArtifacts": {"S3ModelArtifacts": MODEL_DATA},
-           "AlgorithmSpecification": {"TrainingInputMode": "File"},
-           "ResourceConfig": {"InstanceCount": 1, "VolumeSizeInGB": 1},
-           "StoppingCondition": {"MaxRuntimeInSeconds": 1}}
     result = run_driver(transform, [*AWS_SETTINGS, "--dry-run", "--name", "tj-1",
                                     "--training-job", "train-1", "--input", INPUT],
-                        {"DescribeTrainingJob": job})
+                        {"DescribeTrainingJob": completed_job(MODEL_DATA)})
     assert result.call("DescribeTrainingJob") == {"TrainingJobName": "train-1"}
     assert result.only("CreateModel")["PrimaryContainer"]["ModelDataUrl"] == MODEL_DATA
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from container_train.config import JobConfig
 from container_train.main import run
-from model_artifact.manifest import Manifest
+from model_artifact.manifest import Manifest, Novelty
 from model_artifact.network import load_artifact
 from model_artifact.novelty import novelty_scores
 from model_artifact.preprocess import load_image
@@ -53,13 +54,18 @@ def test_report_shows_the_reliability_diagram_and_both_eces(tiny_run, tiny_artif
     assert f"{calibration.ece_after:.4f}" in page
 
 
-def test_abstain_hyperparameters_reach_the_manifest(color_data, tmp_path):
+def _trained_with(score: str, data: Path, tmp_path: Path) -> Novelty:
+    """A one-epoch job with abstain-rate 0.25 and abstain-score ``score``: its novelty field."""
     config = JobConfig.from_values(
         {**TINY_VALUES, "image-size": 32, "epochs": 1, "abstain-rate": 0.25,
-         "abstain-score": "mahalanobis"}, data_dir=color_data, model_dir=tmp_path / "model",
+         "abstain-score": score}, data_dir=data, model_dir=tmp_path / "model",
         output_data_dir=tmp_path / "out", checkpoint_dir=None)
     run(config)
-    novelty = Manifest.read(tmp_path / "model").novelty
+    return Manifest.read(tmp_path / "model").novelty
+
+
+def test_abstain_hyperparameters_reach_the_manifest(color_data, tmp_path):
+    novelty = _trained_with("mahalanobis", color_data, tmp_path)
     assert novelty.method == "mahalanobis" and novelty.target_false_abstain == 0.25
     assert len(novelty.means) == 2 and len(novelty.precision) == 2
     assert novelty.valid_false_abstain <= 0.25
@@ -73,12 +79,7 @@ def test_abstain_score_features_writes_a_served_novelty_file(color_data, tmp_pat
     from container_serve.settings import ServeSettings
     from model_artifact.files import file_sha256
 
-    config = JobConfig.from_values(
-        {**TINY_VALUES, "image-size": 32, "epochs": 1, "abstain-rate": 0.25,
-         "abstain-score": "features"}, data_dir=color_data, model_dir=tmp_path / "model",
-        output_data_dir=tmp_path / "out", checkpoint_dir=None)
-    run(config)
-    novelty = Manifest.read(tmp_path / "model").novelty
+    novelty = _trained_with("features", color_data, tmp_path)
     assert (novelty.method, novelty.file) == ("features", "novelty.pt")
     assert novelty.sha256 == file_sha256(tmp_path / "model" / "novelty.pt")
     assert novelty.fit_images > 0 and novelty.valid_false_abstain <= 0.25
