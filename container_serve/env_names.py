@@ -48,7 +48,7 @@ BATCH_DELAY_MS_ENV = "SERVE_BATCH_DELAY_MS"
 
 # Set by serve for the processes it starts.
 MODEL_DIR_ENV = "SERVE_MODEL_DIR"  # the workers: the artifact to load
-ARTIFACT_GATE_ENV = "SERVE_ARTIFACT_GATE"  # the workers: a file that exists once the check passed
+ARTIFACT_GATE_ENV = "SERVE_ARTIFACT_GATE"  # a file the first worker to load the model creates
 INSTANCE_ENV = "SERVE_INSTANCE_ID"  # MMS and its workers: how serve finds *its* processes
 OMP_THREADS_ENV = "OMP_NUM_THREADS"  # OpenMP/MKL pools outside torch.set_num_threads
 

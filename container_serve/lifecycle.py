@@ -1,8 +1,8 @@
 """Where one ``serve`` process stands, as one state with a reason; /ping answers from it.
 
-    STARTING --check passed, port open--> LOADING --every worker has the model--> READY
+    STARTING --first worker has the model, port open--> LOADING --every worker has it--> READY
     READY <--fewer workers than configured have it / all again--> DEGRADED
-    any of those --SIGTERM--> STOPPING;  --check failed, nginx died, MMS exited--> FAILED
+    any of those --SIGTERM--> STOPPING;  --a worker refused, nginx died, MMS exited--> FAILED
 
 STOPPING and FAILED are final: whatever happens after them (nginx stopped by serve itself, a
 late /ping) changes nothing, and ``serve``'s exit code is read from them. Only READY answers
@@ -17,7 +17,7 @@ import threading
 
 
 class ServeState(enum.Enum):
-    STARTING = "starting"  # MMS starts while the artifact is checked; no port yet
+    STARTING = "starting"  # MMS starts, no worker has loaded the model yet; no port
     LOADING = "loading"  # the port is open; not every configured worker has the model yet
     READY = "ready"  # every configured worker has the model
     DEGRADED = "degraded"  # was ready; now fewer workers have the model
@@ -38,13 +38,13 @@ _NEXT: dict[ServeState, frozenset[ServeState]] = {
 }
 _FOLLOWS_MMS = frozenset({_S.LOADING, _S.READY, _S.DEGRADED})  # the port is open
 
-# A worker whose self-test refused the model (container_serve/startup_check.py) writes the
-# reason here, in serve's runtime dir; serve stops with it (read_refusal).
+# A worker that cannot load the model, or whose self-test refused it, writes the reason here,
+# in serve's runtime dir; serve stops with it (read_refusal).
 SELF_TEST_REFUSAL_FILE = "self-test-refused"
 
 
 def read_refusal(runtime_dir: str) -> str | None:
-    """A worker's self-test refusal (one line), or None when no worker has refused."""
+    """A worker's refusal (one line), or None when no worker has refused."""
     try:
         with open(os.path.join(runtime_dir, SELF_TEST_REFUSAL_FILE)) as stream:
             return stream.readline().strip() or None
@@ -58,14 +58,14 @@ MMS_PARTIAL = "Partial Healthy"  # some, but fewer than configured
 
 
 class Lifecycle:
-    """The state of one ``serve`` process; threads (the check gate, the nginx watcher, the
+    """The state of one ``serve`` process; threads (the port opener, the nginx watcher, the
     /ping server, the signal handler) move it through :meth:`move` only."""
 
     def __init__(self) -> None:
         # Reentrant: the SIGTERM handler moves the state on the main thread, which may hold it.
         self._lock = threading.RLock()
         self._state = ServeState.STARTING
-        self._reason = "multi-model-server is starting while the artifact is checked"
+        self._reason = "multi-model-server is starting; no worker has loaded the model yet"
 
     def snapshot(self) -> tuple[ServeState, str]:
         with self._lock:

@@ -4,7 +4,7 @@ workers run as an unprivileged user.
 SageMaker starts every container as root (``docker run IMAGE serve``; its documentation asks
 images to run as root, and mounts /opt/ml/model for root). So ``serve`` starts as root, checks
 that the unprivileged user could do the whole job, and then gives up root for good (all of
-its uids and groups) before it starts the artifact check, MMS or nginx: a request, a decoder or
+its uids and groups) before it starts MMS (and its workers) or nginx: a request, a decoder or
 a model file then runs code as that user, which cannot write the image, /etc or the venv.
 
 It stays root, with one log line that says why, where the user could not do the job:

@@ -1,5 +1,6 @@
-"""The ``serve`` command: check the artifact, run multi-model-server through the toolkit, and
-open the port (nginx, container_serve/front.py) once the check has passed.
+"""The ``serve`` command: run multi-model-server through the toolkit, and open the port (nginx,
+container_serve/front.py) once the first worker has loaded the artifact and passed its
+self-test; a worker's refusal stops serve with its reason.
 
 SageMaker runs ``docker run IMAGE serve`` with the artifact in /opt/ml/model; for development
 ``python -m container_serve --model-dir DIR --port N`` does the same outside Docker. MMS's
@@ -27,7 +28,6 @@ from typing import Any
 from container_serve import batching, front, health, management, privileges, toolkit_patches
 from container_serve.env_names import (
     ARTIFACT_GATE_ENV,
-    GRAPH_ENV,
     INSTANCE_ENV,
     MMS_LOG_LOCATION_ENV,
     MMS_MAX_REQUEST_SIZE_ENV,
@@ -60,14 +60,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("command", nargs="?", default="serve", choices=("serve", "check"))
     parser.add_argument("--model-dir", help="artifact directory (default: /opt/ml/model)")
     parser.add_argument("--port", type=int, help=f"listen port (default: ${PORT_ENV} or 8080)")
-    parser.add_argument("--passed-file", help="check: create this file if the artifact can serve")
     return parser.parse_args(argv)
 
 
-def check(model_dir: str, passed_file: str | None = None) -> int:
-    """Load the artifact as a worker would and run one forward pass; 0 if it can serve (and
-    then create ``passed_file``: serve reads that, not the exit code, which the toolkit's
-    SIGCHLD handler may reap first)."""
+def check(model_dir: str) -> int:
+    """Load the artifact as a worker would, with its self-test; 0 if it can serve. For users
+    (``serve`` itself lets its first worker's load be the check)."""
     from container_serve import inference
     from model_artifact.manifest import ArtifactError
 
@@ -81,8 +79,6 @@ def check(model_dir: str, passed_file: str | None = None) -> int:
         return 1
     manifest = served.manifest
     log(f"artifact OK: {manifest.architecture}, {manifest.num_classes} classes, {model_dir}")
-    if passed_file:
-        Path(passed_file).touch()
     return 0
 
 
@@ -101,33 +97,6 @@ def _pin_refusal(model_dir: str) -> str | None:
     except ArtifactError as exc:
         return f"cannot serve {model_dir}: {exc}"
     return None
-
-
-def _check_graph(model_dir: str) -> str:
-    """The graph serve's check runs. Eager proves the weights without tracing and freezing
-    (seconds, which the workers would pay again). Where the workers will load the compiled
-    variant (SERVE_GRAPH auto, the default, and the manifest has one), the check loads it too:
-    cheaper than eager (no torchvision, no network to build) and the graph that will serve;
-    should it fail, auto falls back as a worker would. SERVE_GRAPH=compiled is checked as
-    such: without a usable compiled variant, no port."""
-    from model_artifact.manifest import COMPILED, ArtifactError, Manifest
-
-    requested = os.environ.get(GRAPH_ENV, "").strip().lower()
-    if requested == "compiled":
-        return "compiled"
-    try:
-        compiled = COMPILED in Manifest.read(model_dir).variants
-    except ArtifactError:
-        return "eager"  # the check itself reports what is wrong
-    return "auto" if requested in ("", "auto") and compiled else "eager"
-
-
-def _start_check(model_dir: str) -> subprocess.Popen:
-    # A child process, so that the long-lived entry process never holds torch and the weights.
-    command = [sys.executable, "-m", "container_serve", "check", "--model-dir", model_dir,
-               "--passed-file", os.environ[ARTIFACT_GATE_ENV]]
-    env = {**os.environ, GRAPH_ENV: _check_graph(model_dir)}
-    return subprocess.Popen(command, env=env)
 
 
 def mms_model_dir(runtime_dir: str) -> str:
@@ -168,7 +137,7 @@ def _prepare_environment(settings: ServeSettings, model_dir: str, runtime_dir: s
 
 
 class _Supervisor:
-    """Runs one start-up: opens the port once the artifact check has passed, finds *our* MMS
+    """Runs one start-up: opens the port once a worker has loaded the model, finds *our* MMS
     and stops it (the two toolkit hooks it replaces, toolkit_patches.py), and ends what is
     left. Every event moves ``lifecycle`` (lifecycle.py); the exit code is read from it.
 
@@ -238,18 +207,17 @@ class _Supervisor:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
 
-    def open_port_once_checked(self, check: subprocess.Popen | None) -> None:
-        """``check`` None: multi-model mode, where each load checks its artifact."""
-        if check is not None:
-            check.wait()
-        if not os.path.exists(os.environ[ARTIFACT_GATE_ENV]):  # the workers wait for this file
-            self.fail("the artifact check failed", quiet=True)  # the check logged why
-            return
+    def open_port_once_loaded(self) -> None:
+        """Single-model mode: once the first worker has loaded the model (the artifact check;
+        a refusal before then stops serve with its reason). Multi-model mode: at once, each
+        load checks its own artifact."""
         settings = self.settings
+        if settings.batch_size > 1 and not self._register_batched():
+            return  # batching's workers, not the start-up model's, load the model
+        if not settings.multi_model and not self._first_worker_loaded():
+            return
         if not self.lifecycle.move(ServeState.LOADING, "no worker has the model loaded yet"):
             return  # stopped or failed meanwhile: no port
-        if settings.batch_size > 1 and not self._register_batched():
-            return
         try:
             health.start(self.runtime_dir, front.mms_socket(self.runtime_dir), self.lifecycle)
             if settings.multi_model:
@@ -263,6 +231,19 @@ class _Supervisor:
                          daemon=True).start()
         threading.Thread(target=self._watch_refusals, name="watch-self-test",
                          daemon=True).start()
+
+    def _first_worker_loaded(self, interval: float = 0.05) -> bool:
+        """True once a worker has loaded the model (transformer.mark_loaded); False when a
+        worker refused it (serve fails with the reason) or serve stopped meanwhile."""
+        gate = os.environ[ARTIFACT_GATE_ENV]
+        while not self.lifecycle.is_final():
+            if os.path.exists(gate):
+                return True
+            if (reason := read_refusal(self.runtime_dir)) is not None:
+                self.fail(f"cannot serve {os.environ[MODEL_DIR_ENV]}: {reason}")
+                return False
+            time.sleep(interval)
+        return False
 
     def _register_batched(self) -> bool:
         """MMS batching (container_serve/batching.py): False (and serve fails) if MMS refused."""
@@ -293,16 +274,14 @@ class _Supervisor:
         code = nginx.wait()
         self.fail(f"nginx exited {code}; stopping multi-model-server")
 
-    def shut_down(self, check: subprocess.Popen | None, gate: threading.Thread) -> int:
+    def shut_down(self, gate: threading.Thread) -> int:
         """MMS has exited: end the rest and return serve's exit code."""
         self.fail("multi-model-server exited on its own")  # unless stopped or failed before
-        if check is not None and check.poll() is None:
-            check.kill()
         gate.join(timeout=30)
         if self.nginx is not None:
             self.nginx.terminate()
         self.end_leftovers()
-        if self.lifecycle.state is ServeState.STOPPING:  # SIGTERM, also while the check ran
+        if self.lifecycle.state is ServeState.STOPPING:  # SIGTERM, also while loading
             log("stopped")
             return 0
         return 1
@@ -361,13 +340,11 @@ def serve(model_dir: str | None, port: int | None) -> int:
 def _run(settings: ServeSettings, model_dir: str, runtime_dir: str) -> int:
     from sagemaker_inference import model_server
 
-    # Validate once, before the port opens: a broken artifact must stop the container with its
-    # reason, not leave workers that fail forever. The check runs while MMS starts on its
-    # private socket: the workers import torch meanwhile and wait for the check
-    # (transformer.wait_for_artifact_check) before loading the model.
-    check = None if settings.multi_model else _start_check(model_dir)
+    # The port opens once the first worker has loaded the model and passed its self-test: a
+    # broken artifact stops the container with its reason (a worker's refusal), not workers
+    # that fail forever. The workers are the check: a separate one cost a third of the
+    # start-up CPU on 2 cores (bench/README.md).
     if settings.multi_model:  # no model at start: each load checks its own artifact
-        Path(os.environ[ARTIFACT_GATE_ENV]).touch()
         Registry(runtime_dir).clear()
     os.makedirs(mms_model_dir(runtime_dir), exist_ok=True)
     supervisor = _Supervisor(settings, runtime_dir)
@@ -376,17 +353,17 @@ def _run(settings: ServeSettings, model_dir: str, runtime_dir: str) -> int:
                                        supervisor.find_mms, supervisor.add_stop_handlers)
     log(
         f"starting MMS ({settings.workers} worker(s) x {settings.threads_per_worker} "
-        f"thread(s), timeout {settings.timeout_seconds} s) while the artifact is checked; "
+        f"thread(s), timeout {settings.timeout_seconds} s); "
         f"model {model_dir}, runtime dir {runtime_dir}"
         + (" (multi-model mode: models come with POST /models)" if settings.multi_model else "")
     )
-    gate = threading.Thread(target=supervisor.open_port_once_checked, args=(check,),
-                            name="artifact-check", daemon=True)
+    gate = threading.Thread(target=supervisor.open_port_once_loaded, name="open-port",
+                            daemon=True)
     gate.start()
     try:
         model_server.start_model_server(handler_service=HANDLER_SERVICE)
     finally:
-        code = supervisor.shut_down(check, gate)
+        code = supervisor.shut_down(gate)
     return code
 
 
@@ -395,5 +372,5 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         from sagemaker_inference import environment
 
-        return check(args.model_dir or environment.model_dir, args.passed_file)
+        return check(args.model_dir or environment.model_dir)
     return serve(args.model_dir, args.port)

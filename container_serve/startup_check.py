@@ -1,12 +1,12 @@
-"""The serving self-test: before a worker (or serve's check) reports ready, the graph it will
-serve runs the artifact's held-out inputs (model_artifact.self_test) on this CPU with this
-worker's thread count, and must answer as the training job's fp32 model did.
+"""The serving self-test: before a worker (or the ``check`` command) reports ready, the graph
+it will serve runs the artifact's held-out inputs (model_artifact.self_test) on this CPU with
+this worker's thread count, and must answer as the training job's fp32 model did.
 
 On failure: with ``SERVE_GRAPH=auto`` a compiled variant that fails is replaced by the frozen
 TorchScript graph (self-tested in turn), with one warning line; any other graph that fails
 (``SERVE_GRAPH=compiled``, ``frozen``, ``eager``, ``SERVE_PRECISION=int8``) is refused: the
-error stops serve's check before the port opens, and a worker writes the reason to the runtime
-dir, where serve reads it (lifecycle.read_refusal) and stops with it. docs/serving-api.md,
+worker writes the reason to the runtime dir, where serve reads it (lifecycle.read_refusal) and
+stops with it. docs/serving-api.md,
 "Start-up self-test", is the contract.
 """
 
@@ -30,20 +30,22 @@ logger = logging.getLogger(__name__)
 Fallback = Callable[[], tuple[nn.Module, Any, str]]  # inference._fp32_model's answer
 
 
-def record_refusal(reason: str, settings: ServeSettings) -> None:
-    """Leave the reason where serve looks for it (only under serve: it sets the runtime dir).
-    Not in multi-model mode: there a refused model fails its own invocations, and the server
-    goes on serving the others."""
+def record_refusal(reason: str, settings: ServeSettings) -> bool:
+    """Leave the reason where serve looks for it (only under serve: it sets the runtime dir);
+    True if recorded. Not in multi-model mode: there a refused model fails its own
+    invocations, and the server goes on serving the others."""
     runtime_dir = os.environ.get(RUNTIME_DIR_ENV)
     if not runtime_dir or settings.multi_model:
-        return
+        return False
     path = Path(runtime_dir) / SELF_TEST_REFUSAL_FILE
     partial = path.with_name(f"{path.name}.{os.getpid()}")
     try:
         partial.write_text(reason.replace("\n", " ") + "\n")
         os.replace(partial, path)  # whole, or not at all: serve may read it at any moment
     except OSError as exc:
-        logger.error("cannot record the self-test refusal in %s: %s", runtime_dir, exc)
+        logger.error("cannot record the refusal in %s: %s", runtime_dir, exc)
+        return False
+    return True
 
 
 def _tested(model: nn.Module, graph: str, loaded: tuple[Any, Any]) -> None:

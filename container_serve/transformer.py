@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 from sagemaker_inference.transformer import Transformer
 
-from container_serve import batch, batching, inference
+from container_serve import batch, batching, inference, startup_check
 from container_serve.env_names import (
     ARTIFACT_GATE_ENV,
     BATCH_SIZE_ENV,
@@ -27,7 +27,7 @@ from container_serve.env_names import (
     RUNTIME_DIR_ENV,
 )
 from container_serve.errors import ServeError, error_body, one_line
-from container_serve.settings import ServeSettings
+from container_serve.settings import ServeSettings, ServeSettingsError
 from container_serve.toolkit_patches import OwnFunctionsOnly
 from model_artifact.manifest import ArtifactError
 
@@ -48,7 +48,6 @@ def _response_type(context: Any, idx: int, status: HTTPStatus) -> str:
     return inference.JSON
 
 
-GATE_TIMEOUT_SECONDS = 600
 # On every answer: how many requests MMS handed the worker together (1: not batched), so a
 # client or a test can see batching at work (docs/serving-api.md, "GPU serving").
 BATCH_HEADER = "X-Serve-Batch-Requests"
@@ -69,19 +68,31 @@ def _checked(prediction: inference.Prediction | ServeError) -> inference.Predict
     return prediction
 
 
-def wait_for_artifact_check(timeout: float = GATE_TIMEOUT_SECONDS) -> None:
-    """serve checks the artifact in a child process while MMS starts its workers, so that the
-    workers' slow imports (torch, torchvision: seconds each) overlap the check. A worker loads
-    the model only once the check has passed; if it fails, serve stops MMS and the worker never
-    gets here or is stopped while it waits."""
-    gate = os.environ.get(ARTIFACT_GATE_ENV)
-    if not gate:
+def _load_reason(exc: Exception) -> str:
+    if isinstance(exc, (ArtifactError, ServeSettingsError)):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"  # torch errors while building or running the network
+
+
+def refuse_and_exit(exc: Exception) -> None:
+    """Under ``serve`` (single-model mode), a worker that cannot load the model records why
+    and ends; serve stops with that one line. The workers are the artifact check: a separate
+    check process cost a third of the start-up CPU on 2 cores (bench/README.md). Exiting
+    instead of raising keeps MMS's traceback of a dead worker out of the log (MMS would fork
+    the worker again, to fail the same way). Outside serve this returns, and the caller
+    raises."""
+    single_model = ServeSettings()  # multi-model workers never get here; from_env may raise
+    if not startup_check.record_refusal(_load_reason(exc), single_model):
         return
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(gate):
-        if time.monotonic() > deadline:
-            raise ArtifactError(f"serve's artifact check did not pass within {timeout:g} s")
-        time.sleep(0.05)
+    logging.shutdown()  # flush: os._exit skips it
+    os._exit(1)
+
+
+def mark_loaded() -> None:
+    """The first worker to load the model (self-test passed) opens the port (serve waits for
+    this file)."""
+    if gate := os.environ.get(ARTIFACT_GATE_ENV):
+        Path(gate).touch()
 
 
 class ServeTransformer(OwnFunctionsOnly, Transformer):
@@ -97,8 +108,12 @@ class ServeTransformer(OwnFunctionsOnly, Transformer):
         if batching.replaced_at_start(int(os.environ.get(BATCH_SIZE_ENV) or 1), context):
             logger.info("MMS's start-up model: batching replaces it; not loading the model")
             return
-        wait_for_artifact_check()
-        super().validate_and_initialize(model_dir=model_dir, context=context)
+        try:
+            super().validate_and_initialize(model_dir=model_dir, context=context)
+        except Exception as exc:
+            refuse_and_exit(exc)
+            raise
+        mark_loaded()
 
     def _initialize_multi_model(self) -> None:
         """No model at start: each is loaded on its first invocation (multi_model.py)."""

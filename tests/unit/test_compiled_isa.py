@@ -150,22 +150,3 @@ def test_training_on_an_avx2_cpu_builds_no_avx512_package(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     result, built = _training(tmp_path, monkeypatch, "AVX2", v4_ms=10.0)
     assert built == [] and set(result.variants) == {COMPILED}
-
-
-@pytest.mark.parametrize(("requested", "with_variant", "graph"), [
-    ("", True, "auto"), ("auto", True, "auto"), ("", False, "eager"),
-    ("frozen", True, "eager"), ("eager", True, "eager"), ("compiled", False, "compiled"),
-])
-def test_serves_check_loads_the_compiled_variant_when_workers_will(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, requested: str, with_variant: bool,
-        graph: str) -> None:
-    """The check before the port opens: with a compiled variant under the default graph it
-    loads that (cheap, and what will serve), not the eager network (torchvision, weights)."""
-    from container_serve import serve
-
-    manifest = _artifact(tmp_path)
-    if not with_variant:
-        manifest = Manifest(manifest.architecture, manifest.class_names, manifest.preprocessing)
-    manifest.write(tmp_path)
-    monkeypatch.setenv("SERVE_GRAPH", requested)
-    assert serve._check_graph(str(tmp_path)) == graph

@@ -188,3 +188,79 @@ def test_serve_stops_with_a_workers_refusal_and_ping_says_why(
     assert not watcher.is_alive()
     assert supervisor.lifecycle.ping() == (
         503, "a worker refused to serve the model: self-test failed on the frozen graph: x")
+
+
+class _Exited(Exception):
+    pass
+
+
+def _worker_env(monkeypatch: pytest.MonkeyPatch, runtime: Path, model_dir: Path) -> Path:
+    """A single-model worker's environment as serve exports it; returns the gate file."""
+    from container_serve import transformer
+
+    def exit_(code: int) -> None:
+        raise _Exited(code)
+    monkeypatch.setattr(transformer.os, "_exit", exit_)
+    gate = runtime / "artifact-checked"
+    for name, value in (("SERVE_RUNTIME_DIR", runtime), ("SERVE_MODEL_DIR", model_dir),
+                        ("SERVE_ARTIFACT_GATE", gate)):
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.delenv("SAGEMAKER_MULTI_MODEL", raising=False)
+    return gate
+
+
+def test_a_worker_that_cannot_load_the_model_records_why_and_ends(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The workers are serve's artifact check: a worker's failure must reach serve as one line
+    (the refusal file) and end the worker with a non-zero code, never open the port."""
+    from container_serve.transformer import ServeTransformer
+
+    runtime, broken = tmp_path / "runtime", tmp_path / "no-manifest"
+    runtime.mkdir()
+    broken.mkdir()
+    gate = _worker_env(monkeypatch, runtime, broken)
+    with pytest.raises(_Exited) as exited:
+        ServeTransformer().validate_and_initialize()
+    assert exited.value.args == (1,)
+    reason = (runtime / SELF_TEST_REFUSAL_FILE).read_text()
+    assert MANIFEST_FILE in reason and str(broken) in reason and reason.count("\n") == 1
+    assert not gate.exists()
+
+
+def test_the_first_worker_to_load_the_model_opens_the_gate(
+        artifact, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from container_serve import transformer
+
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    gate = _worker_env(monkeypatch, runtime, tmp_path)
+    monkeypatch.setattr(transformer.inference, "model_fn", lambda model_dir: "served")
+    served = transformer.ServeTransformer()
+    served.validate_and_initialize()
+    assert gate.exists() and not (runtime / SELF_TEST_REFUSAL_FILE).exists()
+
+
+@pytest.mark.parametrize("first", ["refusal", "gate"])
+def test_serve_opens_the_port_only_after_a_worker_loaded_the_model(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: str) -> None:
+    from container_serve import serve
+
+    monkeypatch.setenv("SERVE_INSTANCE_ID", "test")
+    monkeypatch.setenv("SERVE_MODEL_DIR", "/opt/ml/model")
+    monkeypatch.setenv("SERVE_ARTIFACT_GATE", str(tmp_path / "artifact-checked"))
+    supervisor = serve._Supervisor(ServeSettings(), str(tmp_path))
+    waiter = threading.Thread(target=lambda: setattr(
+        supervisor, "loaded", supervisor._first_worker_loaded(0.01)))
+    waiter.start()
+    if first == "refusal":
+        (tmp_path / SELF_TEST_REFUSAL_FILE).write_text("ArtifactError: no manifest.json\n")
+    else:
+        (tmp_path / "artifact-checked").touch()
+    waiter.join(timeout=10)
+    assert not waiter.is_alive()
+    assert supervisor.loaded is (first == "gate")
+    if first == "refusal":
+        assert supervisor.lifecycle.ping() == (
+            503, "cannot serve /opt/ml/model: ArtifactError: no manifest.json")
+    else:
+        assert supervisor.lifecycle.state is ServeState.STARTING
