@@ -28,7 +28,8 @@ sample photos (JPEG, about 500x375). Targets (one ``RESULT serve ...`` line each
   fp32 graph or the int8 package, as model_fn builds them, worker thread count, timed in
   this process right after each c=1 phase),
   fp32 and int8
-- cold start (container or process start -> first 200 from /invocations) <= 10 s, fp32 and int8
+- cold start (container or process start -> first 200 from /invocations) <= 5 s, fp32 and int8
+  (issue 20; the first plan's target was 10 s)
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ REPO = Path(__file__).resolve().parent.parent
 PHOTOS = REPO / "sample_data" / "photos5"
 IMAGE = local_image("serve")
 CONCURRENCY = (1, 4, 8)
+COLD_START_TARGET_S = 5  # issue 20 part 6 (the first plan asked for 10)
 
 
 def log(message: str) -> None:
@@ -339,7 +341,8 @@ def cold_starts(args: argparse.Namespace, model_dir: Path, work: Path, probe: by
     print(f"cold start, {args.target}, {args.cold_start} starts each: "
           + "; ".join(f"{n} {', '.join(f'{t:.2f}' for t in v)}" for n, v in times.items()))
     for name, values in times.items():
-        print(result("serve", f"{name}_cold_start_s", statistics.median(values), "<=", 10))
+        print(result("serve", f"{name}_cold_start_s", statistics.median(values), "<=",
+                     COLD_START_TARGET_S))
     return 0
 
 
@@ -473,8 +476,10 @@ def main(argv: list[str] | None = None) -> int:
         result("serve", "int8_top1_agreement", agreement, ">=", 0.99),
         result("serve", "fp32_p50_c1_over_forward", p50_ratio("fp32"), "<=", 1.15),
         result("serve", "int8_p50_c1_over_forward", p50_ratio("int8"), "<=", 1.15),
-        result("serve", "fp32_cold_start_s", servers["fp32"].cold_start_s, "<=", 10),
-        result("serve", "int8_cold_start_s", servers["int8"].cold_start_s, "<=", 10),
+        result("serve", "fp32_cold_start_s", servers["fp32"].cold_start_s, "<=",
+               COLD_START_TARGET_S),
+        result("serve", "int8_cold_start_s", servers["int8"].cold_start_s, "<=",
+               COLD_START_TARGET_S),
     ]
     for line in lines:
         print(line)
