@@ -67,15 +67,12 @@ def check(model_dir: str) -> int:
     """Load the artifact as a worker would, with its self-test; 0 if it can serve. For users
     (``serve`` itself lets its first worker's load be the check)."""
     from container_serve import inference
-    from model_artifact.manifest import ArtifactError
+    from container_serve.startup_check import load_failure_reason
 
     try:
         served = inference.model_fn(model_dir)
-    except (ArtifactError, ServeSettingsError) as exc:
-        log(f"cannot serve {model_dir}: {exc}")
-        return 1
-    except Exception as exc:  # torch errors while building or running the network
-        log(f"cannot serve {model_dir}: {type(exc).__name__}: {exc}")
+    except Exception as exc:  # the line a worker's refusal gives under serve
+        log(f"cannot serve {model_dir}: {load_failure_reason(exc)}")
         return 1
     manifest = served.manifest
     log(f"artifact OK: {manifest.architecture}, {manifest.num_classes} classes, {model_dir}")

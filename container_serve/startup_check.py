@@ -6,8 +6,7 @@ On failure: with ``SERVE_GRAPH=auto`` a compiled variant that fails is replaced 
 TorchScript graph (self-tested in turn), with one warning line; any other graph that fails
 (``SERVE_GRAPH=compiled``, ``frozen``, ``eager``, ``SERVE_PRECISION=int8``) is refused: the
 worker writes the reason to the runtime dir, where serve reads it (lifecycle.read_refusal) and
-stops with it. docs/serving-api.md,
-"Start-up self-test", is the contract.
+stops with it. docs/serving-api.md, "Start-up self-test", is the contract.
 """
 
 from __future__ import annotations
@@ -22,12 +21,19 @@ from torch import nn
 
 from container_serve.env_names import RUNTIME_DIR_ENV
 from container_serve.lifecycle import SELF_TEST_REFUSAL_FILE
-from container_serve.settings import ServeSettings
-from model_artifact.manifest import Manifest
+from container_serve.settings import ServeSettings, ServeSettingsError
+from model_artifact.manifest import ArtifactError, Manifest
 from model_artifact.self_test import SelfTestError, load_self_test, run_self_test
 
 logger = logging.getLogger(__name__)
 Fallback = Callable[[], tuple[nn.Module, Any, str]]  # inference._fp32_model's answer
+
+
+def load_failure_reason(exc: Exception) -> str:
+    """Why a model could not be loaded, in one line (after ``cannot serve DIR: ``)."""
+    if isinstance(exc, (ArtifactError, ServeSettingsError)):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"  # torch errors while building or running the network
 
 
 def record_refusal(reason: str, settings: ServeSettings) -> bool:

@@ -27,7 +27,7 @@ from container_serve.env_names import (
     RUNTIME_DIR_ENV,
 )
 from container_serve.errors import ServeError, error_body, one_line
-from container_serve.settings import ServeSettings, ServeSettingsError
+from container_serve.settings import ServeSettings
 from container_serve.toolkit_patches import OwnFunctionsOnly
 from model_artifact.manifest import ArtifactError
 
@@ -68,12 +68,6 @@ def _checked(prediction: inference.Prediction | ServeError) -> inference.Predict
     return prediction
 
 
-def _load_reason(exc: Exception) -> str:
-    if isinstance(exc, (ArtifactError, ServeSettingsError)):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"  # torch errors while building or running the network
-
-
 def refuse_and_exit(exc: Exception) -> None:
     """Under ``serve`` (single-model mode), a worker that cannot load the model records why
     and ends; serve stops with that one line. The workers are the artifact check: a separate
@@ -82,7 +76,7 @@ def refuse_and_exit(exc: Exception) -> None:
     the worker again, to fail the same way). Outside serve this returns, and the caller
     raises."""
     single_model = ServeSettings()  # multi-model workers never get here; from_env may raise
-    if not startup_check.record_refusal(_load_reason(exc), single_model):
+    if not startup_check.record_refusal(startup_check.load_failure_reason(exc), single_model):
         return
     logging.shutdown()  # flush: os._exit skips it
     os._exit(1)
