@@ -30,7 +30,7 @@ MAX_REQUEST_PIXELS_ENV = "SERVE_MAX_REQUEST_PIXELS"
 TOP_K_ENV = "SERVE_TOP_K"
 TOP_K_MAX_ENV = "SERVE_TOP_K_MAX"
 RUNTIME_DIR_ENV = "SERVE_RUNTIME_DIR"
-PRECISION_ENV = "SERVE_PRECISION"  # fp32 | int8 (the artifact's int8 variant)
+PRECISION_ENV = "SERVE_PRECISION"  # auto (bf16 on AMX if checked) | fp32 | int8
 # fp32 graph: auto (the artifact's compiled variant if it loads here, else frozen) | compiled
 # (the variant or fail) | frozen (TorchScript trace + freeze, once per worker) | eager
 GRAPH_ENV = "SERVE_GRAPH"

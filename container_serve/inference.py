@@ -199,8 +199,9 @@ def _fp32_model(model_dir: str, manifest: Manifest, settings: ServeSettings, exa
     if settings.graph == "compiled" or (settings.graph == "auto"
                                         and COMPILED in manifest.variants):
         try:
-            compiled = load_compiled(model_dir, manifest, settings.threads_per_worker)
-            return compiled, manifest, "compiled"
+            compiled = load_compiled(model_dir, manifest, settings.threads_per_worker,
+                                     bf16=settings.precision == "auto")
+            return compiled, manifest, compiled.target.graph
         except ArtifactError as exc:
             if settings.graph == "compiled":
                 raise

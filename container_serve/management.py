@@ -117,7 +117,7 @@ class ModelsApi:
                 raise BadRequest(f"cannot load model {name!r}: {exc}") from None
             workers = self.settings.workers  # every worker holds its own copy
             # Workers share backbones only in the fp32 TorchScript/eager forms (resident_models).
-            shares = self.settings.precision == "fp32" and self.settings.graph != "compiled"
+            shares = self.settings.precision != "int8" and self.settings.graph != "compiled"
             head = head_file_bytes(url, manifest) if shares else 0
             new = Registration(name, url, uuid.uuid4().hex, RESIDENT_FACTOR * size * workers,
                                manifest.backbone_sha256, RESIDENT_FACTOR * head * workers)

@@ -184,7 +184,7 @@ class ResidentModels:
         """fp32 fingerprinted models share; int8 and forced compiled serving are whole-model
         graphs (a head cannot be split off them). On cuda every model loads whole onto the GPU
         (inference.load_served): the shared backbones are a CPU path."""
-        return (self._settings.precision == "fp32" and self._settings.graph != "compiled"
+        return (self._settings.precision != "int8" and self._settings.graph != "compiled"
                 and self._settings.device == "cpu"
                 and bool(manifest.backbone_sha256 and manifest.head_sha256
                          and manifest.head_file))

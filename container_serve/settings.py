@@ -54,7 +54,9 @@ REQUEST_PIXELS_PER_IMAGE_LIMIT = 2
 ASYNC_MAX_REQUEST_BYTES = 1024 * 1024 * 1024
 ASYNC_TIMEOUT_SECONDS = 3600
 FLAG_VALUES = {"true": True, "1": True, "false": False, "0": False, "": False}
-PRECISIONS = ("fp32", "int8")
+# auto: fp32 graphs, and the artifact's bf16 package on a CPU with AMX where training measured
+# it agreeing with fp32 (model_artifact.compiled); fp32: never bf16; int8: the int8 variant.
+PRECISIONS = ("auto", "fp32", "int8")
 GRAPHS = ("auto", "compiled", "frozen", "eager")
 DEVICES = ("auto", "cpu", "cuda")
 # Batching defaults per device (docs/serving-api.md, "GPU serving"). CPU: one request per

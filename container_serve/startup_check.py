@@ -74,7 +74,7 @@ def self_tested(model_dir: str, manifest: Manifest, model: nn.Module, graph: str
         _tested(model, graph, loaded)
         return model, graph
     except SelfTestError as exc:
-        if graph != "compiled" or settings.graph != "auto":
+        if not graph.startswith("compiled") or settings.graph != "auto":
             record_refusal(str(exc), settings)
             raise
         logger.warning("compiled variant not used (%s); serving the TorchScript graph", exc)

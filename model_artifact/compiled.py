@@ -13,6 +13,11 @@ The package is tied to what compiled it, and serving checks each tie before load
   AVX2 endpoint; a second package for ``x86-64-v4`` (variant ``compiled_avx512``) is added
   only where the training CPU runs it faster, and serving picks the best one its CPU runs
   (``TARGETS``);
+- **AMX** (Xeons from Sapphire Rapids on: c7i, m7i, r7i): a third package runs the network in
+  bfloat16 (variant ``compiled_amx_bf16``), where oneDNN's convolutions use the AMX tiles. It
+  answers like fp32 only to bf16's 8 bits of mantissa, so the training job keeps it only when
+  its top-1 answers agree with fp32's on held-out images (``agreement.AGREEMENT_BAR``) and it
+  is faster; serving uses it on AMX CPUs unless ``SERVE_PRECISION=fp32``;
 - **torch version**: the package's C++ ABI is that of the torch that wrote it
   (``variants.compiled.torch``); another torch refuses it;
 - **shape**: batch 1 at the artifact's crop size (static shapes are what make it fast: with a
@@ -31,6 +36,7 @@ the training job that wrote it, or serve with ``SERVE_GRAPH=frozen``, which neve
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import platform
@@ -45,9 +51,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from model_artifact.agreement import measure_agreement
+from model_artifact.agreement import AGREEMENT_BAR, measure_agreement
 from model_artifact.manifest import (
     COMPILED,
+    COMPILED_AMX_BF16,
     COMPILED_AVX512,
     MANIFEST_FILE,
     ArtifactError,
@@ -70,13 +77,22 @@ class IsaTarget:
     march: str  # g++ -march
     simdlen: int  # Inductor's vector width in bits
     capable: tuple[str, ...]  # torch.backends.cpu.get_cpu_capability() values that run it
+    bf16: bool = False  # the network in bfloat16 (AMX): answers checked for agreement, not equality
+
+    @property
+    def graph(self) -> str:
+        """The served graph's name; the self-test's tolerance follows it."""
+        return "compiled-bf16" if self.bf16 else "compiled"
 
 
 V3 = IsaTarget(COMPILED, "model_compiled.pt2", "aotinductor-x86-64-v3-batch1", "x86-64-v3",
                256, ("AVX2", "AVX512"))
 V4 = IsaTarget(COMPILED_AVX512, "model_compiled_avx512.pt2", "aotinductor-x86-64-v4-batch1",
                "x86-64-v4", 512, ("AVX512",))
-TARGETS = (V4, V3)  # best first; V3 is the variant every x86 endpoint can run
+AMX_BF16 = IsaTarget(COMPILED_AMX_BF16, "model_compiled_amx_bf16.pt2",
+                     "aotinductor-x86-64-v4-amx-bf16-batch1", "x86-64-v4", 512, ("AVX512",),
+                     bf16=True)
+TARGETS = (AMX_BF16, V4, V3)  # best first; V3 is the variant every x86 endpoint can run
 COMPILED_FILE = V3.file
 COMPILED_FORMAT = V3.format
 # A package of a novelty.method "features" artifact answers (logits, pooled features)
@@ -84,6 +100,33 @@ COMPILED_FORMAT = V3.format
 # output from the manifest. Packages without it (every other artifact, and those written before
 # the features score) answer the logits alone and still load.
 FEATURES_SUFFIX = "+features"
+
+
+def has_amx() -> bool:
+    """The CPU has AMX tiles (and the kernel lets this process use them): bfloat16 and int8
+    matrix units that oneDNN's convolutions use."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # torch's own CPUID check
+    return bool(probe is not None and probe())
+
+
+def runs_here(target: IsaTarget, capability: str) -> bool:
+    """This CPU runs ``target``'s package (``capability``: torch's, e.g. AVX512)."""
+    return capability in target.capable and (not target.bf16 or has_amx())
+
+
+class InBfloat16(nn.Module):
+    """fp32 in, fp32 out, bfloat16 inside: what the AMX package compiles, so that callers
+    (preprocessing, agreement, self-test, the handler) see the fp32 interface."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = copy.deepcopy(model).to(torch.bfloat16)
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        out = self.model(batch.to(torch.bfloat16))
+        if isinstance(out, tuple):  # (logits, features): network.WithFeatures
+            return tuple(part.float() for part in out)
+        return out.float()
 
 
 def package_format(base: str, features: bool) -> str:
@@ -134,6 +177,8 @@ def compile_package(model: nn.Module, crop_size: int, path: str | os.PathLike[st
     Raises ArtifactError when this machine cannot compile it (not x86-64, no C++ compiler).
     """
     model = model.to("cpu", memory_format=torch.channels_last).eval()
+    if target.bf16:
+        model = InBfloat16(model)
     example = torch.zeros(1, 3, crop_size, crop_size).contiguous(memory_format=torch.channels_last)
     with quiet(), torch.no_grad():
         exported = torch.export.export(model, (example,))
@@ -207,6 +252,12 @@ class BatchOne(nn.Module):
         return torch.cat(rows)
 
 
+def load_fresh_package(path: str | os.PathLike[str], target: IsaTarget = V3) -> BatchOne:
+    """A package this process has just compiled (compile_package), loaded without the
+    manifest's checks: for benches and tests, never for a file read from an artifact."""
+    return BatchOne(_load_package(Path(path)), target)
+
+
 def _load_target(model_dir: str | os.PathLike[str], manifest: Manifest, threads: int,
                  target: IsaTarget, capability: str) -> BatchOne:
     """``target``'s variant, checked (file, hash, torch, CPU, thread count), loaded."""
@@ -238,6 +289,8 @@ def load_package_variant(model_dir: str | os.PathLike[str], name: str, variant: 
     if capability not in target.capable:
         raise ArtifactError(f"{name} variant needs {' or '.join(target.capable)}; this CPU "
                             f"offers {capability}")
+    if target.bf16 and not has_amx():
+        raise ArtifactError(f"{name} variant needs AMX; this CPU has none")
     from model_artifact.network import verified_file
 
     path = verified_file(Path(model_dir) / variant.file, variant.required_sha256(name),
@@ -252,17 +305,20 @@ def load_package_variant(model_dir: str | os.PathLike[str], name: str, variant: 
 
 
 def load_compiled(model_dir: str | os.PathLike[str], manifest: Manifest,
-                  threads: int = SERVING_THREADS) -> BatchOne:
+                  threads: int = SERVING_THREADS, bf16: bool = True) -> BatchOne:
     """The best compiled variant this CPU runs (TARGETS, best first; ``compiled``, x86-64-v3,
-    is the last resort), checked (file, hash, torch, CPU, thread count), ready to call with
-    ``threads`` intra-op threads. A better variant that fails a check is logged and skipped.
+    is the last resort; the bf16 one only with ``bf16`` and a recorded agreement at the bar),
+    checked (file, hash, torch, CPU, thread count), ready to call with ``threads`` intra-op
+    threads. A better variant that fails a check is logged and skipped.
 
     ArtifactError (the ``compiled`` variant's reason) when none loads; serving then uses the
     TorchScript graph instead.
     """
     capability = torch.backends.cpu.get_cpu_capability()
     for target in TARGETS[:-1]:
-        if target.variant in manifest.variants and capability in target.capable:
+        if target.bf16 and not (bf16 and _agrees(manifest.variants.get(target.variant))):
+            continue
+        if target.variant in manifest.variants and runs_here(target, capability):
             try:
                 return _chosen(_load_target(model_dir, manifest, threads, target, capability))
             except ArtifactError as exc:
@@ -271,9 +327,16 @@ def load_compiled(model_dir: str | os.PathLike[str], manifest: Manifest,
     return _chosen(_load_target(model_dir, manifest, threads, TARGETS[-1], capability))
 
 
+def _agrees(variant: Variant | None) -> bool:
+    """The training job measured this variant's top-1 agreement with fp32 at the bar."""
+    return (variant is not None and variant.top1_agreement is not None
+            and variant.top1_agreement >= AGREEMENT_BAR)
+
+
 def _chosen(model: BatchOne) -> BatchOne:
-    logger.info("compiled variant %s (%s) chosen for this CPU (%s)", model.target.variant,
-                model.target.march, torch.backends.cpu.get_cpu_capability())
+    logger.info("compiled variant %s (%s%s) chosen for this CPU (%s%s)", model.target.variant,
+                model.target.march, ", bfloat16" if model.target.bf16 else "",
+                torch.backends.cpu.get_cpu_capability(), ", AMX" if has_amx() else "")
     return model
 
 
@@ -322,15 +385,22 @@ def _add_if_faster(model_dir: str | os.PathLike[str], model: nn.Module, manifest
     """``target``'s variant added when it compiles, loads and runs batch 1 faster than
     ``baseline`` on this CPU; otherwise its file is removed and the reason logged. Only where
     this CPU can run (and so check) it: serving's CPU may differ, but an unchecked or slower
-    package is not shipped."""
-    if torch.backends.cpu.get_cpu_capability() not in target.capable:
-        logger.info("%s variant not built: this CPU (%s) cannot check it", target.variant,
-                    torch.backends.cpu.get_cpu_capability())
+    package is not shipped. A bf16 package must also agree with fp32 (``_agrees``)."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    if not runs_here(target, capability):
+        logger.info("%s variant not built: this CPU (%s%s) cannot check it", target.variant,
+                    capability, ", no AMX" if target.bf16 else "")
         return manifest
     try:
         candidate, compiled = _write_target(model_dir, model, manifest, check_paths, target)
     except ArtifactError as exc:
         logger.warning("%s variant not built: %s", target.variant, exc)
+        (Path(model_dir) / target.file).unlink(missing_ok=True)
+        return manifest
+    if target.bf16 and not _agrees(variant := candidate.variants[target.variant]):
+        logger.info("%s variant not kept: top-1 agreement with fp32 %.4f on %d images is under "
+                    "the bar (%.3f)", target.variant, variant.top1_agreement,
+                    variant.agreement_images, AGREEMENT_BAR)
         (Path(model_dir) / target.file).unlink(missing_ok=True)
         return manifest
     size = manifest.preprocessing.crop_size
@@ -351,7 +421,8 @@ def write_compiled_variant(
     manifest: Manifest,
     check_paths: Sequence[str | os.PathLike[str]],
 ) -> Manifest:
-    """Compile, save ``model_compiled.pt2`` (x86-64-v3) and, where this CPU runs it faster,
+    """Compile, save ``model_compiled.pt2`` (x86-64-v3) and, where this CPU runs them faster,
+    ``model_compiled_amx_bf16.pt2`` (bf16 on AMX, when it agrees with fp32) and
     ``model_compiled_avx512.pt2`` (x86-64-v4); check each against the fp32 model on
     ``check_paths`` (top-1 agreement and the largest logit difference), rewrite manifest.json.
     Returns the manifest as written."""

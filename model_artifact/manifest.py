@@ -29,9 +29,10 @@ ARCHITECTURES = ("resnet50",)
 INT8 = "int8"
 COMPILED = "compiled"
 COMPILED_AVX512 = "compiled_avx512"  # the same, compiled for x86-64-v4 (AVX-512) CPUs
+COMPILED_AMX_BF16 = "compiled_amx_bf16"  # the same in bfloat16, for CPUs with AMX
 # Optional extra forms of the same model, see docs/artifact.md; a reader skips names it
 # does not know, so adding one keeps older serving images working.
-VARIANT_NAMES = (INT8, COMPILED, COMPILED_AVX512)
+VARIANT_NAMES = (INT8, COMPILED, COMPILED_AVX512, COMPILED_AMX_BF16)
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 

@@ -13,8 +13,23 @@ import pytest
 import torch
 
 from container_serve import inference
-from model_artifact.compiled import COMPILED_FILE, COMPILED_FORMAT, load_compiled
-from model_artifact.manifest import COMPILED, MANIFEST_FILE, ArtifactError, Manifest
+from model_artifact.compiled import (
+    AMX_BF16,
+    COMPILED_FILE,
+    COMPILED_FORMAT,
+    compile_package,
+    has_amx,
+    load_compiled,
+    load_fresh_package,
+)
+from model_artifact.manifest import (
+    COMPILED,
+    COMPILED_AMX_BF16,
+    COMPILED_AVX512,
+    MANIFEST_FILE,
+    ArtifactError,
+    Manifest,
+)
 from model_artifact.network import load_artifact
 from model_artifact.preprocess import image_batches
 from tests.conftest import HELD_OUT, TrainingRun
@@ -29,9 +44,13 @@ def _copy(artifact: Path, to: Path) -> Path:
 
 
 def _edit_variant(model_dir: Path, **fields: object) -> None:
+    """Every compiled package the run kept (v3; v4 and bf16 where this CPU made them) edited
+    alike, so that none loads."""
     path = model_dir / MANIFEST_FILE
     data = json.loads(path.read_text())
-    data["variants"][COMPILED].update(fields)
+    for name in (COMPILED, COMPILED_AVX512, COMPILED_AMX_BF16):
+        if name in data["variants"]:
+            data["variants"][name].update(fields)
     path.write_text(json.dumps(data))
 
 
@@ -45,10 +64,41 @@ def test_training_writes_the_variant(compiled_run: TrainingRun) -> None:
     assert "compiled variant model_compiled.pt2 in" in compiled_run.log
 
 
+def test_training_considers_the_bf16_package_where_the_cpu_can_check_it(
+        compiled_run: TrainingRun) -> None:
+    """On an AMX CPU the job builds the bf16 package and says whether it kept it; elsewhere it
+    says why it did not build one."""
+    if has_amx():
+        assert ("compiled_amx_bf16 variant kept" in compiled_run.log
+                or "compiled_amx_bf16 variant not kept" in compiled_run.log), compiled_run.log
+    else:
+        assert "compiled_amx_bf16 variant not built: this CPU" in compiled_run.log
+        assert COMPILED_AMX_BF16 not in Manifest.read(compiled_run.model_dir).variants
+
+
+@pytest.mark.skipif(not has_amx(), reason="the bf16 package runs on CPUs with AMX only")
+def test_the_bf16_package_answers_like_fp32_within_its_tolerance(
+        compiled_run: TrainingRun, tmp_path: Path) -> None:
+    from model_artifact.self_test import BF16_TOLERANCE
+
+    fp32, manifest = load_artifact(compiled_run.model_dir)
+    fp32 = fp32.to(memory_format=torch.channels_last).eval()
+    path = compile_package(fp32, manifest.preprocessing.crop_size, tmp_path / "bf16.pt2",
+                           target=AMX_BF16)
+    bf16 = load_fresh_package(path, AMX_BF16)
+    with torch.inference_mode():
+        batch = next(image_batches(HELD_OUT[:8], manifest.preprocessing, batch_size=8))
+        expected, got = fp32(batch), bf16(batch)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    allowed = BF16_TOLERANCE * max(1.0, float(expected.abs().max()))
+    assert float((got - expected).abs().max()) < allowed
+    assert float((got - expected).abs().max()) > 1e-6  # really bfloat16, not the fp32 graph
+
+
 def test_compiled_logits_equal_fp32_at_batch_1_and_batch_5(compiled_run: TrainingRun) -> None:
     fp32, manifest = load_artifact(compiled_run.model_dir)
     fp32 = fp32.to(memory_format=torch.channels_last)
-    compiled = load_compiled(compiled_run.model_dir, manifest)
+    compiled = load_compiled(compiled_run.model_dir, manifest, bf16=False)  # fp32 packages
     with torch.inference_mode():
         for batch in image_batches(HELD_OUT[:10], manifest.preprocessing, batch_size=5):
             expected = fp32(batch)
@@ -60,6 +110,7 @@ def test_serving_prefers_the_compiled_graph(compiled_run: TrainingRun,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SERVE_GRAPH", raising=False)
     monkeypatch.setenv("SERVE_THREADS_PER_WORKER", "1")  # what it was compiled for
+    monkeypatch.setenv("SERVE_PRECISION", "fp32")  # not bf16, where this CPU has AMX
     auto = inference.model_fn(str(compiled_run.model_dir))
     monkeypatch.setenv("SERVE_GRAPH", "frozen")
     frozen = inference.model_fn(str(compiled_run.model_dir))

@@ -231,7 +231,7 @@ def test_the_compiled_package_gives_the_features(small) -> None:
     written = compiled.write_compiled_variant(folder, net, manifest, [p for p, _ in train[:4]])
     assert written.variants[COMPILED].format == "aotinductor-x86-64-v3-batch1+features"
     assert written.variants[COMPILED].top1_agreement == 1.0  # logits compared, as before
-    served = inference.load_served(str(folder), ServeSettings(graph="compiled"))
+    served = inference.load_served(str(folder), ServeSettings(graph="compiled", precision="fp32"))
     assert served.graph == "compiled"
     for body in (_png(0, 11), _png(2, 12)):
         assert _score(served, body)["novelty_score"] == pytest.approx(

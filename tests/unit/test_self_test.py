@@ -20,6 +20,7 @@ from container_serve.settings import ServeSettings
 from model_artifact.manifest import MANIFEST_FILE, ArtifactError, Manifest
 from model_artifact.preprocess import EvalPreprocessing
 from model_artifact.self_test import (
+    BF16_TOLERANCE,
     FP32_TOLERANCE,
     INT8_TOLERANCE,
     SELF_TEST_FILE,
@@ -107,6 +108,17 @@ def test_tolerances_fp32_tight_int8_looser(artifact) -> None:
         run_self_test(_shifted(model, 2 * INT8_TOLERANCE, reference), "int8", inputs, reference)
 
 
+def test_the_bf16_package_gets_a_tolerance_between_fp32s_and_int8s(artifact) -> None:
+    model_dir, model, manifest = artifact
+    inputs, reference = load_self_test(model_dir, manifest)
+    assert FP32_TOLERANCE < BF16_TOLERANCE < INT8_TOLERANCE
+    drift = (FP32_TOLERANCE + BF16_TOLERANCE) / 2
+    run_self_test(_shifted(model, drift, reference), "compiled-bf16", inputs, reference)
+    with pytest.raises(SelfTestError, match="on the compiled-bf16 graph"):
+        run_self_test(_shifted(model, (BF16_TOLERANCE + INT8_TOLERANCE) / 2, reference),
+                      "compiled-bf16", inputs, reference)
+
+
 def test_a_different_top1_is_refused_even_within_the_logit_tolerance() -> None:
     reference = torch.tensor([[1.0, 0.9, 0.0]])  # allowed under int8: 0.15 x max(1, 1.0)
     inputs = torch.zeros(1, 3, CROP, CROP)
@@ -121,18 +133,19 @@ def _settings(graph: str) -> ServeSettings:
     return ServeSettings(graph=graph)
 
 
+@pytest.mark.parametrize("compiled", ["compiled", "compiled-bf16"])
 def test_auto_falls_back_from_a_failing_compiled_graph_and_says_so(
-        artifact, caplog: pytest.LogCaptureFixture) -> None:
+        artifact, caplog: pytest.LogCaptureFixture, compiled: str) -> None:
     model_dir, model, manifest = artifact
     _, reference = load_self_test(model_dir, manifest)
     bad = _shifted(model, 1.0, reference)
     with caplog.at_level(logging.INFO, logger="container_serve.startup_check"):
-        served, graph = startup_check.self_tested(str(model_dir), manifest, bad, "compiled",
+        served, graph = startup_check.self_tested(str(model_dir), manifest, bad, compiled,
                                                   _settings("auto"),
                                                   lambda: (model, manifest, "frozen"))
     assert (served, graph) == (model, "frozen")
     warning, passed = caplog.messages
-    assert warning.startswith("compiled variant not used (self-test failed on the compiled")
+    assert warning.startswith(f"compiled variant not used (self-test failed on the {compiled} ")
     assert passed.startswith("self-test passed on the frozen graph: 8 held-out inputs")
 
 

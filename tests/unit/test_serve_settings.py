@@ -119,12 +119,13 @@ def test_every_environment_name_is_spelled_once() -> None:
 
 
 def test_precision_and_graph_knobs() -> None:  # moved here from test_quantize.py
-    assert ServeSettings.from_env({}).precision == "fp32"
+    assert ServeSettings.from_env({}).precision == "auto"  # fp32, or bf16 on AMX if checked
+    assert ServeSettings.from_env({"SERVE_PRECISION": "FP32"}).precision == "fp32"
     assert ServeSettings.from_env({"SERVE_PRECISION": "INT8"}).precision == "int8"
     env = ServeSettings.from_env({"SERVE_PRECISION": "int8"}).worker_env()
     assert env["SERVE_PRECISION"] == "int8"
     with pytest.raises(ServeSettingsError,
-                       match="SERVE_PRECISION='fp16' must be one of fp32, int8"):
+                       match="SERVE_PRECISION='fp16' must be one of auto, fp32, int8"):
         ServeSettings.from_env({"SERVE_PRECISION": "fp16"})
     assert ServeSettings.from_env({}).graph == "auto"
     env = ServeSettings.from_env({"SERVE_GRAPH": "Compiled"}).worker_env()
