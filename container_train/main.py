@@ -45,7 +45,7 @@ from container_train.engine import (
     train_one_epoch,
 )
 from container_train.errors import TrainingError
-from container_train.feature_cache import make_feature_loaders
+from container_train.feature_cache import features_in_bf16, make_feature_loaders
 from container_train.gpu_decode import resolve_gpu_decode
 from container_train.interruption import INTERRUPTED_EXIT_CODE, NEVER, Interrupted, StopSignal
 from container_train.model import (
@@ -195,7 +195,8 @@ def _loaders(config: JobConfig, net: nn.Module, splits: dict[str, Split],
         loaders = make_feature_loaders(
             net, splits, pre, views=hp.cache_views if hp.augment else 1, seed=hp.seed,
             batch_size=hp.batch_size, num_workers=workers, device=ctx.device,
-            cache_dir=config.feature_cache_dir, rank=ctx.rank, world_size=ctx.world_size)
+            cache_dir=config.feature_cache_dir, rank=ctx.rank, world_size=ctx.world_size,
+            bf16=features_in_bf16(ctx.device, hp.precision))
         return loaders, net.fc
     loaders = {name: make_loader(split, pre, train=name == "train", batch_size=hp.batch_size,
                                  num_workers=workers, seed=hp.seed, augment=hp.augment,

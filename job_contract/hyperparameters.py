@@ -116,11 +116,15 @@ SPECS: tuple[Spec, ...] = (
     Spec("compile", "bool", True,
          "also write the fp32 model compiled ahead of time (AOTInductor, x86-64-v3, batch 1), "
          "which fp32 serving on CPU runs about 1.2x faster than its TorchScript graph; adds "
-         "20-40 s and needs a C++ compiler (the training image has one)"),
+         "20-40 s and needs a C++ compiler (the training image has one). On a CPU with "
+         "AVX-512 it also tries an x86-64-v4 package, and on one with AMX a bfloat16 package, "
+         "each kept only when faster there (the bf16 one only when its answers agree with "
+         "fp32's: docs/artifact.md)"),
     Spec("precision", "choice", AUTO,
          "arithmetic of the training steps: auto = bf16 autocast on GPUs with native bf16 "
          "(compute capability >= 8.0: A10G, A100, H100, L4), fp16 autocast + gradient scaler "
-         "on older GPUs (T4, V100), fp32 on CPU; fp16 and bf16 fail on a device without them",
+         "on older GPUs (T4, V100), fp32 on CPU (except a frozen backbone's feature pass, "
+         "bf16 on CPUs with AMX); fp16 and bf16 fail on a device without them",
          choices=(AUTO, "fp32", "fp16", "bf16")),
     Spec("abstain-rate", "float", 0.05,
          "share of the valid split's (known-class) images that serving may flag abstain=true: "

@@ -50,15 +50,40 @@ def test_cache_is_reused_and_invalidated_by_content_and_size(color_data, tmp_pat
 
 def test_fast_path_trains_the_same_head_as_the_full_forward(color_data, tmp_path, caplog):
     # Centre view only on both paths, so both see the same inputs in the same order.
-    fast, computed = _run(color_data, tmp_path / "fast", caplog, values={"augment": False})
+    # precision=fp32: on a CPU with AMX the default computes the features in bf16 (below).
+    fast, computed = _run(color_data, tmp_path / "fast", caplog,
+                          values={"augment": False, "precision": "fp32"})
     assert computed["train"] == 32
     slow, computed = _run(color_data, tmp_path / "slow", caplog,
-                          values={"augment": False, "feature-cache": False})
+                          values={"augment": False, "feature-cache": False, "precision": "fp32"})
     assert computed == {}
     for key in ("fc.weight", "fc.bias"):
         # Same maths; only BLAS blocking differs with batch layout (float32 noise).
         assert torch.allclose(fast[key], slow[key], atol=1e-4, rtol=1e-4), key
     assert torch.equal(fast["layer4.0.conv1.weight"], slow["layer4.0.conv1.weight"])
+
+
+def test_on_an_amx_cpu_the_default_feature_pass_runs_in_bf16_and_caches_apart(
+        color_data, tmp_path, caplog, monkeypatch):
+    """precision=auto on a CPU with AMX (stood in for: bf16 also runs, slower, on others):
+    bf16 features, their own cache folder, a head close to the fp32 one; precision=fp32 keeps
+    fp32 there."""
+    from container_train import feature_cache
+
+    monkeypatch.setattr(feature_cache, "has_amx", lambda: True)
+    cache = tmp_path / "cache"
+    values = {"augment": False}
+    bf16, computed = _run(color_data, tmp_path / "bf16", caplog, cache, values)
+    assert computed["train"] == 32 and "features: 32 image-views computed" in caplog.text
+    assert re.search(r"train features: .* s, bf16 \(AMX\)", caplog.text)
+    fp32, computed = _run(color_data, tmp_path / "fp32", caplog, cache,
+                          {**values, "precision": "fp32"})
+    assert computed["train"] == 32  # not the bf16 entries
+    assert "bf16 (AMX)" not in caplog.text
+    folders = sorted(p.name for p in cache.iterdir())
+    assert len(folders) == 2 and folders[1] == folders[0] + "-bf16"
+    difference = (bf16["fc.weight"] - fp32["fc.weight"]).abs().max()
+    assert 0 < difference < 0.05 * fp32["fc.weight"].abs().max(), difference
 
 
 def test_the_process_remembers_entries_but_not_deleted_ones(tmp_path):
