@@ -6,7 +6,9 @@ quantizer, calibrated on training images, compiled with AOTInductor) into a copy
 artifact, then both networks score every test image through serving's preprocessing, with
 serving's one thread. Goal (issue 20): agreement >= 99.5%. One row per set of modules left
 fp32 (``--fp32-modules``; default: none, and the job's ``quantize.FP32_MODULES``), each built
-from the same artifact and scored against the same fp32 logits.
+from the same artifact and scored against the same fp32 logits. On a CPU with AMX one more
+row: the bf16 package (``compiled.AMX_BF16``, what serving runs there by default when the
+training job kept it), scored the same way against the same bar.
 
     .venv/bin/python bench/int8_agreement.py                      # the reference network
     .venv/bin/python bench/int8_agreement.py --model-dir DIR --test-dir DIR --train-dir DIR
@@ -27,7 +29,13 @@ from pathlib import Path
 import torch
 
 from bench.reference_network import IMAGE_SUFFIXES, add_arguments, reference_network, test_images
-from model_artifact.compiled import SERVING_THREADS
+from model_artifact.compiled import (
+    AMX_BF16,
+    SERVING_THREADS,
+    compile_package,
+    has_amx,
+    load_fresh_package,
+)
 from model_artifact.network import load_artifact
 from model_artifact.preprocess import image_batches
 from model_artifact.quantize import FP32_MODULES, load_int8, write_int8_variant
@@ -60,6 +68,14 @@ def _build(model_dir: Path, work: Path, train_dir: Path, calibration_images: int
     return load_int8(work, manifest), time.perf_counter() - start
 
 
+def _bf16_package(model: torch.nn.Module, crop_size: int, work: Path
+                  ) -> tuple[torch.nn.Module, float]:
+    """The AMX bf16 package of ``model``, compiled as the training job compiles it."""
+    start = time.perf_counter()
+    path = compile_package(model, crop_size, work / AMX_BF16.file, target=AMX_BF16)
+    return load_fresh_package(path, AMX_BF16), time.perf_counter() - start
+
+
 def measure(model_dir: Path, test_dir: Path, train_dir: Path,
             calibration_images: int = CALIBRATION_IMAGES,
             configs: tuple[tuple[str, ...], ...] = ((), FP32_MODULES)) -> dict:
@@ -80,7 +96,15 @@ def measure(model_dir: Path, test_dir: Path, train_dir: Path,
             rows.append({"fp32_modules": fp32_modules, "build_s": seconds,
                          "agreement": float((fp32.argmax(1) == int8.argmax(1)).double().mean()),
                          "int8_acc": float((int8.argmax(1) == labels).double().mean()),
-                         "max_diff": float((fp32 - int8).abs().max())})
+                         "max_diff": float((fp32 - int8).abs().max()), "variant": "int8"})
+        if has_amx():
+            bf16_graph, seconds = _bf16_package(model, pre.crop_size, Path(scratch))
+            torch.set_num_threads(SERVING_THREADS)
+            bf16 = _logits(bf16_graph, paths, pre)
+            rows.append({"fp32_modules": (), "build_s": seconds, "variant": "bf16",
+                         "agreement": float((fp32.argmax(1) == bf16.argmax(1)).double().mean()),
+                         "int8_acc": float((bf16.argmax(1) == labels).double().mean()),
+                         "max_diff": float((fp32 - bf16).abs().max())})
     return {"images": len(paths), "fp32_acc": float((fp32.argmax(1) == labels).double().mean()),
             "rows": rows}
 
@@ -113,20 +137,26 @@ def main() -> int:
     print(f"int8_agreement: {args.model_dir}, {result['images']} test images, fp32 accuracy "
           f"{result['fp32_acc']:.4f}, int8 calibrated on {args.calibration_images} training "
           f"images, {SERVING_THREADS} thread")
-    print("| modules kept fp32 | top-1 agreement with fp32 | int8 accuracy (delta) | "
+    print("| variant | modules kept fp32 | top-1 agreement with fp32 | accuracy (delta) | "
           "largest logit difference | build s |")
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     for row in result["rows"]:
-        print(f"| {','.join(row['fp32_modules']) or 'none'} | {row['agreement']:.4f} | "
+        print(f"| {row['variant']} | {','.join(row['fp32_modules']) or 'none'} | "
+              f"{row['agreement']:.4f} | "
               f"{row['int8_acc']:.4f} ({row['int8_acc'] - result['fp32_acc']:+.4f}) | "
               f"{row['max_diff']:.3f} | {row['build_s']:.0f} |")
-    job = next((r for r in result["rows"] if r["fp32_modules"] == FP32_MODULES),
-               result["rows"][-1])
+    int8_rows = [r for r in result["rows"] if r["variant"] == "int8"]
+    job = next((r for r in int8_rows if r["fp32_modules"] == FP32_MODULES), int8_rows[-1])
     ok = job["agreement"] >= TARGET_AGREEMENT
     print(f"RESULT int8_agreement agreement={job['agreement']:.4f} "
           f"fp32_modules={','.join(job['fp32_modules']) or 'none'} "
           f"accuracy_delta={job['int8_acc'] - result['fp32_acc']:+.4f} "
           f"images={result['images']} target>={TARGET_AGREEMENT} pass={str(ok).lower()}")
+    for row in (r for r in result["rows"] if r["variant"] == "bf16"):
+        print(f"RESULT bf16_agreement agreement={row['agreement']:.4f} "
+              f"accuracy_delta={row['int8_acc'] - result['fp32_acc']:+.4f} "
+              f"images={result['images']} target>={TARGET_AGREEMENT} "
+              f"pass={str(row['agreement'] >= TARGET_AGREEMENT).lower()}")
     return 0
 
 

@@ -3,7 +3,9 @@
 Compares a seed-style handler (bench/seed_handler.py: resize to 224x224, to-tensor, fp32 eager,
 default MMS settings) with ``container_serve`` in fp32 (the artifact's compiled variant:
 AOTInductor, batch 1, channels_last; model_artifact/compiled.py) and int8
-(``SERVE_PRECISION=int8``), all three on the same 224 px artifact: random-init ResNet50,
+(``SERVE_PRECISION=int8``), all three on the same 224 px artifact, and on a CPU with AMX where
+the artifact has the bf16 package a fourth, ``bf16`` (the default ``SERVE_PRECISION=auto``,
+which serves it there): random-init ResNet50,
 5 classes, BatchNorm statistics re-estimated on the sample training photos and the head fitted
 to them by ridge regression (a linear probe on random features, so predictions depend on the
 image), int8 variant calibrated on 64 of those photos by model_artifact.quantize.
@@ -21,7 +23,8 @@ concurrency 1, 4 and 8 for ``--duration`` seconds on each server in turn, so the
 measured under the same machine load; medians over ``--rounds`` rounds. Payloads: the
 sample photos (JPEG, about 500x375). Targets (one ``RESULT serve ...`` line each):
 
-- throughput at concurrency 4: ours fp32 / seed >= 1.5, ours int8 / seed >= 2.5
+- throughput at concurrency 4: ours fp32 / seed >= 1.5, ours int8 / seed >= 2.5 (bf16 / seed
+  is printed against fp32's 1.5)
 - int8 top-1 agreement with fp32 (both served, over HTTP) on the fixed set (sample test+valid
   photos, not used for calibration) >= 0.99
 - p50 at concurrency 1 <= 1.15 x the bare batch-1 forward time of the same model (the served
@@ -58,6 +61,8 @@ REPO = Path(__file__).resolve().parent.parent
 PHOTOS = REPO / "sample_data" / "photos5"
 IMAGE = local_image("serve")
 CONCURRENCY = (1, 4, 8)
+# Bench server name -> SERVE_PRECISION: "bf16" is the default (auto) where it serves bf16.
+PRECISION_ENV = {"fp32": "fp32", "int8": "int8", "bf16": "auto"}
 COLD_START_TARGET_S = 5  # issue 20 part 6 (the first plan asked for 10)
 
 
@@ -121,6 +126,16 @@ def make_artifact(model_dir: Path, seed: int = 0) -> dict:
     return manifest.variants["int8"].to_dict()
 
 
+def ours(model_dir: Path) -> list[str]:
+    """Our servers: fp32 and int8, and bf16 where the artifact has the package and this CPU
+    runs it (AMX)."""
+    from model_artifact.compiled import has_amx
+    from model_artifact.manifest import COMPILED_AMX_BF16, Manifest
+
+    bf16 = COMPILED_AMX_BF16 in Manifest.read(model_dir).variants and has_amx()
+    return ["fp32", "int8"] + (["bf16"] if bf16 else [])
+
+
 def fixed_set() -> list[Path]:
     return sorted((PHOTOS / "test").glob("*/*.jpg")) + sorted((PHOTOS / "valid").glob("*/*.jpg"))
 
@@ -131,7 +146,7 @@ class BareForward:
     def __init__(self, model_dir: Path, precision: str, threads: int) -> None:
         import torch
 
-        os.environ.update({"SERVE_PRECISION": precision,
+        os.environ.update({"SERVE_PRECISION": PRECISION_ENV[precision],
                            "SERVE_THREADS_PER_WORKER": str(threads),
                            "SAGEMAKER_MODEL_SERVER_WORKERS": "1"})
         from container_serve import inference
@@ -331,8 +346,8 @@ def cold_starts(args: argparse.Namespace, model_dir: Path, work: Path, probe: by
     try:
         for _ in range(args.cold_start):
             for name in times:
-                server = start_server(name, "ours", {"SERVE_PRECISION": name}, args, model_dir,
-                                      work, probe)
+                server = start_server(name, "ours", {"SERVE_PRECISION": PRECISION_ENV[name]},
+                                      args, model_dir, work, probe)
                 server.stop()
                 times[name].append(server.cold_start_s)
     finally:
@@ -365,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cold-start", type=int, default=0, metavar="N",
                         help="only measure cold start: start each of --precisions N times")
     parser.add_argument("--precisions", default="fp32,int8",
-                        help="--cold-start: which servers, comma-separated (fp32, int8)")
+                        help="--cold-start: which servers, comma-separated (fp32, int8, bf16)")
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.rounds, args.forward_runs = 5.0, 1, 5
@@ -401,11 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         return cold_starts(args, model_dir, work, probe)
     threads = 1
     servers: dict[str, Server] = {}
-    configs = {
-        "seed": ("seed", {}),
-        "fp32": ("ours", {"SERVE_PRECISION": "fp32"}),
-        "int8": ("ours", {"SERVE_PRECISION": "int8"}),
-    }
+    configs = {"seed": ("seed", {})} | {
+        name: ("ours", {"SERVE_PRECISION": PRECISION_ENV[name]}) for name in ours(model_dir)}
     measurements: dict = {"target": args.target, "cpus": cpus, "int8_variant": variant}
     lines: list[str] = []
     try:
@@ -418,10 +430,14 @@ def main(argv: list[str] | None = None) -> int:
         distinct = len(set(fp32_top1))
         log(f"int8 vs fp32 top-1 agreement over HTTP: {agreement:.4f} on {len(paths)} images "
             f"(fp32 predicts {distinct} distinct classes)")
+        if "bf16" in servers:
+            bf16_agreement = sum(a == b for a, b in zip(
+                fp32_top1, top1(servers["bf16"].port, paths), strict=True)) / len(paths)
+            log(f"bf16 vs fp32 top-1 agreement over HTTP: {bf16_agreement:.4f}")
 
         rounds: dict[str, dict[int, list[Phase]]] = {n: {c: [] for c in CONCURRENCY}
                                                       for n in servers}
-        bare = {p: BareForward(model_dir, p, threads) for p in ("fp32", "int8")}
+        bare = {p: BareForward(model_dir, p, threads) for p in servers if p != "seed"}
         forwards: dict[str, list[float]] = {p: [] for p in bare}
         for r in range(args.rounds):
             for conc in CONCURRENCY:
@@ -468,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {name} | {conc} | {med(name, conc, 'rps'):.2f} | {med(name, conc, 'p50'):.0f}"
                   f" | {med(name, conc, 'p99'):.0f} | {server.cold_start_s:.1f} |")
     print(f"bare batch-1 forward, {threads} thread, in the bench process right after each "
-          f"c=1 phase: fp32 {forward['fp32']:.1f} ms, int8 {forward['int8']:.1f} ms")
+          "c=1 phase: " + ", ".join(f"{p} {ms:.1f} ms" for p, ms in forward.items()))
     print()
     lines = [
         result("serve", "fp32_vs_seed_throughput_c4", ratio_fp32, ">=", 1.5),
@@ -481,6 +497,14 @@ def main(argv: list[str] | None = None) -> int:
         result("serve", "int8_cold_start_s", servers["int8"].cold_start_s, "<=",
                COLD_START_TARGET_S),
     ]
+    if "bf16" in servers:
+        lines += [
+            result("serve", "bf16_vs_seed_throughput_c4", ratio("bf16"), ">=", 1.5),
+            result("serve", "bf16_top1_agreement", bf16_agreement, ">=", 0.99),
+            result("serve", "bf16_p50_c1_over_forward", p50_ratio("bf16"), "<=", 1.15),
+            result("serve", "bf16_cold_start_s", servers["bf16"].cold_start_s, "<=",
+                   COLD_START_TARGET_S),
+        ]
     for line in lines:
         print(line)
     if args.json:
