@@ -42,6 +42,9 @@ def _load(model_dir: str) -> None:
 def handle(data, context):  # MMS's function entry point: (None, context) once at load
     if data is None:
         _load(os.environ.get("SERVE_MODEL_DIR") or context.system_properties["model_dir"])
+        from container_serve.transformer import mark_loaded
+
+        mark_loaded()  # serve opens the port once a worker has loaded (the product's contract)
         return None
     import torch
     from PIL import Image
