@@ -69,12 +69,12 @@ def seed_style(data: Path, epochs: int, seed: int) -> tuple[float, float]:
     return time.perf_counter() - start, accuracy
 
 
-def ours(data: Path, epochs: int, seed: int) -> tuple[float, float]:
+def ours(data: Path, epochs: int, seed: int, precision: str = "auto") -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         config = JobConfig.from_values(
             {"weights": "none", "epochs": epochs, "batch-size": 32, "seed": seed,
-             "log-interval": 1000,
+             "log-interval": 1000, "precision": precision,  # auto: bf16 features on AMX
              "compile": False},  # the seed loop builds no serving variant: same work both sides
             data_dir=data, model_dir=Path(tmp, "model"), output_data_dir=Path(tmp, "out"))
         run(config)
@@ -88,9 +88,11 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=REPO / "sample_data" / "photos5")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32"),
+                        help="ours: the job's precision (auto: the feature pass in bf16 on AMX)")
     args = parser.parse_args()
     base_s, base_acc = seed_style(args.data, args.epochs, args.seed)
-    our_s, our_acc = ours(args.data, args.epochs, args.seed)
+    our_s, our_acc = ours(args.data, args.epochs, args.seed, args.precision)
     speedup = base_s / our_s
     images = sum(1 for _ in (args.data / "train").rglob("*.jpg"))
     print(f"\ntrain_frozen: {images} training images at 224 px, {args.epochs} epochs, "
