@@ -73,10 +73,10 @@ def test_on_an_amx_cpu_the_default_feature_pass_runs_in_bf16_and_caches_apart(
     monkeypatch.setattr(feature_cache, "has_amx", lambda: True)
     cache = tmp_path / "cache"
     values = {"augment": False}
-    bf16, computed = _run(color_data, tmp_path / "bf16", caplog, cache, values)
+    _, computed = _run(color_data, tmp_path / "bf16", caplog, cache, values)
     assert computed["train"] == 32 and "features: 32 image-views computed" in caplog.text
     assert re.search(r"train features: .* s, bf16 \(AMX\)", caplog.text)
-    fp32, computed = _run(color_data, tmp_path / "fp32", caplog, cache,
+    _, computed = _run(color_data, tmp_path / "fp32", caplog, cache,
                           {**values, "precision": "fp32"})
     assert computed["train"] == 32  # not the bf16 entries
     assert "bf16 (AMX)" not in caplog.text
