@@ -77,7 +77,7 @@ def test_on_an_amx_cpu_the_default_feature_pass_runs_in_bf16_and_caches_apart(
     assert computed["train"] == 32 and "features: 32 image-views computed" in caplog.text
     assert re.search(r"train features: .* s, bf16 \(AMX\)", caplog.text)
     _, computed = _run(color_data, tmp_path / "fp32", caplog, cache,
-                          {**values, "precision": "fp32"})
+                       {**values, "precision": "fp32"})
     assert computed["train"] == 32  # not the bf16 entries
     assert "bf16 (AMX)" not in caplog.text
     folders = sorted(p.name for p in cache.iterdir())
