@@ -31,6 +31,7 @@ import torch
 from model_artifact.compiled import (
     SERVING_THREADS,
     TARGETS,
+    batch1_ms,
     compile_package,
     load_fresh_package,
     runs_here,
@@ -41,18 +42,6 @@ from model_artifact.preprocess import EvalPreprocessing, image_batches
 REPO = Path(__file__).resolve().parent.parent
 PHOTOS = REPO / "sample_data" / "photos5"
 SIZE = 224
-
-
-def _median_ms(network, runs: int) -> float:
-    example = torch.randn(1, 3, SIZE, SIZE).contiguous(memory_format=torch.channels_last)
-    times = []
-    with torch.inference_mode():
-        network(example)
-        for _ in range(runs):
-            start = time.perf_counter()
-            network(example)
-            times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def _int8(model: torch.nn.Module, work: Path):
@@ -103,7 +92,7 @@ def main() -> int:
         times: dict[str, list[float]] = {name: [] for name in built}
         for _ in range(args.rounds):  # interleaved: a load change hits every graph alike
             for name, network in built.items():
-                times[name].append(_median_ms(network, args.runs))
+                times[name].append(batch1_ms(network, SIZE, args.runs))
     ms = {name: statistics.median(values) for name, values in times.items()}
     eager, v3 = ms["eager fp32"], ms.get("compiled", float("nan"))
     print(f"cpu_graphs: {torch.backends.cpu.get_cpu_capability()}, "

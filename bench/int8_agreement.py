@@ -95,7 +95,7 @@ def measure(model_dir: Path, test_dir: Path, train_dir: Path,
             int8 = _logits(int8_graph, paths, pre)
             rows.append({"fp32_modules": fp32_modules, "build_s": seconds,
                          "agreement": float((fp32.argmax(1) == int8.argmax(1)).double().mean()),
-                         "int8_acc": float((int8.argmax(1) == labels).double().mean()),
+                         "accuracy": float((int8.argmax(1) == labels).double().mean()),
                          "max_diff": float((fp32 - int8).abs().max()), "variant": "int8"})
         if has_amx():
             bf16_graph, seconds = _bf16_package(model, pre.crop_size, Path(scratch))
@@ -103,7 +103,7 @@ def measure(model_dir: Path, test_dir: Path, train_dir: Path,
             bf16 = _logits(bf16_graph, paths, pre)
             rows.append({"fp32_modules": (), "build_s": seconds, "variant": "bf16",
                          "agreement": float((fp32.argmax(1) == bf16.argmax(1)).double().mean()),
-                         "int8_acc": float((bf16.argmax(1) == labels).double().mean()),
+                         "accuracy": float((bf16.argmax(1) == labels).double().mean()),
                          "max_diff": float((fp32 - bf16).abs().max())})
     return {"images": len(paths), "fp32_acc": float((fp32.argmax(1) == labels).double().mean()),
             "rows": rows}
@@ -143,18 +143,18 @@ def main() -> int:
     for row in result["rows"]:
         print(f"| {row['variant']} | {','.join(row['fp32_modules']) or 'none'} | "
               f"{row['agreement']:.4f} | "
-              f"{row['int8_acc']:.4f} ({row['int8_acc'] - result['fp32_acc']:+.4f}) | "
+              f"{row['accuracy']:.4f} ({row['accuracy'] - result['fp32_acc']:+.4f}) | "
               f"{row['max_diff']:.3f} | {row['build_s']:.0f} |")
     int8_rows = [r for r in result["rows"] if r["variant"] == "int8"]
     job = next((r for r in int8_rows if r["fp32_modules"] == FP32_MODULES), int8_rows[-1])
     ok = job["agreement"] >= TARGET_AGREEMENT
     print(f"RESULT int8_agreement agreement={job['agreement']:.4f} "
           f"fp32_modules={','.join(job['fp32_modules']) or 'none'} "
-          f"accuracy_delta={job['int8_acc'] - result['fp32_acc']:+.4f} "
+          f"accuracy_delta={job['accuracy'] - result['fp32_acc']:+.4f} "
           f"images={result['images']} target>={TARGET_AGREEMENT} pass={str(ok).lower()}")
     for row in (r for r in result["rows"] if r["variant"] == "bf16"):
         print(f"RESULT bf16_agreement agreement={row['agreement']:.4f} "
-              f"accuracy_delta={row['int8_acc'] - result['fp32_acc']:+.4f} "
+              f"accuracy_delta={row['accuracy'] - result['fp32_acc']:+.4f} "
               f"images={result['images']} target>={TARGET_AGREEMENT} "
               f"pass={str(row['agreement'] >= TARGET_AGREEMENT).lower()}")
     return 0

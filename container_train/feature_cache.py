@@ -144,20 +144,22 @@ def features_in_bf16(device: torch.device, precision: str) -> bool:
     return device.type == "cpu" and precision == "auto" and has_amx()
 
 
-@torch.inference_mode()
-def extract_features(net: nn.Module, split: Split, pre: EvalPreprocessing, views: int, *,
-                     seed: int, device: torch.device, batch_size: int, num_workers: int,
-                     store: FeatureStore, bf16: bool = False) -> torch.Tensor:
-    """[images, views, 2048] backbone features (everything but the head); ``bf16``: computed
-    in bfloat16 (float32 out)."""
-    start = time.perf_counter()
+def backbone_of(net: nn.Module, bf16: bool = False) -> nn.Module:
+    """Everything but the head, flattened; ``bf16``: a bfloat16 copy (float32 in and out)."""
     backbone = nn.Sequential(*(m for name, m in net.named_children() if name != "fc"),
                              nn.Flatten()).eval()
-    if bf16:
-        backbone = InBfloat16(backbone).to(memory_format=torch.channels_last)
+    return InBfloat16(backbone).to(memory_format=torch.channels_last) if bf16 else backbone
+
+
+@torch.inference_mode()
+def extract_features(backbone: nn.Module, width: int, split: Split, pre: EvalPreprocessing,
+                     views: int, *, seed: int, device: torch.device, batch_size: int,
+                     num_workers: int, store: FeatureStore) -> torch.Tensor:
+    """[images, views, width] features of ``backbone`` (backbone_of)."""
+    start = time.perf_counter()
     paths = [path for path, _ in split.samples]
     shas = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
-    out = torch.empty(len(paths), views, net.fc.in_features)
+    out = torch.empty(len(paths), views, width)
     computed = 0
     for view in range(views):
         keys = [_entry_key(sha, pre, view, seed) for sha in shas]
@@ -184,7 +186,8 @@ def extract_features(net: nn.Module, split: Split, pre: EvalPreprocessing, views
         computed += len(missing)
     log.info("%s features: %d image-views computed, %d from cache (%d images x %d views) "
              "in %.1f s%s", split.name, computed, len(paths) * views - computed, len(paths),
-             views, time.perf_counter() - start, ", bf16 (AMX)" if bf16 else "")
+             views, time.perf_counter() - start,
+             ", bf16 (AMX)" if isinstance(backbone, InBfloat16) else "")
     return out
 
 
@@ -214,12 +217,13 @@ def make_feature_loaders(net: nn.Module, splits: dict[str, Split], pre: EvalPrep
                          world_size: int = 1, bf16: bool = False) -> dict[str, DataLoader]:
     # bf16 features are other numbers than fp32's: their own cache folder
     store = FeatureStore(cache_dir, backbone_fingerprint(net) + ("-bf16" if bf16 else ""))
+    backbone = backbone_of(net, bf16)  # once for every split (the bf16 copy casts 23M weights)
     loaders = {}
     for name, split in splits.items():
         train = name == "train"
-        feats = extract_features(net, split, pre, views if train else 1, seed=seed,
-                                 device=device, batch_size=batch_size, num_workers=num_workers,
-                                 store=store, bf16=bf16)
+        feats = extract_features(backbone, net.fc.in_features, split, pre,
+                                 views if train else 1, seed=seed, device=device,
+                                 batch_size=batch_size, num_workers=num_workers, store=store)
         dataset = FeatureDataset(feats, [label for _, label in split.samples], seed, train)
         sampler = (DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
                                       seed=seed) if train
